@@ -1,0 +1,75 @@
+"""The paper's networks: MLPs (UCI, Fashion-MNIST), a 2-layer LSTM language model (PTB), ResNet-18 (CIFAR-10)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """inputs - hidden (ReLU) - outputs, optionally with BatchNorm after the hidden layer."""
+
+    def __init__(self, inputs: int, hidden: int, outputs: int, batchnorm: bool = False):
+        super().__init__()
+        layers = [nn.Flatten(), nn.Linear(inputs, hidden)]
+        if batchnorm:
+            layers.append(nn.BatchNorm1d(hidden))
+        layers += [nn.ReLU(), nn.Linear(hidden, outputs)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class LSTMLanguageModel(nn.Module):
+    """Embedding - multi-layer LSTM - linear decoder over the vocabulary.
+
+    ``forward(tokens, hidden)`` takes tokens of shape (sequence, batch) and returns logits of shape
+    (sequence, batch, vocabulary) and the new hidden state, which the caller detaches between batches.
+    """
+
+    def __init__(self, vocab_size: int, embedding_dim: int, hidden: int, layers: int):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.lstm = nn.LSTM(embedding_dim, hidden, layers)
+        self.decoder = nn.Linear(hidden, vocab_size)
+        self.layers, self.hidden = layers, hidden
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+
+    def init_hidden(self, batch: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (self.layers, batch, self.hidden)
+        return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+
+    def forward(self, tokens: torch.Tensor, hidden: tuple[torch.Tensor, torch.Tensor]):
+        out, hidden = self.lstm(self.embedding(tokens), hidden)
+        return self.decoder(out), hidden
+
+
+def resnet18(num_classes: int) -> nn.Module:
+    """torchvision's ResNet-18, imported only here so that nothing else needs torchvision."""
+    try:
+        from torchvision.models import resnet18 as tv_resnet18
+    except Exception as err:  # ImportError, or a torchvision built for another torch
+        raise RuntimeError(
+            "CIFAR-10's ResNet-18 needs torchvision matching your torch "
+            f"(pip install torchvision; import failed: {err})") from err
+    return tv_resnet18(num_classes=num_classes)
+
+
+def build_model(settings: dict, input_shape: tuple, outputs: int) -> nn.Module:
+    """The network named by ``settings['model']`` for inputs of ``input_shape`` and ``outputs`` outputs
+    (classes, vocabulary size, or 1 for regression)."""
+    name = settings["model"]
+    if name in ("mlp", "mlp_bn"):
+        inputs = 1
+        for size in input_shape:
+            inputs *= size
+        return MLP(inputs, settings["hidden_units"], outputs, batchnorm=name == "mlp_bn")
+    if name == "lstm":
+        return LSTMLanguageModel(outputs, settings["embedding_dim"], settings["hidden_units"],
+                                 settings["lstm_layers"])
+    if name == "resnet18":
+        return resnet18(outputs)
+    raise ValueError(f"unknown model {name!r}")
