@@ -1,0 +1,543 @@
+"""Tests of onepass.data: real UCI / Penn Treebank / Fashion-MNIST files where present, generated archives
+in the real formats (CIFAR-10 tar.gz of pickled batches, simple-examples.tgz) and the error paths."""
+
+import dataclasses
+import hashlib
+import http.server
+import io
+import pickle
+import random
+import subprocess
+import sys
+import tarfile
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from onepass import data
+from onepass.data import DataError
+
+UCI_INPUT_DIMS = {
+    "uci_boston": 13,
+    "uci_concrete": 8,
+    "uci_energy": 8,
+    "uci_kin8nm": 8,
+    "uci_naval": 16,
+    "uci_power": 4,
+    "uci_wine": 11,
+    "uci_yacht": 6,
+}
+PTB_MEMBER = "simple-examples/data/ptb.{}.txt"
+
+
+@pytest.fixture(autouse=True)
+def _no_mirror_env(monkeypatch):
+    """Tests pass their mirrors explicitly; the caller's environment must not leak in."""
+    monkeypatch.delenv(data.MIRRORS_ENV, raising=False)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def write_sources(path: Path, changes: dict) -> Path:
+    """The project's sources table with rows changed: ``changes`` maps (dataset, file) to field updates."""
+    rows = [
+        dataclasses.replace(s, **changes.get((s.dataset, s.file), {}))
+        for rs in data.read_sources().values()
+        for s in rs
+    ]
+    lines = ["\t".join(data.SOURCE_COLUMNS)]
+    lines += ["\t".join(getattr(s, col) or "-" for col in data.SOURCE_COLUMNS) for s in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def files_under(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+def make_tar(path: Path, members: dict[str, bytes], extra: list[tarfile.TarInfo] = ()) -> Path:
+    """A gzipped tar with regular-file ``members`` and extra (link, ...) entries."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+        for info in extra:
+            tar.addfile(info)
+    return path
+
+
+def random_text(rng: random.Random, words: list[str], lines: int) -> bytes:
+    return "".join(" " + " ".join(rng.choices(words, k=rng.randint(1, 12))) + " \n" for _ in range(lines)).encode()
+
+
+def ptb_texts() -> dict[str, bytes]:
+    """Small train/valid/test texts in PTB's layout; valid and test hold one word unseen in training."""
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(40)] + ["<unk>", "N", "the"]
+    texts = {s: random_text(rng, words, n) for s, n in (("train", 300), ("valid", 30), ("test", 40))}
+    texts["valid"] += b" neverseen the \n"
+    return texts
+
+
+def make_ptb_archive(path: Path, texts: dict[str, bytes], extra=()) -> Path:
+    return make_tar(path, {"./" + PTB_MEMBER.format(s): t for s, t in texts.items()}, extra)
+
+
+def ptb_sources(path: Path, texts: dict[str, bytes]) -> Path:
+    return write_sources(path, {("penn_treebank", f"ptb.{s}.txt"): {"sha256": sha256(t)} for s, t in texts.items()})
+
+
+def cifar_batch(rng: np.random.Generator, n: int, label: str) -> bytes:
+    """One batch in the real format (protocol-2 pickle of a dict with bytes keys)."""
+    batch = {
+        b"batch_label": label.encode(),
+        b"labels": [int(v) for v in rng.integers(0, 10, n)],
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+    }
+    return pickle.dumps(batch, protocol=2)
+
+
+def make_cifar_archive(path: Path, n: int = 20, test_batch: bytes | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    members = {f"cifar-10-batches-py/data_batch_{i}": cifar_batch(rng, n, f"batch {i}") for i in range(1, 6)}
+    members["cifar-10-batches-py/test_batch"] = test_batch or cifar_batch(rng, n, "test")
+    members["cifar-10-batches-py/batches.meta"] = pickle.dumps({b"label_names": [b"a"] * 10}, protocol=2)
+    return make_tar(path, members)
+
+
+def cifar_setup(tmp_path: Path, archive_bytes: bytes | None = None, table_sha: str | None = None):
+    """A mirror holding the CIFAR archive (optionally replaced by ``archive_bytes``) and a sources table."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    archive = make_cifar_archive(mirror / "cifar-10-python.tar.gz")
+    good = archive.read_bytes()
+    if archive_bytes is not None:
+        archive.write_bytes(archive_bytes)
+    table = write_sources(
+        tmp_path / "sources.tsv", {("cifar10", "cifar-10-python.tar.gz"): {"sha256": table_sha or sha256(good)}}
+    )
+    return mirror, table, good
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A local HTTP server serving a temporary directory: (directory, base URL)."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def assert_standardised(x: torch.Tensor, dims=0) -> None:
+    """Mean ~0 and (population) std ~1 along ``dims``; constant columns (std 0) allowed."""
+    x = x.double()
+    assert torch.allclose(x.mean(dims), torch.zeros(()).double(), atol=1e-4)
+    std = x.std(dims, unbiased=False)
+    assert torch.all((std - 1).abs() < 1e-4) or torch.all(((std - 1).abs() < 1e-4) | (std < 1e-6))
+
+
+# ----------------------------------------------------------------------------------------------- table
+
+
+def test_sources_table_covers_every_dataset():
+    table = data.read_sources()
+    assert set(table) == set(data.DATASETS)
+    for name, rows in table.items():
+        assert all(s.sha256 for s in rows), name
+    assert {s.file for s in table["fashion_mnist"]} == {
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    }
+    assert {s.member for s in table["penn_treebank"]} == {PTB_MEMBER.format(s) for s in data.SPLITS}
+
+
+def test_sources_table_matches_shared_sources(shared_datasets):
+    """Every checksum of ../shared/datasets/SOURCES.tsv is in our table, with the offline path."""
+    ours = {(s.mirror_path, s.sha256) for rows in data.read_sources().values() for s in rows}
+    for line in (shared_datasets / "SOURCES.tsv").read_text().splitlines()[1:]:
+        dataset, file, _url, digest, _note = line.split("\t")
+        if len(digest) == 64 and not file.startswith("/"):
+            assert (file, digest) in ours
+
+
+def test_bad_sources_table(tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("\t".join(data.SOURCE_COLUMNS) + "\nuci_yacht\tdata.txt\thttp://x\t-\tnot-a-digest\t-\t-\n")
+    with pytest.raises(DataError, match="sha256"):
+        data.read_sources(bad)
+
+
+# ------------------------------------------------------------------------------------------------- UCI
+
+
+@pytest.mark.parametrize("name", sorted(data.UCI_SPLITS))
+def test_uci_prepared_from_shared_copies(name, shared_datasets, tmp_path):
+    path = data.prepare(name, tmp_path / "a", mirrors=[shared_datasets])
+    assert path == tmp_path / "a" / name / "prepared.pt"
+    raw = shared_datasets / name / "data.txt"
+    assert (tmp_path / "a" / name / "data.txt").read_bytes() == raw.read_bytes()
+    ds = data.load(name, tmp_path / "a")
+    assert (ds.family, ds.task, ds.num_classes, ds.vocab_size) == ("uci", "regression", None, None)
+    assert ds.input_shape == (UCI_INPUT_DIMS[name],)
+    for (x, y), size in zip((ds.train, ds.valid, ds.test), data.UCI_SPLITS[name]):
+        assert x.shape == (size, UCI_INPUT_DIMS[name]) and x.dtype == torch.float32
+        assert y.shape == (size, 1) and y.dtype == torch.float32
+    assert_standardised(ds.train[0])
+    assert_standardised(ds.train[1])
+    # Unnormalised targets are the file's target column, each row used once.
+    table = np.loadtxt(raw)
+    target = table[:, 16] if name == "uci_naval" else table[:, -1]
+    all_y = torch.cat([ds.unnormalise_targets(y) for _, y in (ds.train, ds.valid, ds.test)]).double().flatten()
+    np.testing.assert_allclose(np.sort(all_y.numpy()), np.sort(target), rtol=1e-5, atol=1e-5 * np.abs(target).max())
+    # Preparing again gives the same bytes.
+    assert data.prepare(name, tmp_path / "b", mirrors=[shared_datasets]).read_bytes() == path.read_bytes()
+
+
+def test_uci_target_scale_is_train_std(shared_datasets, tmp_path):
+    data.prepare("uci_yacht", tmp_path, mirrors=[shared_datasets])
+    ds = data.load("uci_yacht", tmp_path)
+    y = ds.unnormalise_targets(ds.train[1]).double()
+    assert ds.target_scale == pytest.approx(y.std(unbiased=False).item(), rel=1e-5)
+    prediction = torch.zeros_like(ds.valid[1])
+    normalised_mse = ((prediction - ds.valid[1]) ** 2).mean().item()
+    unnormalised_mse = ((ds.unnormalise_targets(prediction) - ds.unnormalise_targets(ds.valid[1])) ** 2).mean().item()
+    assert unnormalised_mse == pytest.approx(normalised_mse * ds.target_scale**2, rel=1e-4)
+
+
+def test_prepared_raw_file_is_reused(shared_datasets, tmp_path):
+    data.prepare("uci_yacht", tmp_path, mirrors=[shared_datasets])
+    data.prepare("uci_yacht", tmp_path, mirrors=[])  # no mirror needed any more
+    assert data.status("uci_yacht", tmp_path) == "prepared"
+
+
+# ------------------------------------------------------------------------------------------ Fashion-MNIST
+
+
+@pytest.fixture(scope="module")
+def fashion(fashion_mnist_dir, tmp_path_factory):
+    """Fashion-MNIST prepared once for the module: (prepared path, Dataset)."""
+    root = tmp_path_factory.mktemp("fashion")
+    path = data.prepare("fashion_mnist", root, mirrors=[fashion_mnist_dir])
+    return path, data.load("fashion_mnist", root)
+
+
+def test_fashion_mnist_splits(fashion):
+    _, ds = fashion
+    assert (ds.task, ds.num_classes, ds.input_shape) == ("classification", 10, (784,))
+    for (x, y), size in zip((ds.train, ds.valid, ds.test), (50_000, 10_000, 10_000)):
+        assert x.shape == (size, 784) and x.dtype == torch.float32
+        assert y.shape == (size,) and y.dtype == torch.int64
+    assert (torch.bincount(ds.train[1], minlength=10) + torch.bincount(ds.valid[1], minlength=10)).tolist() == [
+        6000
+    ] * 10
+    assert torch.bincount(ds.test[1], minlength=10).tolist() == [1000] * 10
+    assert abs(ds.train[0].mean().item()) < 1e-4 and abs(ds.train[0].std().item() - 1) < 1e-4
+    assert 0 < ds.normalisers["x_mean"].item() < 1 and ds.normalisers["x_mean"].dim() == 0
+
+
+def test_fashion_mnist_is_deterministic(fashion, fashion_mnist_dir, tmp_path):
+    path, _ = fashion
+    assert data.prepare("fashion_mnist", tmp_path, mirrors=[fashion_mnist_dir]).read_bytes() == path.read_bytes()
+
+
+# ------------------------------------------------------------------------------------------ Penn Treebank
+
+
+def test_penn_treebank_from_shared_members(shared_datasets, tmp_path):
+    """Real valid/test members from ../shared/datasets; a generated training text from a second mirror."""
+    valid = (shared_datasets / "penn_treebank_partial" / "ptb.valid.txt").read_bytes()
+    test = (shared_datasets / "penn_treebank_partial" / "ptb.test.txt").read_bytes()
+    lines = (valid + test).decode().splitlines(keepends=True)
+    random.Random(0).shuffle(lines)
+    train = "".join(lines).encode()
+    (tmp_path / "train_mirror").mkdir()
+    (tmp_path / "train_mirror" / "ptb.train.txt").write_bytes(train)
+    table = ptb_sources(tmp_path / "sources.tsv", {"train": train})
+    mirrors = [shared_datasets, tmp_path / "train_mirror"]
+    path = data.prepare("penn_treebank", tmp_path / "a", mirrors=mirrors, sources=table)
+    ds = data.load("penn_treebank", tmp_path / "a")
+    assert (ds.task, ds.num_classes, ds.input_shape) == ("language_model", None, ())
+    counts = Counter(train.decode().split() + ["<eos>"] * len(lines))
+    assert ds.vocab_size == len(ds.vocab) == len(counts) <= 10_000
+    assert ds.vocab == sorted(counts, key=lambda t: (-counts[t], t))
+    for (x, y), text in zip((ds.train, ds.valid, ds.test), (train, valid, test)):
+        assert y is None and x.dtype == torch.int64 and x.dim() == 1
+        assert len(x) == len(text.split()) + text.count(b"\n")
+    assert len(ds.valid[0]) == 73_760 and len(ds.test[0]) == 82_430  # the standard PTB token counts
+    first = valid.decode().splitlines()[0].split() + ["<eos>"]
+    assert [ds.vocab[i] for i in ds.valid[0][: len(first)]] == first
+    assert (
+        data.prepare("penn_treebank", tmp_path / "b", mirrors=mirrors, sources=table).read_bytes() == path.read_bytes()
+    )
+
+
+@pytest.mark.parametrize("where", ["mirror", "mirror/penn_treebank", "download"])
+def test_penn_treebank_from_archive(where, tmp_path, http_root):
+    """simple-examples.tgz (digest unknown) in a mirror, in a mirror's dataset folder, or downloaded."""
+    texts = ptb_texts()
+    www, url = http_root
+    folder = www if where == "download" else tmp_path / where
+    folder.mkdir(parents=True, exist_ok=True)
+    make_ptb_archive(folder / "simple-examples.tgz", texts)
+    table = ptb_sources(tmp_path / "sources.tsv", texts)
+    if where == "download":
+        table = write_sources(
+            table,
+            {
+                ("penn_treebank", f"ptb.{s}.txt"): {"url": f"{url}/simple-examples.tgz", "sha256": sha256(t)}
+                for s, t in texts.items()
+            },
+        )
+    mirrors = [tmp_path / "mirror"] if where != "download" else []
+    data.prepare("penn_treebank", tmp_path / "d", mirrors=mirrors, sources=table)
+    for s, text in texts.items():
+        assert (tmp_path / "d" / "penn_treebank" / f"ptb.{s}.txt").read_bytes() == text
+    assert (tmp_path / "d" / "penn_treebank" / "simple-examples.tgz").exists() == (where == "download")
+    ds = data.load("penn_treebank", tmp_path / "d")
+    unk = ds.vocab.index("<unk>")
+    assert ds.valid[0][-3].item() == unk and ds.vocab[ds.valid[0][-1]] == "<eos>"  # "neverseen the <eos>"
+    counts = Counter(texts["train"].decode().split() + ["<eos>"] * texts["train"].count(b"\n"))
+    assert ds.vocab == sorted(counts, key=lambda t: (-counts[t], t))
+
+
+UNSAFE_MEMBERS = {
+    "absolute path": lambda: tarfile.TarInfo("/tmp/onepass-evil.txt"),
+    "dot-dot": lambda: tarfile.TarInfo("simple-examples/../../evil.txt"),
+    "symlink out": lambda: _link(tarfile.SYMTYPE, "simple-examples/data/evil", "../../../etc/passwd"),
+    "absolute symlink": lambda: _link(tarfile.SYMTYPE, "simple-examples/data/evil", "/etc/passwd"),
+    "hard link out": lambda: _link(tarfile.LNKTYPE, "simple-examples/data/evil", "../outside"),
+    "device": lambda: _link(tarfile.CHRTYPE, "simple-examples/data/evil", ""),
+}
+
+
+def _link(kind, name, target):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+@pytest.mark.parametrize("kind", sorted(UNSAFE_MEMBERS))
+def test_unsafe_archive_member_is_rejected(kind, tmp_path):
+    texts = ptb_texts()
+    bad = UNSAFE_MEMBERS[kind]()
+    (tmp_path / "mirror").mkdir()
+    make_ptb_archive(tmp_path / "mirror" / "simple-examples.tgz", texts, [bad])
+    table = ptb_sources(tmp_path / "sources.tsv", texts)
+    with pytest.raises(DataError, match="unsafe member") as err:
+        data.prepare("penn_treebank", tmp_path / "d", mirrors=[tmp_path / "mirror"], sources=table)
+    assert bad.name in str(err.value)
+    assert files_under(tmp_path / "d") == []
+    assert not Path("/tmp/onepass-evil.txt").exists() and not (tmp_path / "evil.txt").exists()
+
+
+def test_truncated_archive_is_rejected(tmp_path):
+    texts = ptb_texts()
+    (tmp_path / "mirror").mkdir()
+    archive = make_ptb_archive(tmp_path / "mirror" / "simple-examples.tgz", texts)
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    table = ptb_sources(tmp_path / "sources.tsv", texts)
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        data.prepare("penn_treebank", tmp_path / "d", mirrors=[tmp_path / "mirror"], sources=table)
+    assert files_under(tmp_path / "d") == []
+
+
+def test_bad_member_removes_files_of_the_same_run(shared_datasets, tmp_path):
+    """A corrupted test member after a good valid member: no raw file of the run stays behind."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "ptb.test.txt").write_bytes(
+        (shared_datasets / "penn_treebank_partial" / "ptb.test.txt").read_bytes()[:-10]
+    )
+    (mirror / "ptb.train.txt").write_bytes(b" a b \n")
+    table = ptb_sources(tmp_path / "sources.tsv", {"train": b" a b \n"})
+    with pytest.raises(DataError, match="SHA-256 mismatch for penn_treebank/ptb.test.txt"):
+        data.prepare("penn_treebank", tmp_path / "d", mirrors=[mirror, shared_datasets], sources=table)
+    assert files_under(tmp_path / "d") == []
+
+
+# ---------------------------------------------------------------------------------------------- CIFAR-10
+
+
+def test_cifar10_from_generated_archive(tmp_path):
+    mirror, table, archive = cifar_setup(tmp_path)
+    path = data.prepare("cifar10", tmp_path / "a", mirrors=[mirror], sources=table)
+    ds = data.load("cifar10", tmp_path / "a")
+    assert (ds.task, ds.num_classes, ds.input_shape) == ("classification", 10, (3, 32, 32))
+    for (x, y), size in zip((ds.train, ds.valid, ds.test), (90, 10, 20)):  # 10% of the training images validate
+        assert x.shape == (size, 3, 32, 32) and x.dtype == torch.float32
+        assert y.shape == (size,) and y.dtype == torch.int64
+    assert_standardised(ds.train[0].transpose(0, 1).reshape(3, -1), dims=1)
+    # Statistics are those of pixels scaled to [0, 1].
+    with tarfile.open(mirror / "cifar-10-python.tar.gz") as tar:
+        batches = [
+            pickle.loads(tar.extractfile(f"cifar-10-batches-py/{m}").read(), encoding="bytes")
+            for m in ["data_batch_1", "test_batch"]
+        ]
+    assert torch.all((ds.normalisers["x_mean"] > 0.4) & (ds.normalisers["x_mean"] < 0.6))
+    assert ds.test[1].tolist() == batches[1][b"labels"]
+    first_test = torch.from_numpy(batches[1][b"data"][0].reshape(3, 32, 32)).float() / 255
+    mean, std = ds.normalisers["x_mean"].view(3, 1, 1), ds.normalisers["x_std"].view(3, 1, 1)
+    torch.testing.assert_close(ds.test[0][0], (first_test - mean) / std)
+    assert data.prepare("cifar10", tmp_path / "b", mirrors=[mirror], sources=table).read_bytes() == path.read_bytes()
+
+
+def test_cifar10_checksum_mismatch_of_truncated_archive(tmp_path):
+    good = make_cifar_archive(tmp_path / "good.tar.gz").read_bytes()
+    mirror, table, _ = cifar_setup(tmp_path, archive_bytes=good[: len(good) // 2], table_sha=sha256(good))
+    with pytest.raises(DataError, match=f"expected {sha256(good)}, got {sha256(good[: len(good) // 2])}"):
+        data.prepare("cifar10", tmp_path / "d", mirrors=[mirror], sources=table)
+    assert files_under(tmp_path / "d") == []
+
+
+def test_cifar10_truncated_archive_with_matching_digest(tmp_path):
+    good = make_cifar_archive(tmp_path / "good.tar.gz").read_bytes()
+    cut = good[: len(good) * 2 // 3]
+    mirror, table, _ = cifar_setup(tmp_path, archive_bytes=cut, table_sha=sha256(cut))
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        data.prepare("cifar10", tmp_path / "d", mirrors=[mirror], sources=table)
+    assert files_under(tmp_path / "d") == []  # the verified raw archive of this run is removed too
+
+
+def test_cifar10_pickle_cannot_run_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = pickle.dumps({b"data": Evil(), b"labels": []}, protocol=2)
+    archive = make_cifar_archive(tmp_path / "evil.tar.gz", test_batch=evil).read_bytes()
+    mirror, table, _ = cifar_setup(tmp_path, archive_bytes=archive, table_sha=sha256(archive))
+    with pytest.raises(DataError, match="refusing to load .*print"):
+        data.prepare("cifar10", tmp_path / "d", mirrors=[mirror], sources=table)
+
+
+# ---------------------------------------------------------------------------------------- errors, CLI
+
+
+def corrupted_mirror(shared_datasets: Path, tmp_path: Path, name: str = "uci_energy") -> Path:
+    mirror = tmp_path / "mirror"
+    (mirror / name).mkdir(parents=True)
+    content = bytearray((shared_datasets / name / "data.txt").read_bytes())
+    content[10] ^= 1
+    (mirror / name / "data.txt").write_bytes(bytes(content))
+    return mirror
+
+
+def test_checksum_mismatch_leaves_nothing(shared_datasets, tmp_path):
+    mirror = corrupted_mirror(shared_datasets, tmp_path)
+    actual = data.sha256_file(mirror / "uci_energy" / "data.txt")
+    expected = data.read_sources()["uci_energy"][0].sha256
+    with pytest.raises(DataError) as err:
+        data.prepare("uci_energy", tmp_path / "d", mirrors=[mirror, shared_datasets])
+    message = str(err.value)
+    assert "SHA-256 mismatch for uci_energy/data.txt" in message and expected in message and actual in message
+    assert not (tmp_path / "d").exists() or files_under(tmp_path / "d") == []
+
+
+def test_missing_mirror(tmp_path, monkeypatch):
+    missing = tmp_path / "no-such-dir"
+    with pytest.raises(DataError, match=f"mirror directory does not exist: {missing}"):
+        data.prepare("uci_yacht", tmp_path / "d", mirrors=[missing])
+    monkeypatch.setenv(data.MIRRORS_ENV, f"{tmp_path}:{missing}")
+    with pytest.raises(DataError, match=f"does not exist: {missing} \\(from {data.MIRRORS_ENV}\\)"):
+        data.prepare("uci_yacht", tmp_path / "d")
+    assert files_under(tmp_path / "d") == []
+
+
+def test_mirrors_from_environment(shared_datasets, tmp_path, monkeypatch):
+    monkeypatch.setenv(data.MIRRORS_ENV, f"{tmp_path}:{shared_datasets}")
+    assert data.resolve_mirrors() == [tmp_path, shared_datasets]
+    assert data.fetch("uci_yacht", tmp_path / "d") == {"data.txt": tmp_path / "d" / "uci_yacht" / "data.txt"}
+
+
+def test_download_with_progress(shared_datasets, tmp_path, http_root):
+    www, url = http_root
+    (www / "data.txt").write_bytes((shared_datasets / "uci_yacht" / "data.txt").read_bytes())
+    table = write_sources(tmp_path / "sources.tsv", {("uci_yacht", "data.txt"): {"url": f"{url}/data.txt"}})
+    data.prepare("uci_yacht", tmp_path / "d", mirrors=[], sources=table)
+    assert data.status("uci_yacht", tmp_path / "d") == "prepared"
+
+
+def test_failed_download_names_file_and_mirrors(tmp_path, http_root):
+    _, url = http_root
+    table = write_sources(tmp_path / "sources.tsv", {("uci_yacht", "data.txt"): {"url": f"{url}/missing.txt"}})
+    with pytest.raises(DataError) as err:
+        data.prepare("uci_yacht", tmp_path / "d", mirrors=[tmp_path], sources=table)
+    message = str(err.value)
+    assert "cannot obtain uci_yacht/data.txt" in message and str(tmp_path) in message and "download" in message
+    with pytest.raises(DataError, match="downloads are disabled"):
+        data.prepare("uci_yacht", tmp_path / "d", mirrors=[], sources=table, download=False)
+    assert files_under(tmp_path / "d") == []
+
+
+def test_unknown_dataset(tmp_path):
+    with pytest.raises(DataError, match="unknown dataset 'mnist'; known datasets: uci_boston.*cifar10"):
+        data.prepare("mnist", tmp_path)
+    with pytest.raises(DataError, match="known datasets"):
+        data.load("mnist", tmp_path)
+
+
+def test_format_version_mismatch(shared_datasets, tmp_path):
+    with pytest.raises(DataError, match="not prepared"):
+        data.load("uci_yacht", tmp_path)
+    path = data.prepare("uci_yacht", tmp_path, mirrors=[shared_datasets])
+    content = torch.load(path, weights_only=True)
+    content["format_version"] = data.FORMAT_VERSION - 1
+    torch.save(content, path)
+    with pytest.raises(DataError, match="format version 0 .*re-run `python -m onepass.data prepare uci_yacht"):
+        data.load("uci_yacht", tmp_path)
+    assert data.status("uci_yacht", tmp_path).startswith("stale")
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "onepass.data", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_prepare_and_list(shared_datasets, tmp_path, repo_root):
+    result = run_cli(
+        "prepare", "uci_yacht", "--mirror", str(shared_datasets), "--data-dir", str(tmp_path), cwd=repo_root
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "uci_yacht" / "prepared.pt")
+    listing = run_cli("list", "--data-dir", str(tmp_path), cwd=repo_root)
+    assert listing.returncode == 0
+    assert "uci_yacht\tuci\tprepared" in listing.stdout and "cifar10\tcifar10\tnot prepared" in listing.stdout
+
+
+def test_cli_errors_are_one_line(shared_datasets, tmp_path, repo_root, capsys):
+    mirror = corrupted_mirror(shared_datasets, tmp_path)
+    result = run_cli("prepare", "uci_energy", "--mirror", str(mirror), "--data-dir", str(tmp_path / "d"), cwd=repo_root)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: SHA-256 mismatch for uci_energy/data.txt")
+    assert files_under(tmp_path / "d") == []
+    for argv in (
+        ["prepare", "nope", "--data-dir", str(tmp_path)],
+        ["prepare", "uci_yacht", "--mirror", "/nonexistent", "--data-dir", str(tmp_path)],
+    ):
+        assert data.main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err
