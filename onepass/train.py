@@ -29,7 +29,7 @@ from . import __version__
 from .config import ConfigError, load_settings
 from .hypergrad import baydin_hypergradient, neumann_hypergradient, unrolled_hypergradient
 from .models import build_model
-from .problems import Problem
+from .problems import Problem, frozen_batchnorm_stats
 from .updates import Hyperparameters, clip_by_norm_, sgd_step_
 
 CHECKPOINT_VERSION = 1
@@ -133,11 +133,8 @@ class Run:
             params_prev = tuple(p.detach().clone() for p in self.params)
             bufs_prev = tuple(b.clone() for b in self.bufs)
             self.weight_step_(lr, wd, mom, batch)
+            val_grad = self._val_grad()
             with self._double_backward_ok():
-                val_grad, aux = torch.func.grad(self.problem.loss_aux, has_aux=True)(
-                    tuple(p.detach() for p in self.params), self.val_stream.next())
-                if aux:
-                    self.val_stream.carry(aux)
                 grads = neumann_hypergradient(
                     self.problem.loss, params_prev, bufs_prev, batch, val_grad, self.hypers.trainable(),
                     self.hypers.fixed(), s["neumann_terms"], s["clip_grad_norm"])
@@ -164,6 +161,15 @@ class Run:
         if s["lr_step_factor"] is not None and method == "none":
             self.hypers.scale_lr(s["lr_step_factor"])
         self.hyper_step += 1
+
+    def _val_grad(self):
+        """v = dL_val/dw at the current weights on the next validation batch (batch statistics, running
+        statistics left alone)."""
+        with frozen_batchnorm_stats(self.problem.model):
+            loss, aux = self.problem.step_loss(self.val_stream.next())
+        if aux:
+            self.val_stream.carry(aux)
+        return torch.autograd.grad(loss, self.params)
 
     def _double_backward_ok(self):
         """cuDNN's LSTM has no double backward: use the native kernels inside hypergradients."""
@@ -351,8 +357,12 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting of config/datasets/*.yaml or config/algorithms/*.yaml")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's own choice, e.g. from OMP_NUM_THREADS)")
     p.add_argument("--quiet", action="store_true", help="do not print the logged evaluations")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
     try:
         metrics = run(args.dataset, args.algorithm, args.seed, args.lr, args.weight_decay, args.momentum,
                       args.data_dir, args.out, args.device, args.overrides, quiet=args.quiet)
