@@ -50,12 +50,12 @@ class Problem:
         inputs, targets = batch
         out = forward(inputs)
         if self.task == "regression":
-            return F.mse_loss(out, targets), None
-        return F.cross_entropy(out, targets), None
+            return F.mse_loss(out, targets), ()
+        return F.cross_entropy(out, targets), ()
 
     def loss_aux(self, params, batch):
         """Pure training-mode loss of weights ``params`` (a tuple in ``named_parameters`` order) on
-        ``batch``; returns (loss, aux) where aux is an LSTM's new hidden state (else None)."""
+        ``batch``; returns (loss, aux) where aux is an LSTM's new hidden state (else an empty tuple)."""
         state = dict(zip(self.names, params))
         state.update(self.model.named_buffers())
 
