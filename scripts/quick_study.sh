@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh), run the quick study on the local profile and build its report:
+# UCI Energy and Fashion-MNIST, every gradient-based algorithm plus Random and Random_Validation.
+# Outputs: results/tables, results/figures, results/analysis, results/report.html.
+# Extra arguments go to snakemake, e.g. `--cores 8`.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck disable=SC1091
+. "$root/scripts/setup.sh"
+cd "$root"
+snakemake --profile profiles/local --configfile config/quick.yaml "$@"
+snakemake --profile profiles/local --configfile config/quick.yaml --report results/report.html
+echo "done: results/tables/paper_tables.md, results/analysis/*.html, results/report.html"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up this checkout on a fresh machine: a virtual environment in .venv with onepass and everything the
+# pipeline and the tests need. Idempotent; source it (`. scripts/setup.sh`) to keep .venv activated.
+#
+# PyTorch: if the Python that creates .venv can already import torch (a GPU machine's own build), .venv
+# uses it (--system-site-packages); otherwise torch==${ONEPASS_TORCH_VERSION:-2.13.0} is installed, so that
+# a bare `torch` requirement never pulls several GB of CUDA wheels. Offline data: where Debian's
+# dataset-fashion-mnist package is installable (root, apt-get), it is installed as the Fashion-MNIST mirror.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+python="${PYTHON:-python3}"
+
+if [ ! -x "$root/.venv/bin/python" ]; then
+    "$python" -m venv --system-site-packages "$root/.venv"
+fi
+# shellcheck disable=SC1091
+. "$root/.venv/bin/activate"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if ! python -c "import torch" 2>/dev/null; then
+    pip install -q "torch==${ONEPASS_TORCH_VERSION:-2.13.0}"
+fi
+pip install -q -e "$root[pipeline,baselines,test]"
+
+fmnist=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+if [ ! -f "$fmnist" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 ||
+        { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; }) ||
+        echo "note: could not install Debian's dataset-fashion-mnist; Fashion-MNIST will be downloaded" >&2
+fi
+python -c "import onepass, torch, snakemake; print(f'onepass {onepass.__version__}, torch {torch.__version__}, snakemake {snakemake.__version__}')"
