@@ -248,11 +248,11 @@ def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float,
         if not math.isfinite(value) or value < 0 or (name == "momentum" and value > 1):
             raise ConfigError(f"--{name} must be a finite value >= 0{' and <= 1' if name == 'momentum' else ''}, "
                               f"got {value}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if data is None:
         from .data import load
         data = load(dataset, data_dir)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     data = _dataset_to(data, dev)
     job = Run(settings, data, seed, lr, weight_decay, momentum, dev)
     signature = {"dataset": dataset, "algorithm": algorithm, "seed": seed, "lr": lr,
