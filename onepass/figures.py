@@ -1,0 +1,262 @@
+"""Figures of a population study (PNG + SVG), one fixed colour per algorithm."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from onepass import naming, tables  # noqa: E402
+
+KINDS = ("edf", "test_vs_step", "test_vs_time", "trajectories", "error_vs_hyperparameter",
+         "best_worst")
+HYPERPARAMETERS = ("lr", "weight_decay", "momentum")
+HP_LABELS = {"lr": "learning rate", "weight_decay": "weight decay", "momentum": "momentum",
+             "lr_step_factor": "LR step factor"}
+LOG_HPS = {"lr", "weight_decay"}
+SAMPLE_RUNS = 8
+
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 10, "legend.fontsize": 8,
+                     "svg.fonttype": "none", "figure.dpi": 100})
+
+
+def load_histories(runs: pd.DataFrame, runs_dir, per_algorithm: int | None = None) -> pd.DataFrame:
+    """history.csv of every run that has one, with algorithm and seed columns added."""
+    frames = []
+    for algorithm, group in runs[runs["status"] != "missing"].groupby("algorithm"):
+        seeds = sorted(group["seed"])[:per_algorithm]
+        for seed in seeds:
+            path = Path(runs_dir) / algorithm / f"seed{seed}" / "history.csv"
+            if path.exists():
+                frames.append(pd.read_csv(path).assign(algorithm=algorithm, seed=seed))
+    if not frames:
+        return pd.DataFrame(columns=["algorithm", "seed", "step", "time_s", "test_metric",
+                                     *HYPERPARAMETERS])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _positive(values) -> bool:
+    """Whether values suit a log axis: all positive and spanning more than a decade."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    return len(x) > 0 and bool((x > 0).all()) and x.max() > 10 * x.min()
+
+
+def _no_data(ax, text="no finished runs yet"):
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+
+
+def _algorithms(runs: pd.DataFrame) -> list:
+    return naming.order(runs["algorithm"].unique())
+
+
+def _title(runs: pd.DataFrame, what: str) -> str:
+    dataset = str(runs["dataset"].iloc[0]) if len(runs) else ""
+    return f"{naming.dataset_label(dataset)}: {what}"
+
+
+def _metric(runs: pd.DataFrame) -> str:
+    return naming.metric_name(str(runs["dataset"].iloc[0])) if len(runs) else "test metric"
+
+
+def edf(runs: pd.DataFrame, runs_dir) -> plt.Figure:
+    """Empirical CDF of the final test metric; diverged runs keep the curve below 1."""
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    present = runs[runs["status"] != "missing"]
+    populations = {a: g for a, g in present.groupby("algorithm")}
+    batched = tables.three_batched(runs)
+    if len(batched):
+        populations["Random_3Batched"] = batched
+    drawn = False
+    for algorithm in naming.order(populations):
+        group = populations[algorithm]
+        values = pd.to_numeric(group["test_metric"], errors="coerce").to_numpy(dtype=float)
+        finite = np.sort(values[np.isfinite(values)])
+        if not len(finite):
+            continue
+        frac = np.arange(1, len(finite) + 1) / len(values)
+        ax.step(finite, frac, where="post", color=naming.colour(algorithm),
+                label=f"{naming.label(algorithm)} (n={len(values)})")
+        drawn = True
+    if drawn:
+        if _positive(runs["test_metric"]):
+            ax.set_xscale("log")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        _no_data(ax)
+    ax.set_xlabel(f"final {_metric(runs)}")
+    ax.set_ylabel("fraction of runs")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(_title(runs, "EDF of final test metric"))
+    fig.tight_layout()
+    return fig
+
+
+def _progress(runs: pd.DataFrame, runs_dir, x: str) -> plt.Figure:
+    """Median and best test metric across runs against step or wall time."""
+    hist = load_histories(runs, runs_dir)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), sharex=True)
+    xlabel = {"step": "weight step", "time_s": "wall time (s)"}[x]
+    drawn = False
+    for algorithm in _algorithms(runs):
+        h = hist[hist["algorithm"] == algorithm]
+        if h.empty:
+            continue
+        metric = h.pivot_table(index="step", columns="seed", values="test_metric", aggfunc="last")
+        times = h.pivot_table(index="step", columns="seed", values="time_s", aggfunc="last")
+        xs = metric.index.to_numpy() if x == "step" else np.nanmedian(times.to_numpy(), axis=1)
+        values = metric.to_numpy(dtype=float)
+        with warnings.catch_warnings():  # all-NaN steps (every run diverged) stay NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            median, low = np.nanmedian(values, axis=1), np.nanmin(values, axis=1)
+        for ax, y in zip(axes, (median, low)):
+            ax.plot(xs, y, color=naming.colour(algorithm), label=naming.label(algorithm))
+        drawn = True
+    for ax, what in zip(axes, ("median", "best")):
+        ax.set_title(_title(runs, f"{what} {_metric(runs)}"))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{what} {_metric(runs)}")
+        ax.grid(alpha=0.3)
+        if drawn and _positive(hist["test_metric"]):
+            ax.set_yscale("log")
+    if drawn:
+        axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        _no_data(axes[0])
+    fig.tight_layout()
+    return fig
+
+
+def test_vs_step(runs, runs_dir):
+    """Median and best test metric against weight step."""
+    return _progress(runs, runs_dir, "step")
+
+
+def test_vs_time(runs, runs_dir):
+    """Median and best test metric against wall time."""
+    return _progress(runs, runs_dir, "time_s")
+
+
+def _grid(n_rows: int, n_cols: int, width: float = 3.6, height: float = 2.2):
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows + 0.6),
+                             squeeze=False)
+    return fig, axes
+
+
+def _tight(fig) -> None:
+    """tight_layout leaving half an inch for the suptitle."""
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+
+
+def trajectories(runs: pd.DataFrame, runs_dir) -> plt.Figure:
+    """Learning rate, weight decay and momentum during training, for a sample of runs."""
+    algorithms = _algorithms(runs) or ["none"]
+    hist = load_histories(runs, runs_dir, per_algorithm=SAMPLE_RUNS)
+    fig, axes = _grid(len(algorithms), len(HYPERPARAMETERS))
+    for i, algorithm in enumerate(algorithms):
+        h = hist[hist["algorithm"] == algorithm]
+        for j, hp in enumerate(HYPERPARAMETERS):
+            ax = axes[i, j]
+            for _, run in h.groupby("seed"):
+                ax.plot(run["step"], run[hp], color=naming.colour(algorithm), alpha=0.7, lw=1)
+            if h.empty:
+                _no_data(ax, "no runs")
+            elif hp in LOG_HPS and _positive(h[hp]):
+                ax.set_yscale("log")
+            ax.set_title(f"{naming.label(algorithm)}: {HP_LABELS[hp]}")
+            ax.grid(alpha=0.3)
+            if i == len(algorithms) - 1:
+                ax.set_xlabel("weight step")
+    fig.suptitle(_title(runs, f"hyperparameter trajectories ({SAMPLE_RUNS} runs per algorithm)"))
+    _tight(fig)
+    return fig
+
+
+def error_vs_hyperparameter(runs: pd.DataFrame, runs_dir) -> plt.Figure:
+    """Final test metric against each initial hyperparameter; diverged runs as crosses on top."""
+    algorithms = _algorithms(runs) or ["none"]
+    hps = [hp for hp in HYPERPARAMETERS if f"init_{hp}" in runs]
+    fig, axes = _grid(len(algorithms), len(hps))
+    metric = pd.to_numeric(runs["test_metric"], errors="coerce")
+    finite = metric[np.isfinite(metric)]
+    log_y = _positive(finite)
+    top = finite.max() if len(finite) else 1.0
+    for i, algorithm in enumerate(algorithms):
+        sel = runs["algorithm"] == algorithm
+        ok = sel & np.isfinite(metric)
+        bad = sel & (runs["status"] == "diverged")
+        for j, hp in enumerate(hps):
+            ax = axes[i, j]
+            x = pd.to_numeric(runs[f"init_{hp}"], errors="coerce")
+            ax.scatter(x[ok], metric[ok], s=12, color=naming.colour(algorithm), alpha=0.8)
+            if bad.any():
+                ax.scatter(x[bad], np.full(int(bad.sum()), top), marker="x", color="black",
+                           s=16, label="diverged")
+                ax.legend(loc="best")
+            if hp in LOG_HPS and _positive(x[sel]):
+                ax.set_xscale("log")
+            if log_y:
+                ax.set_yscale("log")
+            ax.set_title(naming.label(algorithm))
+            ax.set_xlabel(f"initial {HP_LABELS[hp]}")
+            if j == 0:
+                ax.set_ylabel(f"final {_metric(runs)}")
+            ax.grid(alpha=0.3)
+    fig.suptitle(_title(runs, "final test metric against initial hyperparameters"))
+    _tight(fig)
+    return fig
+
+
+def best_worst(runs: pd.DataFrame, runs_dir) -> plt.Figure:
+    """Test metric curves of each algorithm's best (solid) and worst (dashed) finished run."""
+    algorithms = _algorithms(runs) or ["none"]
+    n_cols = min(3, len(algorithms))
+    n_rows = int(np.ceil(len(algorithms) / n_cols))
+    fig, axes = _grid(n_rows, n_cols, width=4.0, height=2.8)
+    metric = pd.to_numeric(runs["test_metric"], errors="coerce")
+    for k, algorithm in enumerate(algorithms):
+        ax = axes[k // n_cols, k % n_cols]
+        done = runs[(runs["algorithm"] == algorithm) & np.isfinite(metric)]
+        if done.empty:
+            _no_data(ax, "no finished runs")
+        else:
+            order = done.assign(m=metric[done.index]).sort_values("m")
+            picks = {"best": order.iloc[0], "worst": order.iloc[-1]}
+            for name, run in picks.items():
+                path = Path(runs_dir) / algorithm / f"seed{int(run['seed'])}" / "history.csv"
+                if not path.exists():
+                    continue
+                h = pd.read_csv(path)
+                ax.plot(h["step"], h["test_metric"], color=naming.colour(algorithm),
+                        ls="-" if name == "best" else "--",
+                        label=f"{name}: seed {int(run['seed'])} ({run['m']:.3g})")
+            if _positive(metric[done.index]):
+                ax.set_yscale("log")
+            ax.legend(loc="best")
+        ax.set_title(naming.label(algorithm))
+        ax.set_xlabel("weight step")
+        ax.set_ylabel(_metric(runs))
+        ax.grid(alpha=0.3)
+    for k in range(len(algorithms), n_rows * n_cols):
+        axes[k // n_cols, k % n_cols].axis("off")
+    fig.suptitle(_title(runs, "best and worst runs"))
+    _tight(fig)
+    return fig
+
+
+def make(kind: str, runs: pd.DataFrame, runs_dir, out_paths) -> None:
+    """Draw figure ``kind`` and save it to every path in ``out_paths`` (format from suffix)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown figure kind {kind!r}; choose from {KINDS}")
+    fig = globals()[kind](runs, runs_dir)
+    for path in out_paths:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,155 @@
+"""The paper's tables: mean, median (bootstrap SE) and best final test metric per algorithm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from onepass import naming
+
+N_BOOT = 1000
+BATCH = 3  # Random (3-batched): best validation loss out of each group of three seeds
+COLUMNS = ["dataset", "algorithm", "label", "metric", "runs", "done", "diverged", "missing",
+           "mean", "mean_se", "median", "median_se", "best"]
+
+
+def mean_se(values) -> tuple:
+    """Mean and its standard error, NaNs ignored."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    se = x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0
+    return float(x.mean()), float(se)
+
+
+def median_se(values, n_boot: int = N_BOOT, seed: int = 0) -> tuple:
+    """Median and its standard error from ``n_boot`` bootstrap resamples, NaNs ignored."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    if len(x) == 1 or n_boot < 2:
+        return float(np.median(x)), 0.0
+    rng = np.random.default_rng(seed)
+    medians = np.median(x[rng.integers(0, len(x), size=(n_boot, len(x)))], axis=1)
+    return float(np.median(x)), float(medians.std(ddof=1))
+
+
+def best(values) -> float:
+    """Lowest finite value (NaN if there is none)."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    return float(x.min()) if len(x) else float("nan")
+
+
+def three_batched(runs: pd.DataFrame, batch: int = BATCH) -> pd.DataFrame:
+    """Random (3-batched): group Random_Validation seeds in threes (0-2, 3-5, ...) and keep,
+    in each complete group, the run with the best validation loss.
+
+    Returns one row per group with the chosen run's test metric (NaN if every run of the
+    group diverged); groups with a missing run are left out.
+    """
+    rv = runs[runs["algorithm"] == naming.DERIVED["Random_3Batched"]].copy()
+    rv["group"] = rv["seed"] // batch
+    rows = []
+    for group, members in rv.groupby("group"):
+        if len(members) < batch or (members["status"] == "missing").any():
+            continue
+        valid = pd.to_numeric(members["valid_loss"], errors="coerce").fillna(np.inf)
+        chosen = members.loc[valid.idxmin()]
+        rows.append({"group": group, "seed": chosen["seed"], "status": chosen["status"],
+                     "valid_loss": chosen["valid_loss"], "test_metric": chosen["test_metric"]})
+    return pd.DataFrame(rows, columns=["group", "seed", "status", "valid_loss", "test_metric"])
+
+
+def _row(dataset, algorithm, metric, runs: pd.DataFrame, n_boot: int) -> dict:
+    values = pd.to_numeric(runs["test_metric"], errors="coerce")
+    mean, mse = mean_se(values)
+    median, mdse = median_se(values, n_boot)
+    status = runs["status"].value_counts()
+    return {"dataset": dataset, "algorithm": algorithm, "label": naming.label(algorithm),
+            "metric": metric, "runs": len(runs), "done": int(status.get("done", 0)),
+            "diverged": int(status.get("diverged", 0)), "missing": int(status.get("missing", 0)),
+            "mean": mean, "mean_se": mse, "median": median, "median_se": mdse,
+            "best": best(values)}
+
+
+def summarise(runs: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
+    """One row per algorithm (plus Random (3-batched)) in the paper's order."""
+    if runs.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    dataset = str(runs["dataset"].iloc[0])
+    metric = naming.metric_name(dataset)
+    groups = {a: g for a, g in runs.groupby("algorithm")}
+    if naming.DERIVED["Random_3Batched"] in groups:
+        batched = three_batched(runs)
+        if len(batched):
+            groups["Random_3Batched"] = batched
+    rows = [_row(dataset, a, metric, groups[a], n_boot) for a in naming.order(groups)]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    if x is None or not np.isfinite(x):
+        return "NaN"
+    return f"{x:.{digits}g}"
+
+
+def _cells(summary: pd.DataFrame) -> pd.DataFrame:
+    """Formatted 'mean ± SE', 'median ± SE', 'best' cells, the lowest of each in bold."""
+    out = pd.DataFrame({"Method": summary["label"]})
+    for col, se in (("mean", "mean_se"), ("median", "median_se"), ("best", None)):
+        values = pd.to_numeric(summary[col], errors="coerce")
+        low = values.min()
+        cells = []
+        for v, e in zip(values, summary[se] if se else [None] * len(values)):
+            text = _fmt(v) if se is None else f"{_fmt(v)} ± {_fmt(e, 2)}"
+            cells.append(f"**{text}**" if np.isfinite(v) and v == low else text)
+        out[{"mean": "Mean ± SE", "median": "Median ± SE", "best": "Best"}[col]] = cells
+    out["Runs (diverged)"] = [f"{r} ({d})" for r, d in zip(summary["runs"], summary["diverged"])]
+    return out
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub-flavoured Markdown table."""
+    head = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join([" --- "] + [" ---: "] * (len(frame.columns) - 1)) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def paper_markdown(summaries: pd.DataFrame) -> str:
+    """All datasets laid out like the paper: Table 1 for UCI, Table 2 for the rest."""
+    shown = summaries[summaries["algorithm"] != naming.DERIVED["Random_3Batched"]]
+    datasets = list(dict.fromkeys(shown["dataset"]))
+    known = list(naming.DATASET_LABELS)
+    datasets.sort(key=lambda d: known.index(d) if d in known else len(known))
+    parts = ["# Final test metrics of the population study", "",
+             "Mean ± standard error, median ± standard error (1000 bootstrap resamples) "
+             "and best final test metric over the initialisations of each algorithm; "
+             "diverged runs (NaN) are left out. Lower is better; the lowest value is bold."]
+    tables = (("Table 1: UCI regression (unnormalised test MSE)",
+               [d for d in datasets if naming.family(d) == "uci"]),
+              ("Table 2: Fashion-MNIST, Penn Treebank and CIFAR-10",
+               [d for d in datasets if naming.family(d) != "uci"]))
+    for title, members in tables:
+        if not members:
+            continue
+        parts += ["", f"## {title}"]
+        for d in members:
+            part = shown[shown["dataset"] == d]
+            parts += ["", f"### {naming.dataset_label(d)} ({part['metric'].iloc[0]})", "",
+                      markdown_table(_cells(part.reset_index(drop=True)))]
+    return "\n".join(parts) + "\n"
+
+
+def write_paper_tables(summary_paths, markdown_path, tsv_path) -> None:
+    """Combine per-dataset summary.tsv files into the paper's tables (Markdown + TSV)."""
+    frames = [pd.read_csv(p, sep="\t") for p in summary_paths]
+    summaries = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    Path(markdown_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(markdown_path).write_text(paper_markdown(summaries))
+    summaries.to_csv(tsv_path, sep="\t", index=False, na_rep="NaN")

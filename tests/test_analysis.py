@@ -1,0 +1,212 @@
+"""Collection, paper tables, figures and analysis pages on synthetic run directories."""
+
+import json
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from onepass import analysis, figures, naming, report_page, tables
+
+HISTORY_COLUMNS = ["step", "hyper_step", "time_s", "train_loss", "valid_loss", "test_loss",
+                   "test_metric", "lr", "weight_decay", "momentum"]
+
+
+def fake_run(runs_dir, algorithm, seed, final, valid=None, diverged=False, steps=5):
+    """Write metrics.json + history.csv as onepass.train does (see CONTRACTS.md)."""
+    out = runs_dir / algorithm / f"seed{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    lr0, wd0, m0 = 10 ** -(1 + seed % 5), 10 ** -(2 + seed % 4), (seed % 10) / 10
+    nan = float("nan")
+    curve = np.linspace(final * 3, final, steps + 1)
+    if diverged:
+        curve[-2:] = nan
+    history = pd.DataFrame({
+        "step": np.arange(steps + 1) * 10, "hyper_step": np.arange(steps + 1),
+        "time_s": np.arange(steps + 1) * 0.1, "train_loss": curve / 100,
+        "valid_loss": curve / 90, "test_loss": curve / 100, "test_metric": curve,
+        "lr": lr0 * np.linspace(1, 2, steps + 1), "weight_decay": wd0 * np.ones(steps + 1),
+        "momentum": m0 * np.ones(steps + 1)})
+    history[HISTORY_COLUMNS].to_csv(out / "history.csv", index=False)
+    metrics = {
+        "dataset": "uci_energy", "family": "uci", "task": "regression", "algorithm": algorithm,
+        "seed": seed, "init_lr": lr0, "init_weight_decay": wd0, "init_momentum": m0,
+        "final_lr": 2 * lr0, "final_weight_decay": wd0, "final_momentum": m0,
+        "train_loss": nan if diverged else final / 100,
+        "valid_loss": nan if diverged else (valid if valid is not None else final / 90),
+        "test_loss": nan if diverged else final / 100, "test_metric": nan if diverged else final,
+        "test_mse_unnormalised": nan if diverged else final, "test_accuracy": None,
+        "test_perplexity": None, "weight_steps": steps * 10, "hyperparameter_steps": steps,
+        "wall_time_s": 1.5, "device": "cpu", "diverged": diverged, "slurm_job_id": None,
+        "versions": {"onepass": "0.1.0"},
+        "settings": {"hyperparameter_steps": steps, "lr_step_factor": 0.99, "optimise": ["lr"]},
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    return out
+
+
+@pytest.fixture()
+def study(tmp_path):
+    """uci_energy: Random (one diverged), Ours_LR (better), Random_Validation (6 seeds),
+    Random_SteppedLR with seed 2 missing."""
+    runs = tmp_path / "runs" / "uci_energy"
+    for seed, final in enumerate([10.0, 20.0, 30.0]):
+        fake_run(runs, "Random", seed, final, diverged=(seed == 2))
+        fake_run(runs, "Ours_LR", seed, final / 4)
+    for seed in range(2):
+        fake_run(runs, "Random_SteppedLR", seed, 15.0 + seed)
+    valid = [3.0, 1.0, 2.0, float("nan"), 5.0, 4.0]
+    for seed, (final, v) in enumerate(zip([9.0, 8.0, 7.0, 6.0, 5.0, 4.0], valid)):
+        fake_run(runs, "Random_Validation", seed, final, valid=v)
+    algorithms = ["Random", "Random_SteppedLR", "Random_Validation", "Ours_LR"]
+    collected = analysis.collect("uci_energy", runs, algorithms, range(6))
+    return runs, collected
+
+
+def test_collect_marks_done_diverged_missing(study, tmp_path):
+    runs_dir, runs = study
+    assert len(runs) == 4 * 6
+    counts = analysis.status_counts(runs)
+    assert counts == {"done": 13, "diverged": 1, "missing": 10, "total": 24}
+    r = runs.set_index(["algorithm", "seed"])
+    assert r.loc[("Random", 2), "status"] == "diverged"
+    assert r.loc[("Random_SteppedLR", 2), "status"] == "missing"
+    assert r.loc[("Ours_LR", 1), "test_metric"] == 5.0
+    assert r.loc[("Random_SteppedLR", 0), "lr_step_factor"] == 0.99
+    path = tmp_path / "tables" / "runs.tsv"
+    analysis.write_runs(runs, path)
+    first = path.read_text().splitlines()[0]
+    assert first == "# status: 13 done, 1 diverged, 10 missing of 24 runs"
+    back = analysis.read_runs(path)
+    assert len(back) == 24 and back["status"].tolist() == runs["status"].tolist()
+    assert math.isnan(back.set_index(["algorithm", "seed"]).loc[("Random", 2), "test_metric"])
+
+
+def test_statistics_ignore_nans():
+    values = [1.0, 2.0, float("nan"), 3.0, 10.0]
+    mean, se = tables.mean_se(values)
+    assert mean == 4.0 and se == pytest.approx(np.std([1, 2, 3, 10], ddof=1) / 2)
+    median, mse = tables.median_se(values)
+    assert median == 2.5 and 0 < mse < 5
+    assert tables.median_se(values) == (median, mse)  # deterministic bootstrap
+    assert tables.best(values) == 1.0
+    assert all(math.isnan(v) for v in (*tables.mean_se([float("nan")]), tables.best([])))
+    assert tables.median_se([4.0]) == (4.0, 0.0)
+
+
+def test_median_se_matches_bootstrap_theory():
+    x = np.random.default_rng(1).normal(size=400)
+    _, se = tables.median_se(x)
+    # SE of the median of a normal sample ~ 1.2533 * sigma / sqrt(n)
+    assert se == pytest.approx(1.2533 / 20, rel=0.25)
+
+
+def test_three_batched_keeps_best_validation_of_each_group(study):
+    _, runs = study
+    batched = tables.three_batched(runs)
+    # groups (0,1,2): valid 3,1,2 -> seed 1 (test 8); (3,4,5): valid NaN,5,4 -> seed 5 (test 4)
+    assert batched["seed"].tolist() == [1, 5]
+    assert batched["test_metric"].tolist() == [8.0, 4.0]
+
+
+def test_three_batched_skips_incomplete_groups(study):
+    _, runs = study
+    cut = runs[~((runs["algorithm"] == "Random_Validation") & (runs["seed"] == 4))]
+    assert tables.three_batched(cut)["seed"].tolist() == [1]
+
+
+def test_summary_rows_in_paper_order(study):
+    _, runs = study
+    summary = tables.summarise(runs)
+    assert summary["algorithm"].tolist() == ["Random", "Random_SteppedLR", "Random_3Batched",
+                                             "Random_Validation", "Ours_LR"]
+    s = summary.set_index("algorithm")
+    assert s.loc["Random", "mean"] == 15.0 and s.loc["Random", "diverged"] == 1
+    assert s.loc["Ours_LR", "median"] == 5.0 and s.loc["Ours_LR", "best"] == 2.5
+    assert s.loc["Random_3Batched", "label"] == "Random (3-batched)"
+    assert s.loc["Random_3Batched", "runs"] == 2 and s.loc["Random_3Batched", "best"] == 4.0
+    assert s.loc["Random_SteppedLR", "missing"] == 4
+
+
+def test_paper_tables(study, tmp_path):
+    _, runs = study
+    summary_path = tmp_path / "summary.tsv"
+    tables.summarise(runs).to_csv(summary_path, sep="\t", index=False)
+    other = tables.summarise(runs.assign(dataset="fashion_mnist"))
+    other_path = tmp_path / "fm.tsv"
+    other.to_csv(other_path, sep="\t", index=False)
+    md, tsv = tmp_path / "paper.md", tmp_path / "paper.tsv"
+    tables.write_paper_tables([summary_path, other_path], md, tsv)
+    text = md.read_text()
+    assert text.index("## Table 1") < text.index("### UCI Energy") < text.index("## Table 2")
+    assert text.index("## Table 2") < text.index("### Fashion-MNIST (test cross-entropy)")
+    assert "| Method | Mean ± SE | Median ± SE | Best | Runs (diverged) |" in text
+    assert "Random (3-batched)" in text and "Random (validation)" not in text
+    assert re.search(r"\| Ours \(WD\+LR\) \| \*\*5 ± 1\.4\*\* \| \*\*5 ± [0-9.]+\*\* \| \*\*2\.5\*\* \|", text)
+    assert "| Random | 15 ± 5 |" in text
+    assert len(pd.read_csv(tsv, sep="\t")) == 10
+
+
+def test_colours_are_fixed_and_distinct():
+    assert len(set(naming.COLOURS.values())) == len(naming.COLOURS)
+    assert set(naming.LABELS) == set(naming.COLOURS)
+    assert naming.label("Ours_HDLR_Momentum") == "Ours (WD+HDLR+M)"
+    assert naming.label("LongDiffThroughOpt_Full") == "Long Diff-through-Opt (Full)"
+
+
+@pytest.mark.parametrize("kind", figures.KINDS)
+def test_each_figure_is_written_as_png_and_svg(study, tmp_path, kind):
+    runs_dir, runs = study
+    png, svg = tmp_path / f"{kind}.png", tmp_path / f"{kind}.svg"
+    figures.make(kind, runs, runs_dir, [png, svg])
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5000
+    assert b"<svg" in svg.read_bytes()[:1000]
+
+
+def test_figures_cope_with_no_finished_runs(tmp_path):
+    runs = analysis.collect("uci_energy", tmp_path / "none", ["Random", "Ours_LR"], range(2))
+    for kind in figures.KINDS:
+        figures.make(kind, runs, tmp_path / "none", [tmp_path / f"{kind}.png"])
+        assert (tmp_path / f"{kind}.png").stat().st_size > 1000
+
+
+def test_analysis_page_is_self_contained(study, tmp_path):
+    runs_dir, runs = study
+    runs_path, summary_path = tmp_path / "runs.tsv", tmp_path / "summary.tsv"
+    analysis.write_runs(runs, runs_path)
+    tables.summarise(runs).to_csv(summary_path, sep="\t", index=False)
+    sweep_path = tmp_path / "sweep.tsv"
+    pd.DataFrame([{"key": "lr", "type": "log_uniform", "range": "[1e-06, 0.1]"}]).to_csv(
+        sweep_path, sep="\t", index=False)
+    pngs = []
+    for kind in figures.KINDS:
+        pngs.append(tmp_path / f"{kind}.png")
+        figures.make(kind, runs, runs_dir, [pngs[-1]])
+    out = tmp_path / "page" / "uci_energy.html"
+    report_page.write("uci_energy", runs_path, summary_path, sweep_path, pngs, out, runs_dir)
+    page = out.read_text()
+    assert page.count("data:image/png;base64,") == len(figures.KINDS)
+    assert not re.search(r'src="(?!data:)', page)
+    for heading in ("Configuration", "Summary", "Empirical distribution",
+                    "against each initial hyperparameter", "Best and worst runs",
+                    "Hyperparameter trajectories", "All runs"):
+        assert heading in page
+    assert "13 done, 1 diverged, 10 missing of 24 runs" in page
+    assert "log_uniform" in page and "Random (3-batched)" in page
+
+
+def test_cli_chain(study, tmp_path):
+    runs_dir, _ = study
+    t = tmp_path / "t"
+    analysis.main(["collect", "--dataset", "uci_energy", "--runs-dir", str(runs_dir),
+                   "--algorithms", "Random", "Ours_LR", "--seeds", "3", "--out", str(t / "runs.tsv")])
+    analysis.main(["summary", "--runs", str(t / "runs.tsv"), "--out", str(t / "summary.tsv")])
+    analysis.main(["paper-tables", "--summaries", str(t / "summary.tsv"),
+                   "--markdown", str(t / "paper.md"), "--tsv", str(t / "paper.tsv")])
+    analysis.main(["figure", "--kind", "edf", "--runs", str(t / "runs.tsv"),
+                   "--runs-dir", str(runs_dir), "--out", str(t / "edf.png"), str(t / "edf.svg")])
+    assert (t / "runs.tsv").read_text().startswith("# status: 5 done, 1 diverged, 0 missing")
+    assert "Ours (WD+LR)" in (t / "paper.md").read_text()
+    assert (t / "edf.svg").exists()

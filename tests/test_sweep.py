@@ -1,0 +1,114 @@
+"""onepass.sweep: samplers, determinism, the initialisation table and its CLI."""
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from onepass import sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = {
+    "seed": 7,
+    "samplers": {
+        "lr": {"type": "log_uniform", "range": [1e-6, 1e-1]},
+        "weight_decay": {"type": "log_uniform", "range": [1e-7, 1e-2]},
+        "momentum": {"type": "uniform", "range": [0.0, 1.0]},
+        "lr_step_factor": {"type": "uniform", "range": [0.95, 1.01],
+                           "algorithms": ["Random_SteppedLR"]},
+    },
+}
+
+
+def test_draw_is_deterministic_and_depends_on_dataset_and_seed():
+    a = sweep.draw(PAPER, "uci_energy", 3)
+    assert a == sweep.draw(PAPER, "uci_energy", 3)
+    assert a != sweep.draw(PAPER, "uci_energy", 4)
+    assert a != sweep.draw(PAPER, "uci_yacht", 3)
+    assert a != sweep.draw({**PAPER, "seed": 8}, "uci_energy", 3)
+
+
+def test_growing_the_sweep_or_adding_a_key_keeps_earlier_draws():
+    small, large = sweep.table(PAPER, "fashion_mnist", 5), sweep.table(PAPER, "fashion_mnist", 20)
+    pd.testing.assert_frame_equal(small, large.head(5))
+    more = {**PAPER, "samplers": {**PAPER["samplers"], "hidden_units": {"type": "choice", "values": [50, 100]}}}
+    assert sweep.draw(more, "fashion_mnist", 2)["lr"] == sweep.draw(PAPER, "fashion_mnist", 2)["lr"]
+
+
+@pytest.mark.parametrize("kind,rng", [("uniform", [0.95, 1.01]), ("log_uniform", [1e-6, 1e-1]),
+                                      ("normal", [-1.0, 3.0]), ("log_normal", [1e-4, 1e2])])
+def test_continuous_samplers_stay_in_range(kind, rng):
+    spec = {"seed": 1, "samplers": {"x": {"type": kind, "range": rng}}}
+    values = sweep.table(spec, "d", 400)["x"]
+    assert values.between(*rng).all()
+    assert values.nunique() == 400
+
+
+def test_log_uniform_is_uniform_in_log_space_and_normal_is_centred():
+    lr = sweep.table(PAPER, "d", 2000)["lr"].map(math.log10)
+    assert abs(lr.mean() - (-3.5)) < 0.1
+    assert lr.min() < -5.8 and lr.max() > -1.2
+    spec = {"seed": 1, "samplers": {"x": {"type": "normal", "range": [0.0, 6.0]}}}
+    x = sweep.table(spec, "d", 2000)["x"]
+    assert abs(x.mean() - 3.0) < 0.1 and abs(x.std() - 1.0) < 0.1
+
+
+def test_quantize_and_choice():
+    spec = {"seed": 1, "samplers": {
+        "q": {"type": "uniform", "range": [0, 1], "quantize": 0.25},
+        "ql": {"type": "log_uniform", "range": [1e-5, 1e-1], "quantize": 1e-5},
+        "model.width": {"type": "choice", "values": [32, 64, 128]},
+    }}
+    t = sweep.table(spec, "d", 200)
+    assert set(t["q"]) <= {0.0, 0.25, 0.5, 0.75, 1.0}
+    assert all(abs(v / 1e-5 - round(v / 1e-5)) < 1e-6 for v in t["ql"])
+    assert set(t["model.width"]) == {32, 64, 128}
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ({"type": "gaussian", "range": [0, 1]}, "sweep.samplers.lr.type"),
+    ({"type": "uniform"}, "sweep.samplers.lr.range"),
+    ({"type": "uniform", "range": [1, 0]}, "sweep.samplers.lr.range"),
+    ({"type": "log_uniform", "range": [0, 1]}, "sweep.samplers.lr.range"),
+    ({"type": "choice"}, "sweep.samplers.lr.values"),
+])
+def test_bad_sampler_is_rejected_naming_the_key(spec, needle):
+    with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
+        sweep.check_sampler("lr", spec)
+
+
+def test_applies_to():
+    samplers = PAPER["samplers"]
+    assert sweep.applies_to(samplers["lr"], "Ours_LR")
+    assert sweep.applies_to(samplers["lr_step_factor"], "Random_SteppedLR")
+    assert not sweep.applies_to(samplers["lr_step_factor"], "Random")
+
+
+def test_cli_writes_table_and_summary(tmp_path):
+    table, summary = tmp_path / "init.tsv", tmp_path / "summary.tsv"
+    sweep.main(["--spec", json.dumps(PAPER), "--dataset", "uci_energy", "--initialisations", "6",
+                "--table", str(table), "--summary", str(summary)])
+    t = pd.read_csv(table, sep="\t")
+    assert list(t["seed"]) == list(range(6))
+    for _, row in t.iterrows():  # exact round trip of every drawn float
+        drawn = sweep.draw(PAPER, "uci_energy", int(row["seed"]))
+        assert all(row[k] == drawn[k] for k in drawn)
+    s = pd.read_csv(summary, sep="\t").set_index("key")
+    assert set(s.index) == set(PAPER["samplers"])
+    assert s.loc["lr", "type"] == "log_uniform" and s.loc["lr", "n"] == 6
+    assert s.loc["lr_step_factor", "algorithms"] == "Random_SteppedLR"
+
+
+def test_full_config_uses_the_papers_samplers_and_counts():
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    samplers = config["sweep"]["samplers"]
+    assert samplers["lr"] == {"type": "log_uniform", "range": [1e-6, 1e-1]}
+    assert samplers["weight_decay"] == {"type": "log_uniform", "range": [1e-7, 1e-2]}
+    assert samplers["momentum"] == {"type": "uniform", "range": [0.0, 1.0]}
+    assert samplers["lr_step_factor"]["range"] == [0.95, 1.01]
+    n = config["sweep"]["initialisations"]
+    assert all(n[d] == 200 for d in config["datasets"] if d.startswith("uci_"))
+    assert (n["fashion_mnist"], n["penn_treebank"], n["cifar10"]) == (100, 50, 50)
