@@ -50,8 +50,28 @@ SETTINGS: dict[str, tuple[tuple, Any, tuple | None, str]] = {
     "log10_lr_max": ((float, int), 0.0, None, "log10(lr) is clipped above at this value"),
     "clip_grad_norm": (_OPT_FLOAT, None, None, "clip the training gradient to this global norm"),
     "divergence_threshold": ((float, int), 1e3, None, "training loss above this marks the run diverged"),
-    "log_every": ((int,), 10, None, "hyperparameter steps between logged evaluations"),
+    "weight_steps": (_OPT_INT, None, None, "total weight steps; when set, it fixes hyperparameter_steps to "
+                     "ceil(weight_steps / update_interval), so one budget fits every algorithm"),
+    "log_every": ((int,), 100, None, "weight steps between logged evaluations (taken at the end of the "
+                  "hyperparameter step that reaches them, so every algorithm logs at comparable steps)"),
     "checkpoint_every": ((int,), 50, None, "hyperparameter steps between checkpoints"),
+    # black-box searches (python -m onepass.search): each evaluation / trial is a run of search_inner_algorithm
+    "search": ((str,), "none", ("none", "bayesopt", "asha", "pbt"), "black-box search around the runs"),
+    "search_inner_algorithm": ((str,), "Random_Validation", None, "search: algorithm config of every trial"),
+    "search_log10_lr": ((list,), [-6.0, -1.0], None, "search space: [low, high] of log10(lr)"),
+    "search_log10_weight_decay": ((list,), [-7.0, -2.0], None, "search space: [low, high] of log10(wd)"),
+    "search_momentum": ((list,), [0.0, 1.0], None, "search space: [low, high] of momentum"),
+    "search_diverged_penalty": ((float, int), 10.0, None, "search: validation loss scored for a diverged trial"),
+    "search_initial_points": ((int,), 5, None, "BayesOpt: random initial evaluations"),
+    "search_guided_points": ((int,), 25, None, "BayesOpt: evaluations guided by the surrogate"),
+    "search_trials": ((int,), 32, None, "ASHA: trials sampled; PBT: population size"),
+    "search_report_every": ((int,), 1, None, "ASHA/PBT: hyperparameter steps between reported evaluations"),
+    "asha_grace_period": ((int,), 10, None, "ASHA: hyperparameter steps before a trial may be stopped"),
+    "asha_reduction_factor": ((float, int), 3, None, "ASHA: reduction factor between rungs"),
+    "pbt_perturbation_interval": ((int,), 20, None, "PBT: hyperparameter steps between exploit/explore"),
+    "pbt_quantile_fraction": ((float, int), 0.25, None, "PBT: bottom fraction replaced by copies of the top"),
+    "pbt_resample_probability": ((float, int), 0.25, None, "PBT: probability of resampling a hyperparameter"),
+    "pbt_perturbation_factors": ((list,), [1.2, 0.8], None, "PBT: factors a hyperparameter is multiplied by"),
 }
 
 
@@ -140,6 +160,10 @@ def load_settings(dataset: str, algorithm: str, overrides: list[str] | dict | No
     settings.update(check(extra, "--set"))
     if settings["log10_lr_min"] > settings["log10_lr_max"]:
         raise ConfigError("setting 'log10_lr_min' must not exceed 'log10_lr_max'")
+    if settings["weight_steps"] is not None:
+        if settings["weight_steps"] < 1:
+            raise ConfigError(f"setting 'weight_steps' must be at least 1, got {settings['weight_steps']}")
+        settings["hyperparameter_steps"] = -(-settings["weight_steps"] // settings["update_interval"])
     for key in ("update_interval", "hyperparameter_steps", "neumann_terms", "unroll_steps",
                 "log_every", "checkpoint_every"):
         if settings[key] < 1:

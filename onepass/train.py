@@ -243,6 +243,8 @@ def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float,
     """
     wall_start = time.perf_counter()
     settings = load_settings(dataset, algorithm, overrides)
+    if settings["search"] != "none":
+        raise ConfigError(f"algorithm {algorithm!r} is a search: run it with python -m onepass.search")
     dev = resolve_device(device)
     for name, value in (("lr", lr), ("weight-decay", weight_decay), ("momentum", momentum)):
         if not math.isfinite(value) or value < 0 or (name == "momentum" and value > 1):
@@ -293,7 +295,8 @@ def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float,
         job.train_time += time.perf_counter() - tick
         if diverged:
             break
-        if job.hyper_step % settings["log_every"] == 0 or job.hyper_step == total:
+        if job.weight_step // settings["log_every"] > job.history[-1]["step"] // settings["log_every"] \
+                or job.hyper_step == total:
             emit(job.log())
         if job.hyper_step % settings["checkpoint_every"] == 0 or job.hyper_step == total:
             save_checkpoint()
