@@ -1,0 +1,333 @@
+"""Black-box baselines: BayesOpt (scikit-optimize), ASHA and PBT (Ray Tune) on UCI Energy with tiny budgets.
+
+The Ray searches run as the command-line job the pipeline runs (a subprocess), with TMPDIR set to a fresh
+directory whose name marks every process that job's Ray starts, so that the tests can tell that none is
+left behind.
+"""
+
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from onepass import data
+from onepass.config import ConfigError
+from onepass.search import EVALUATION_COLUMNS, add_evaluation, is_search, main, perturb, run, search_settings
+from onepass.train import HISTORY_COLUMNS
+from onepass.train import run as train_run
+from onepass.updates import Hyperparameters
+
+RUN_KEYS = ["dataset", "family", "task", "algorithm", "seed", "init_lr", "init_weight_decay", "init_momentum",
+            "final_lr", "final_weight_decay", "final_momentum", "train_loss", "valid_loss", "test_loss",
+            "test_metric", "test_mse_unnormalised", "test_accuracy", "test_perplexity", "weight_steps",
+            "hyperparameter_steps", "wall_time_s", "device", "diverged", "slurm_job_id", "versions", "settings"]
+TINY_BO = ["hyperparameter_steps=6", "log_every=3", "checkpoint_every=3", "search_initial_points=3",
+           "search_guided_points=2"]
+DIVERGING_SPACE = ["search_log10_lr=[-0.3, 0]", "search_momentum=[0.9, 0.99]"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """In-process BayesOpt runs use one torch thread (two threads on a busy 2-core machine crawl)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def data_dir(shared_datasets, tmp_path_factory):
+    path = tmp_path_factory.mktemp("data")
+    data.prepare("uci_energy", path, mirrors=[shared_datasets])
+    return path
+
+
+def evaluations(out: Path) -> list[dict]:
+    with open(out / "evaluations.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key, value in row.items():
+            row[key] = value == "true" if value in ("true", "false") else float(value)
+    return rows
+
+
+def check_record(out: Path, metrics: dict, count: int | None = None) -> list[dict]:
+    """The outputs of a search agree with each other; returns the evaluations."""
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    assert set(RUN_KEYS) <= set(metrics)
+    header = (out / "evaluations.csv").read_text().splitlines()[0].split(",")
+    assert header == EVALUATION_COLUMNS
+    rows = evaluations(out)
+    assert rows and metrics["evaluations"] == len(rows) and (count is None or len(rows) == count)
+    assert metrics["diverged_evaluations"] == sum(r["diverged"] for r in rows)
+    valid = [r["valid_loss"] for r in rows if not r["diverged"]]
+    assert metrics["valid_loss"] == min(valid)  # the reported best is the minimum of what was recorded
+    best = rows[metrics["best_evaluation"]]
+    assert best["valid_loss"] == metrics["valid_loss"] and best["test_metric"] == metrics["test_metric"]
+    assert metrics["test_mse_unnormalised"] == metrics["test_metric"] and metrics["diverged"] is False
+    assert metrics["final_lr"] == best["lr"] and not metrics["test_accuracy"]
+    assert rows[-1]["best_valid_loss"] == metrics["valid_loss"]
+    bests = [r["best_valid_loss"] for r in rows if not math.isnan(r["best_valid_loss"])]
+    assert bests == sorted(bests, reverse=True)
+    times = [r["cumulative_time_s"] for r in rows]
+    assert times == sorted(times)
+    assert metrics["weight_steps"] == rows[-1]["cumulative_weight_steps"] == sum(
+        r["cumulative_weight_steps"] - (rows[i - 1]["cumulative_weight_steps"] if i else 0) for i, r in enumerate(rows))
+    header, *hist = (out / "history.csv").read_text().splitlines()
+    assert header.split(",") == HISTORY_COLUMNS and len(hist) == len(rows)
+    last = dict(zip(HISTORY_COLUMNS, hist[-1].split(",")))
+    assert float(last["test_metric"]) == metrics["test_metric"]
+    assert float(last["time_s"]) == rows[-1]["cumulative_time_s"]
+    return rows
+
+
+def check_all_diverged(out: Path, count: int) -> None:
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["diverged"] is True and m["best_evaluation"] is None
+    assert m["evaluations"] == m["diverged_evaluations"] == count
+    assert all(math.isnan(m[k]) for k in ("train_loss", "valid_loss", "test_loss", "test_metric", "final_lr"))
+    rows = evaluations(out)
+    assert len(rows) == count and all(r["diverged"] and math.isnan(r["valid_loss"]) for r in rows)
+    assert all(r["score"] == m["settings"]["search_diverged_penalty"] for r in rows)
+
+
+# ---- BayesOpt ---------------------------------------------------------------------------------------------
+def test_bayesopt_end_to_end_and_replay(data_dir, tmp_path):
+    m = run("uci_energy", "BayesOpt", 3, 1e-3, 1e-4, 0.5, data_dir, tmp_path / "bo", overrides=TINY_BO)
+    rows = check_record(tmp_path / "bo", m, count=5)
+    assert m["algorithm"] == "BayesOpt" and m["seed"] == 3 and m["init_lr"] == 1e-3
+    assert m["inner_algorithm"] == "Random_Validation" and m["settings"]["train_on"] == "train"
+    assert [r["run_seed"] for r in rows] == [3000, 3001, 3002, 3003, 3004]
+    for r in rows:
+        assert 1e-6 <= r["lr"] <= 1e-1 and 1e-7 <= r["weight_decay"] <= 1e-2 and 0 <= r["momentum"] <= 1
+        assert r["weight_steps"] == 60 and r["hyper_step"] == 6
+    for i, r in enumerate(rows):  # each evaluation is the inner training run it wrote
+        inner = json.loads((tmp_path / "bo" / "evaluations" / f"{i:03d}" / "metrics.json").read_text())
+        assert inner["algorithm"] == "Random_Validation" and inner["valid_loss"] == r["valid_loss"]
+        assert inner["init_lr"] == r["lr"] and inner["test_metric"] == r["test_metric"]
+    # started again (as after a kill), the search replays the same points and scores
+    again = run("uci_energy", "BayesOpt", 3, 1e-3, 1e-4, 0.5, data_dir, tmp_path / "bo", overrides=TINY_BO)
+    keys = ("lr", "weight_decay", "momentum", "valid_loss", "test_metric")
+    assert [[r[k] for k in keys] for r in evaluations(tmp_path / "bo")] == [[r[k] for k in keys] for r in rows]
+    assert again["test_metric"] == m["test_metric"]
+
+
+def test_bayesopt_whose_every_evaluation_diverges_reports_nan(data_dir, tmp_path, capsys):
+    args = ["--dataset", "uci_energy", "--algorithm", "BayesOpt", "--seed", "0", "--lr", "0.001",
+            "--weight-decay", "0.0001", "--momentum", "0.5", "--data-dir", str(data_dir), "--out",
+            str(tmp_path / "bo"), "--quiet", "--threads", "1"]
+    for setting in TINY_BO + DIVERGING_SPACE:
+        args += ["--set", setting]
+    assert main(args) == 0
+    assert "every evaluation DIVERGED" in capsys.readouterr().out
+    check_all_diverged(tmp_path / "bo", 5)
+    rows = evaluations(tmp_path / "bo")
+    assert all(10 ** -0.3 - 1e-12 <= r["lr"] <= 1.0 and 0.9 <= r["momentum"] <= 0.99 for r in rows)
+    assert (tmp_path / "bo" / "history.csv").read_text().count("nan") > 0
+
+
+@pytest.mark.parametrize("algorithm,overrides,key", [
+    ("Random", [], "onepass.train"),
+    ("BayesOpt", ["search_log10_lr=[-1, -2]"], "search_log10_lr"),
+    ("BayesOpt", ["search_momentum=[0.5, 1.5]"], "search_momentum"),
+    ("BayesOpt", ["search_inner_algorithm=ASHA"], "search_inner_algorithm"),
+    ("PBT", ["pbt_perturbation_interval=3", "search_report_every=2"], "pbt_perturbation_interval"),
+    ("ASHA", ["asha_no_such_key=1"], "asha_no_such_key"),
+])
+def test_bad_search_settings_name_the_key(algorithm, overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        search_settings("uci_energy", algorithm, overrides)
+
+
+def test_training_command_refuses_a_search(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="onepass.search"):
+        train_run("uci_energy", "BayesOpt", 0, 1e-3, 1e-4, 0.5, data_dir, tmp_path / "x")
+
+
+def test_search_configs_wrap_the_right_inner_algorithms():
+    expected = {"BayesOpt": "Random_Validation", "ASHA": "Random_Validation", "PBT": "Random_Validation",
+                "ASHA_Ours": "Ours_LR_Momentum", "PBT_Ours": "Ours_LR_Momentum"}
+    for algorithm, inner_name in expected.items():
+        settings, inner = search_settings("uci_energy", algorithm)
+        assert settings["search_inner_algorithm"] == inner_name and inner["train_on"] == "train"
+        assert settings["search_log10_lr"] == [-6.0, -1.0] and settings["search_momentum"] == [0.0, 1.0]
+        assert settings["search_log10_weight_decay"] == [-7.0, -2.0]
+    bo, _ = search_settings("uci_energy", "BayesOpt")
+    assert (bo["search_initial_points"], bo["search_guided_points"]) == (5, 25)
+    assert all(is_search(a) for a in expected) and not any(is_search(a) for a in ("Random", "Ours_LR", "Nope"))
+
+
+# ---- pieces of ASHA/PBT that need no Ray --------------------------------------------------------------------
+def test_pbt_explore_perturbs_the_current_hyperparameters():
+    settings, _ = search_settings("uci_energy", "PBT_Ours", ["pbt_resample_probability=0"])
+    h = Hyperparameters(0.01, 1e-4, 0.5, ["lr", "weight_decay", "momentum"])
+    rng = random.Random(0)
+    expected_rng = random.Random(0)
+    expected_rng.uniform(0, 1), expected_rng.uniform(0, 1), expected_rng.uniform(0, 1)  # the unused resample point
+    factors = []
+    for _ in range(3):
+        expected_rng.random()
+        factors.append(expected_rng.choice([1.2, 0.8]))
+    perturb(h, rng, settings)
+    s = h.summary()
+    assert s["lr"] == pytest.approx(0.01 * factors[0], rel=1e-5)
+    assert s["weight_decay"] == pytest.approx(1e-4 * factors[1], rel=1e-5)
+    assert s["momentum"] == pytest.approx(0.5 * factors[2], rel=1e-5)
+    settings, _ = search_settings("uci_energy", "PBT", ["pbt_resample_probability=1", "search_momentum=[0.2, 0.3]"])
+    perturb(h, random.Random(1), settings)
+    s = h.summary()
+    assert 1e-6 <= s["lr"] <= 0.1 and 1e-7 <= s["weight_decay"] <= 1e-2 and 0.2 <= s["momentum"] <= 0.3
+
+
+def test_best_so_far_ignores_diverged_evaluations():
+    rows = []
+    base = {"new_weight_steps": 10, "new_hyper_steps": 1, "test_metric": 0.0}
+    for valid, diverged in ((2.0, False), (float("nan"), True), (1.0, False), (3.0, False)):
+        add_evaluation(rows, {**base, "valid_loss": valid, "diverged": diverged, "test_metric": valid * 10})
+    assert [r["best_valid_loss"] for r in rows] == [2.0, 2.0, 1.0, 1.0]
+    assert [r["best_test_metric"] for r in rows] == [20.0, 20.0, 10.0, 10.0]
+    assert [r["cumulative_weight_steps"] for r in rows] == [10, 20, 30, 40]
+
+
+# ---- ASHA and PBT on Ray, as jobs ---------------------------------------------------------------------------
+@pytest.fixture
+def marker():
+    """A short fresh TMPDIR for one search job: every process its Ray starts carries it."""
+    path = tempfile.mkdtemp(prefix="osr-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def ray_processes(marker: str) -> list:
+    """Live processes started by the job that had TMPDIR=marker (Ray's own and its workers)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if p.pid == os.getpid():
+                continue
+            if marker in " ".join(p.info["cmdline"] or []) or p.environ().get("TMPDIR") == marker:
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+def search_job(algorithm, data_dir, out, marker, settings, seed=0, wait=True):
+    cmd = [sys.executable, "-m", "onepass.search", "--dataset", "uci_energy", "--algorithm", algorithm,
+           "--seed", str(seed), "--lr", "0.001", "--weight-decay", "0.0001", "--momentum", "0.5",
+           "--data-dir", str(data_dir), "--out", str(out), "--threads", "2", "--quiet"]
+    for setting in settings:
+        cmd += ["--set", setting]
+    env = {**os.environ, "TMPDIR": marker, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if not wait:
+        return proc
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+def assert_no_ray_left(marker):
+    deadline = time.time() + 5
+    while ray_processes(marker) and time.time() < deadline:
+        time.sleep(0.2)
+    left = ray_processes(marker)
+    assert not left, [(p.pid, p.name()) for p in left]
+    assert os.listdir(marker) == []  # Ray's session directory is gone too
+
+
+@pytest.mark.slow
+def test_asha_end_to_end(data_dir, tmp_path, marker):
+    settings = ["search_trials=4", "hyperparameter_steps=6", "asha_grace_period=2", "asha_reduction_factor=3"]
+    search_job("ASHA", data_dir, tmp_path / "asha", marker, settings)
+    assert_no_ray_left(marker)
+    m = json.loads((tmp_path / "asha" / "metrics.json").read_text())
+    rows = check_record(tmp_path / "asha", m)
+    assert m["algorithm"] == "ASHA" and m["inner_algorithm"] == "Random_Validation" and "ray" in m["versions"]
+    trials = {int(r["run_seed"]) for r in rows}  # seed 0: trial i trains with seed i
+    assert trials == {0, 1, 2, 3} and {int(r["trial"]) for r in rows} == trials
+    steps = {t: [r["hyper_step"] for r in rows if r["run_seed"] == t] for t in trials}
+    assert all(s == list(range(1, len(s) + 1)) for s in steps.values())  # a report every hyperparameter step
+    assert max(len(s) for s in steps.values()) == 6
+    # the worst point of seed 0 (lr 8e-4, far behind at the first rung) starts after two others have
+    # recorded that rung, so ASHA stops it there
+    assert steps[3] == [1, 2]
+    assert all(len({(r["lr"], r["momentum"]) for r in rows if r["run_seed"] == t}) == 1 for t in trials)
+    assert (tmp_path / "asha" / "ray").is_dir()
+
+
+@pytest.mark.slow
+def test_pbt_end_to_end_exploits_and_perturbs(data_dir, tmp_path, marker):
+    settings = ["search_trials=4", "hyperparameter_steps=6", "pbt_perturbation_interval=3",
+                "pbt_quantile_fraction=0.5"]
+    search_job("PBT", data_dir, tmp_path / "pbt", marker, settings)
+    assert_no_ray_left(marker)
+    m = json.loads((tmp_path / "pbt" / "metrics.json").read_text())
+    rows = check_record(tmp_path / "pbt", m)
+    assert {int(r["trial"]) for r in rows} == {0, 1, 2, 3}
+    assert all(len([r for r in rows if r["trial"] == t]) == 6 for t in range(4))
+    # Random's hyperparameters are fixed within a run: a change inside a trial is PBT's exploit + explore,
+    # which continues from the copied trial's state (its weight steps go on from the donor's)
+    changed = [t for t in range(4) if len({r["lr"] for r in rows if r["trial"] == t}) > 1]
+    assert changed
+    assert metrics_checkpoints(tmp_path / "pbt")
+    assert m["weight_steps"] == 4 * 6 * 10
+
+
+def metrics_checkpoints(out: Path) -> list:
+    return list((out / "ray").glob("*/checkpoint_*/trial.pt"))
+
+
+@pytest.mark.slow
+def test_pbt_whose_every_trial_diverges_reports_nan(data_dir, tmp_path, marker):
+    settings = ["search_trials=2", "hyperparameter_steps=4", "pbt_perturbation_interval=2",
+                "divergence_threshold=1e-6"]
+    output = search_job("PBT", data_dir, tmp_path / "pbt", marker, settings)
+    assert "every evaluation DIVERGED" in output
+    assert_no_ray_left(marker)
+    check_all_diverged(tmp_path / "pbt", 2 * 4)  # diverged trials idle and report until the end
+
+
+@pytest.mark.slow
+def test_terminated_search_leaves_no_ray_process(data_dir, tmp_path, marker):
+    """SIGTERM (a SLURM time limit, a cancelled job) while trials run: Ray is stopped all the same."""
+    out = tmp_path / "asha"
+    proc = search_job("ASHA", data_dir, out, marker, ["search_trials=4", "hyperparameter_steps=100000"],
+                      wait=False)
+    try:
+        deadline = time.time() + 120
+        while not list((out / "ray").glob("*/")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        time.sleep(3)
+        assert proc.poll() is None and ray_processes(marker)  # Ray runs (and the marker finds it)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, output[-4000:]
+    assert_no_ray_left(marker)
+    assert not (out / "metrics.json").exists()
+
+
+def test_baselines_conda_env_matches_pyproject(repo_root):
+    import tomllib
+
+    import yaml
+    project = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((repo_root / "envs" / "baselines.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    norm = lambda reqs: sorted(r.replace(" ", "").lower() for r in reqs)  # noqa: E731
+    assert norm(pip) == norm(project["dependencies"] + project["optional-dependencies"]["baselines"])
