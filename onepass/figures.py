@@ -99,25 +99,41 @@ def edf(runs: pd.DataFrame, runs_dir) -> plt.Figure:
     return fig
 
 
+def held_on_grid(h: pd.DataFrame, x: str, grid: np.ndarray) -> np.ndarray:
+    """Each run's test metric held from one logged ``x`` to the next, on a common grid
+    (shape: grid points x runs). Runs are logged at their own steps and times, and a diverged
+    run's last row is NaN, so curves are aligned this way rather than by row."""
+    columns = []
+    for _, run in h.groupby("seed"):
+        run = run.sort_values(x)
+        xs = run[x].to_numpy(dtype=float)
+        ys = run["test_metric"].to_numpy(dtype=float)
+        at = np.searchsorted(xs, grid, side="right") - 1
+        columns.append(np.where(at >= 0, ys[np.clip(at, 0, None)], np.nan))
+    return np.stack(columns, axis=1)
+
+
 def _progress(runs: pd.DataFrame, runs_dir, x: str) -> plt.Figure:
     """Median and best test metric across runs against step or wall time."""
     hist = load_histories(runs, runs_dir)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), sharex=True)
-    xlabel = {"step": "weight step", "time_s": "wall time (s)"}[x]
+    xlabel = {"step": "weight step", "time_s": "training time (s)"}[x]
     drawn = False
     for algorithm in _algorithms(runs):
         h = hist[hist["algorithm"] == algorithm]
         if h.empty:
             continue
-        metric = h.pivot_table(index="step", columns="seed", values="test_metric", aggfunc="last")
-        times = h.pivot_table(index="step", columns="seed", values="time_s", aggfunc="last")
-        xs = metric.index.to_numpy() if x == "step" else np.nanmedian(times.to_numpy(), axis=1)
-        values = metric.to_numpy(dtype=float)
-        with warnings.catch_warnings():  # all-NaN steps (every run diverged) stay NaN
+        if x == "step":
+            grid = np.unique(h["step"].to_numpy(dtype=float))
+        else:
+            grid = np.linspace(0.0, float(np.nanmax(h[x].to_numpy(dtype=float))), 200)
+        values = held_on_grid(h, x, grid)
+        with warnings.catch_warnings():  # all-NaN points (every run diverged) stay NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             median, low = np.nanmedian(values, axis=1), np.nanmin(values, axis=1)
         for ax, y in zip(axes, (median, low)):
-            ax.plot(xs, y, color=naming.colour(algorithm), label=naming.label(algorithm))
+            ax.plot(grid, y, color=naming.colour(algorithm), label=naming.label(algorithm),
+                    drawstyle="steps-post")
         drawn = True
     for ax, what in zip(axes, ("median", "best")):
         ax.set_title(_title(runs, f"{what} {_metric(runs)}"))

@@ -21,11 +21,14 @@ def fake_run(runs_dir, algorithm, seed, final, valid=None, diverged=False, steps
     lr0, wd0, m0 = 10 ** -(1 + seed % 5), 10 ** -(2 + seed % 4), (seed % 10) / 10
     nan = float("nan")
     curve = np.linspace(final * 3, final, steps + 1)
-    if diverged:
-        curve[-2:] = nan
+    step = np.arange(steps + 1) * 10
+    if diverged:  # as onepass.train writes it: stops early, a last NaN row at an off-grid step
+        curve, step = curve[:3], step[:3]
+        curve[-1], step[-1] = nan, step[-2] + 7
+        steps = 2
     history = pd.DataFrame({
-        "step": np.arange(steps + 1) * 10, "hyper_step": np.arange(steps + 1),
-        "time_s": np.arange(steps + 1) * 0.1, "train_loss": curve / 100,
+        "step": step, "hyper_step": np.arange(steps + 1),
+        "time_s": np.arange(steps + 1) * 0.1 + seed * 0.01, "train_loss": curve / 100,
         "valid_loss": curve / 90, "test_loss": curve / 100, "test_metric": curve,
         "lr": lr0 * np.linspace(1, 2, steps + 1), "weight_decay": wd0 * np.ones(steps + 1),
         "momentum": m0 * np.ones(steps + 1)})
@@ -210,3 +213,15 @@ def test_cli_chain(study, tmp_path):
     assert (t / "runs.tsv").read_text().startswith("# status: 5 done, 1 diverged, 0 missing")
     assert "Ours (WD+LR)" in (t / "paper.md").read_text()
     assert (t / "edf.svg").exists()
+
+
+def test_curves_are_held_on_a_common_grid():
+    """Runs logged at different steps (a diverged one ending in NaN) align by value held from one
+    logged step to the next, not by row."""
+    h = pd.DataFrame({"seed": [0, 0, 0, 1, 1],
+                      "step": [0, 10, 20, 0, 7],
+                      "test_metric": [5.0, 3.0, 1.0, 4.0, np.nan]})
+    grid = np.array([0.0, 5.0, 7.0, 10.0, 20.0])
+    held = figures.held_on_grid(h, "step", grid)
+    np.testing.assert_array_equal(held[:, 0], [5.0, 5.0, 5.0, 3.0, 1.0])
+    np.testing.assert_array_equal(held[:, 1], [4.0, 4.0, np.nan, np.nan, np.nan])
