@@ -44,7 +44,6 @@ diverged evaluation's score is ``search_diverged_penalty`` (10 by default: see c
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -62,7 +61,8 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, load_settings, parse_overrides
-from .train import Run, _dataset_to, _versions, atomic_write, resolve_device, write_history
+from .train import (Run, _dataset_to, _versions, atomic_write, resolve_device, run_arguments, run_from_arguments,
+                    write_history)
 from .updates import to_unconstrained
 
 SEARCHES = ("bayesopt", "asha", "pbt")
@@ -585,43 +585,26 @@ def _terminate(signum, frame):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m onepass.search", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--algorithm", required=True, help="BayesOpt, ASHA, ASHA_Ours, PBT or PBT_Ours")
-    p.add_argument("--seed", type=int, required=True, help="seed of the whole search")
-    p.add_argument("--lr", type=float, required=True, help="recorded as init_lr (the search draws its own)")
-    p.add_argument("--weight-decay", type=float, required=True, help="recorded as init_weight_decay")
-    p.add_argument("--momentum", type=float, required=True, help="recorded as init_momentum")
-    p.add_argument("--data-dir", required=True, help="where `python -m onepass.data prepare` wrote the data")
-    p.add_argument("--out", required=True, help="output directory of this search")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a search setting or a setting of every inner run")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPUs: torch threads for BayesOpt, concurrent Ray trials for ASHA/PBT")
-    p.add_argument("--quiet", action="store_true", help="do not print progress")
-    args = p.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
+    args = run_arguments(
+        "python -m onepass.search", __doc__.split("\n\n")[0],
+        algorithm="BayesOpt, ASHA, ASHA_Ours, PBT or PBT_Ours", seed="seed of the whole search",
+        lr="recorded as init_lr (the search draws its own)", weight_decay="recorded as init_weight_decay",
+        momentum="recorded as init_momentum", out="output directory of this search",
+        overrides="override a search setting or a setting of every inner run",
+        threads="CPUs: torch threads for BayesOpt, concurrent Ray trials for ASHA/PBT",
+        quiet="do not print progress").parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (SLURM's time limit, snakemake, kill) unwinds like Ctrl-C, so that Ray is stopped
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        metrics = run(args.dataset, args.algorithm, args.seed, args.lr, args.weight_decay, args.momentum,
-                      args.data_dir, args.out, args.device, args.overrides, quiet=args.quiet, threads=args.threads)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:
-        if type(err).__name__ == "DataError":
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        raise
+        code, metrics = run_from_arguments(run, args, threads=args.threads)
     except SystemExit:
         if _TERMINATED:  # Ray may turn the signal into SystemExit(1): exit as terminated by it
             print(f"terminated by signal {_TERMINATED[0]}; Ray stopped", file=sys.stderr)
             raise SystemExit(128 + _TERMINATED[0]) from None
         raise
+    if code:
+        return code
     state = "every evaluation DIVERGED" if metrics["diverged"] else f"test_metric={metrics['test_metric']:.6g}"
     print(f"{args.dataset} {args.algorithm} seed {args.seed}: {state} ({metrics['evaluations']} evaluations, "
           f"{metrics['diverged_evaluations']} diverged, {metrics['wall_time_s']:.1f} s)")

@@ -347,36 +347,54 @@ def write_history(path: Path, rows: list[dict]) -> None:
     atomic_write(path, write)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m onepass.train", description=__doc__.split("\n\n")[0])
+def run_arguments(prog: str, description: str, **help) -> argparse.ArgumentParser:
+    """The single-run command line, shared by ``onepass.train`` and ``onepass.search``; ``help``
+    replaces the help text of an option (keys as the option's dest)."""
+    text = {"seed": None, "lr": "initial learning rate", "weight_decay": "initial weight decay",
+            "momentum": "initial momentum", "out": "output directory of this run",
+            "overrides": "override a setting of config/datasets/*.yaml or config/algorithms/*.yaml",
+            "threads": "CPU threads for torch (default: torch's own choice, e.g. from OMP_NUM_THREADS)",
+            "quiet": "do not print the logged evaluations", **help}
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--dataset", required=True)
-    p.add_argument("--algorithm", required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--lr", type=float, required=True, help="initial learning rate")
-    p.add_argument("--weight-decay", type=float, required=True, help="initial weight decay")
-    p.add_argument("--momentum", type=float, required=True, help="initial momentum")
+    p.add_argument("--algorithm", required=True, help=text.get("algorithm"))
+    p.add_argument("--seed", type=int, required=True, help=text["seed"])
+    p.add_argument("--lr", type=float, required=True, help=text["lr"])
+    p.add_argument("--weight-decay", type=float, required=True, help=text["weight_decay"])
+    p.add_argument("--momentum", type=float, required=True, help=text["momentum"])
     p.add_argument("--data-dir", required=True, help="where `python -m onepass.data prepare` wrote the data")
-    p.add_argument("--out", required=True, help="output directory of this run")
+    p.add_argument("--out", required=True, help=text["out"])
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting of config/datasets/*.yaml or config/algorithms/*.yaml")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's own choice, e.g. from OMP_NUM_THREADS)")
-    p.add_argument("--quiet", action="store_true", help="do not print the logged evaluations")
-    args = p.parse_args(argv)
+                   help=text["overrides"])
+    p.add_argument("--threads", type=int, default=None, help=text["threads"])
+    p.add_argument("--quiet", action="store_true", help=text["quiet"])
+    return p
+
+
+def run_from_arguments(run_fn, args, **kwargs):
+    """Call ``run_fn`` with the parsed command line; returns (exit status, metrics or None).
+    A bad config or missing data is a one-line message (status 2 or 1), not a traceback."""
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
     try:
-        metrics = run(args.dataset, args.algorithm, args.seed, args.lr, args.weight_decay, args.momentum,
-                      args.data_dir, args.out, args.device, args.overrides, quiet=args.quiet)
+        return 0, run_fn(args.dataset, args.algorithm, args.seed, args.lr, args.weight_decay, args.momentum,
+                         args.data_dir, args.out, args.device, args.overrides, quiet=args.quiet, **kwargs)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return 2, None
     except Exception as err:
         if type(err).__name__ == "DataError":
             print(f"error: {err}", file=sys.stderr)
-            return 1
+            return 1, None
         raise
+
+
+def main(argv=None) -> int:
+    args = run_arguments("python -m onepass.train", __doc__.split("\n\n")[0]).parse_args(argv)
+    code, metrics = run_from_arguments(run, args)
+    if code:
+        return code
     state = "DIVERGED" if metrics["diverged"] else f"test_metric={metrics['test_metric']:.6g}"
     print(f"{args.dataset} {args.algorithm} seed {args.seed}: {state} "
           f"({metrics['weight_steps']} weight steps, {metrics['wall_time_s']:.1f} s)")
