@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
@@ -29,3 +30,23 @@ def fashion_mnist_dir() -> Path:
     if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"Fashion-MNIST not found at {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)")
     return FASHION_MNIST_DIR
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for the module: bitwise comparisons need the same thread count in every run,
+    and two threads on a busy 2-core machine crawl."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def uci_energy_dir(shared_datasets, tmp_path_factory) -> Path:
+    """A data directory with UCI Energy prepared from the offline copy."""
+    from onepass import data
+
+    path = tmp_path_factory.mktemp("energy-data")
+    data.prepare("uci_energy", path, mirrors=[shared_datasets])
+    return path

@@ -20,9 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch
 
-from onepass import data
 from onepass.config import ConfigError
 from onepass.search import EVALUATION_COLUMNS, add_evaluation, is_search, main, perturb, run, search_settings
 from onepass.train import HISTORY_COLUMNS
@@ -39,19 +37,13 @@ DIVERGING_SPACE = ["search_log10_lr=[-0.3, 0]", "search_momentum=[0.9, 0.99]"]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """In-process BayesOpt runs use one torch thread (two threads on a busy 2-core machine crawl)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_torch_thread):
+    """Bitwise comparisons and timings need one torch thread (subprocesses get --threads 1)."""
 
 
 @pytest.fixture(scope="module")
-def data_dir(shared_datasets, tmp_path_factory):
-    path = tmp_path_factory.mktemp("data")
-    data.prepare("uci_energy", path, mirrors=[shared_datasets])
-    return path
+def data_dir(uci_energy_dir):
+    return uci_energy_dir
 
 
 def evaluations(out: Path) -> list[dict]:

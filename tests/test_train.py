@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from onepass import data
 from onepass.config import ConfigError, load_settings
@@ -22,19 +21,13 @@ LONG_SHORT = ["update_interval=8", "unroll_steps=8"]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Bitwise comparisons between runs need the same thread count (subprocesses get --threads 1)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_torch_thread):
+    """Bitwise comparisons and timings need one torch thread (subprocesses get --threads 1)."""
 
 
 @pytest.fixture(scope="module")
-def data_dir(shared_datasets, tmp_path_factory):
-    path = tmp_path_factory.mktemp("data")
-    data.prepare("uci_energy", path, mirrors=[shared_datasets])
-    return path
+def data_dir(uci_energy_dir):
+    return uci_energy_dir
 
 
 def energy(tmp_path, data_dir, algorithm, overrides=(), lr=1e-3, wd=1e-4, mom=0.5, seed=0, name="run"):
