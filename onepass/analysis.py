@@ -3,7 +3,7 @@
 CLI (one sub-command per pipeline stage)::
 
     python -m onepass.analysis collect --dataset D --runs-dir results/runs/D \
-        --algorithms A B --seeds N --out results/tables/D/runs.tsv
+        --algorithms A B --seeds N [--repetitions A=M ...] --out results/tables/D/runs.tsv
     python -m onepass.analysis summary --runs results/tables/D/runs.tsv --out summary.tsv
     python -m onepass.analysis paper-tables --summaries S1.tsv S2.tsv --markdown M.md --tsv T.tsv
     python -m onepass.analysis figure --kind edf --runs runs.tsv --runs-dir results/runs/D --out f.png f.svg
@@ -55,11 +55,20 @@ def read_run(path: Path) -> dict:
     return row
 
 
-def collect(dataset: str, runs_dir, algorithms, seeds) -> pd.DataFrame:
-    """One row per (algorithm, seed) of a dataset, runs that are absent marked missing."""
+def collect(dataset: str, runs_dir, algorithms, seeds, repetitions=None) -> pd.DataFrame:
+    """One row per (algorithm, seed) of a dataset, runs that are absent marked missing.
+
+    ``repetitions`` maps an algorithm to its number of seeds (the first that many of ``seeds``):
+    a black-box search runs fewer repetitions than the dataset has initialisations, and the
+    seeds it does not run are not rows (not missing)."""
+    repetitions = repetitions or {}
+    unknown = sorted(set(repetitions) - set(algorithms))
+    if unknown:
+        raise ValueError(f"repetitions given for algorithms not collected: {', '.join(unknown)}")
+    seeds = list(seeds)
     rows = []
     for algorithm in algorithms:
-        for seed in seeds:
+        for seed in seeds[:repetitions.get(algorithm, len(seeds))]:
             path = run_dir(runs_dir, algorithm, seed) / "metrics.json"
             rows.append({"dataset": dataset, "algorithm": algorithm, "seed": seed,
                          **read_run(path)})
@@ -102,6 +111,17 @@ def _seeds(text: str) -> list:
     return [int(s) for s in text.split(",")] if "," in text else list(range(int(text)))
 
 
+def _repetitions(pairs) -> dict:
+    """{algorithm: n} from ``A=N`` pairs (N >= 1)."""
+    out = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not value.isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(f"--repetitions expects ALGORITHM=N with N >= 1, got {pair!r}")
+        out[name] = int(value)
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m onepass.analysis", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -111,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--runs-dir", required=True)
     c.add_argument("--algorithms", nargs="+", required=True)
     c.add_argument("--seeds", required=True, help="N for seeds 0..N-1, or a list 0,3,7")
+    c.add_argument("--repetitions", nargs="*", default=[], metavar="A=N",
+                   help="algorithm A runs only the first N seeds (e.g. a search's repetitions)")
     c.add_argument("--out", required=True)
 
     s = sub.add_parser("summary", help="runs.tsv -> per-algorithm summary.tsv")
@@ -144,7 +166,11 @@ def main(argv=None) -> None:
     """Dispatch a sub-command."""
     args = _parser().parse_args(argv)
     if args.command == "collect":
-        runs = collect(args.dataset, args.runs_dir, args.algorithms, _seeds(args.seeds))
+        try:
+            repetitions = _repetitions(args.repetitions)
+        except argparse.ArgumentTypeError as err:
+            _parser().error(str(err))
+        runs = collect(args.dataset, args.runs_dir, args.algorithms, _seeds(args.seeds), repetitions)
         write_runs(runs, args.out)
         print(status_line(runs))
     elif args.command == "summary":

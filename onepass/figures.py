@@ -113,28 +113,61 @@ def held_on_grid(h: pd.DataFrame, x: str, grid: np.ndarray) -> np.ndarray:
     return np.stack(columns, axis=1)
 
 
+SEARCH_NOTE = {
+    "step": "dashed: black-box searches; their curve is the test metric of the best-by-validation "
+            "evaluation so far, against the search's cumulative weight steps",
+    "time_s": "dashed: black-box searches; their curve is the test metric of the best-by-validation "
+              "evaluation so far, against cumulative search time",
+}
+
+
+def _spans_decades(ends) -> bool:
+    """Whether the longest curve reaches more than 10x further than the shortest (log x axis)."""
+    ends = np.asarray([e for e in ends if np.isfinite(e) and e > 0], dtype=float)
+    return len(ends) > 1 and ends.max() > 10 * ends.min()
+
+
 def _progress(runs: pd.DataFrame, runs_dir, x: str) -> plt.Figure:
-    """Median and best test metric across runs against step or wall time."""
+    """Median and best test metric across runs against step or wall time. A search's runs are its
+    repetitions and their histories best-so-far curves against cumulative budget, drawn dashed; when
+    the longest curve is more than 10x the shortest, the x axis is logarithmic."""
     hist = load_histories(runs, runs_dir)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), sharex=True)
-    xlabel = {"step": "weight step", "time_s": "training time (s)"}[x]
-    drawn = False
+    searches = False
+    curves = {}
     for algorithm in _algorithms(runs):
         h = hist[hist["algorithm"] == algorithm]
-        if h.empty:
-            continue
+        if not h.empty and np.isfinite(h[x].to_numpy(dtype=float)).any():
+            curves[algorithm] = h
+    xs = hist[x].to_numpy(dtype=float) if len(hist) else np.array([])
+    log_x = _spans_decades([float(np.nanmax(h[x].to_numpy(dtype=float))) for h in curves.values()])
+    positive = xs[np.isfinite(xs) & (xs > 0)]
+    start = float(positive.min()) if len(positive) else 0.0
+    for algorithm, h in curves.items():
+        end = float(np.nanmax(h[x].to_numpy(dtype=float)))
         if x == "step":
             grid = np.unique(h["step"].to_numpy(dtype=float))
+            grid = grid[grid > 0] if log_x else grid
+        elif log_x:
+            grid = np.geomspace(start, max(end, start), 200)
         else:
-            grid = np.linspace(0.0, float(np.nanmax(h[x].to_numpy(dtype=float))), 200)
+            grid = np.linspace(0.0, end, 200)
+        if not len(grid):
+            continue
         values = held_on_grid(h, x, grid)
         with warnings.catch_warnings():  # all-NaN points (every run diverged) stay NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             median, low = np.nanmedian(values, axis=1), np.nanmin(values, axis=1)
+        search = naming.is_search(algorithm)
+        searches = searches or search
         for ax, y in zip(axes, (median, low)):
             ax.plot(grid, y, color=naming.colour(algorithm), label=naming.label(algorithm),
-                    drawstyle="steps-post")
-        drawn = True
+                    drawstyle="steps-post", ls="--" if search else "-", lw=1.8 if search else 1.5)
+    drawn = bool(curves)
+    xlabel = {"step": "weight step", "time_s": "training time (s)"}[x]
+    if searches:
+        xlabel = {"step": "weight step (searches: cumulative)",
+                  "time_s": "training time (s; searches: cumulative search time)"}[x]
     for ax, what in zip(axes, ("median", "best")):
         ax.set_title(_title(runs, f"{what} {_metric(runs)}"))
         ax.set_xlabel(xlabel)
@@ -142,11 +175,17 @@ def _progress(runs: pd.DataFrame, runs_dir, x: str) -> plt.Figure:
         ax.grid(alpha=0.3)
         if drawn and _positive(hist["test_metric"]):
             ax.set_yscale("log")
+        if log_x:
+            ax.set_xscale("log")
     if drawn:
         axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         _no_data(axes[0])
-    fig.tight_layout()
+    if searches:
+        fig.text(0.01, 0.01, SEARCH_NOTE[x], fontsize=8, color="#444444", ha="left", va="bottom")
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 
@@ -156,7 +195,8 @@ def test_vs_step(runs, runs_dir):
 
 
 def test_vs_time(runs, runs_dir):
-    """Median and best test metric against wall time."""
+    """Median and best test metric against wall time: the paper's time comparison (for a search,
+    the best-so-far-by-validation test metric against cumulative search time)."""
     return _progress(runs, runs_dir, "time_s")
 
 

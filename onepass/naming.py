@@ -24,6 +24,11 @@ LABELS = {
     "PBT_Ours": "PBT (Ours)",
 }
 
+# Black-box searches (python -m onepass.search; config/algorithms/*.yaml with `search`): a "run" is one
+# repetition of a whole search, and its history is the best-so-far (by validation) test metric against
+# the search's cumulative time and steps. tests/test_analysis.py keeps this in step with the configs.
+SEARCHES = ("BayesOpt", "ASHA", "ASHA_Ours", "PBT", "PBT_Ours")
+
 # "Random (3-batched)" is derived from Random_Validation runs, not trained itself.
 DERIVED = {"Random_3Batched": "Random_Validation"}
 
@@ -42,10 +47,11 @@ COLOURS = {
     "LongDiffThroughOpt_Standalone": "#aec7e8",
     "LongDiffThroughOpt_Medium": "#ffbb78",
     "LongDiffThroughOpt_Full": "#98df8a",
-    "BayesOpt": "#c5b0d5",
-    "ASHA": "#c49c94",
-    "ASHA_Ours": "#393b79",
-    "PBT": "#f7b6d2",
+    # the searches: dark tones, drawn dashed in the time comparison
+    "BayesOpt": "#252525",
+    "ASHA": "#843c39",
+    "ASHA_Ours": "#7b4173",
+    "PBT": "#5254a3",
     "PBT_Ours": "#637939",
 }
 
@@ -75,6 +81,11 @@ METRIC_NAMES = {
 def label(algorithm: str) -> str:
     """Table/figure label of an algorithm (its config name if unknown)."""
     return LABELS.get(algorithm, algorithm)
+
+
+def is_search(algorithm: str) -> bool:
+    """Whether an algorithm is a black-box search (see SEARCHES)."""
+    return algorithm in SEARCHES
 
 
 def colour(algorithm: str) -> str:

@@ -23,8 +23,10 @@ SECTIONS = [
      "are better; diverged runs keep a curve below 1."),
     ("test_vs_step", "Test metric during training (by step)",
      "Median and best test metric over the runs of each algorithm at each logged step."),
-    ("test_vs_time", "Test metric during training (by wall time)",
-     "As above, against the median wall time at each logged step."),
+    ("test_vs_time", "Test metric against training time (the time comparison)",
+     "Median and best test metric over the runs of each algorithm against training time, each run's "
+     "curve held between its logged points. For BayesOpt, ASHA and PBT (dashed) a curve is the test "
+     "metric of the best evaluation so far by validation loss, against the search's cumulative time."),
     ("error_vs_hyperparameter", "Final test metric against each initial hyperparameter",
      "Each point is one run; crosses mark diverged runs. A flat cloud means the algorithm is "
      "robust to its initialisation."),

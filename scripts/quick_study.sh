@@ -8,6 +8,6 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck disable=SC1091
 . "$root/scripts/setup.sh"
 cd "$root"
-snakemake --profile profiles/local --configfile config/quick.yaml "$@"
-snakemake --profile profiles/local --configfile config/quick.yaml --report results/report.html
+python -m snakemake --profile profiles/local --configfile config/quick.yaml "$@"
+python -m snakemake --profile profiles/local --configfile config/quick.yaml --report results/report.html
 echo "done: results/tables/paper_tables.md, results/analysis/*.html, results/report.html"

@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -225,3 +226,104 @@ def test_curves_are_held_on_a_common_grid():
     held = figures.held_on_grid(h, "step", grid)
     np.testing.assert_array_equal(held[:, 0], [5.0, 5.0, 5.0, 3.0, 1.0])
     np.testing.assert_array_equal(held[:, 1], [4.0, 4.0, np.nan, np.nan, np.nan])
+
+
+# ---- black-box searches (BayesOpt, ASHA, PBT): fewer repetitions, cumulative-time histories ---------
+
+
+def fake_search(runs_dir, algorithm, seed, bests, per_evaluation_s=20.0, steps=4000):
+    """A search's outputs as onepass.search writes them: metrics.json of the best evaluation and a
+    history of the best-so-far (by validation) test metric against cumulative steps and time."""
+    out = fake_run(runs_dir, algorithm, seed, bests[-1])
+    n = len(bests)
+    history = pd.DataFrame({
+        "step": steps * np.arange(1, n + 1), "hyper_step": steps // 10 * np.arange(1, n + 1),
+        "time_s": per_evaluation_s * np.arange(1, n + 1) + seed, "train_loss": np.array(bests) / 100,
+        "valid_loss": np.array(bests) / 90, "test_loss": np.array(bests) / 100,
+        "test_metric": bests, "lr": 1e-2, "weight_decay": 1e-4, "momentum": 0.5})
+    history[HISTORY_COLUMNS].to_csv(out / "history.csv", index=False)
+    return out
+
+
+def test_collect_takes_each_algorithms_repetitions(study, tmp_path):
+    runs_dir, _ = study
+    for seed in range(2):
+        fake_search(runs_dir, "BayesOpt", seed, [9.0, 5.0, 4.0 + seed])
+    algorithms = ["Random", "Ours_LR", "BayesOpt"]
+    runs = analysis.collect("uci_energy", runs_dir, algorithms, range(3), {"BayesOpt": 2})
+    assert runs.groupby("algorithm").size().to_dict() == {"BayesOpt": 2, "Ours_LR": 3, "Random": 3}
+    assert analysis.status_counts(runs) == {"done": 7, "diverged": 1, "missing": 0, "total": 8}
+    # without the repetitions, BayesOpt's third seed would count as missing
+    assert analysis.status_counts(analysis.collect("uci_energy", runs_dir, algorithms, range(3)))[
+        "missing"] == 1
+    # repetitions beyond the seeds are capped by them
+    capped = analysis.collect("uci_energy", runs_dir, algorithms, range(3), {"BayesOpt": 32})
+    assert (capped["algorithm"] == "BayesOpt").sum() == 3
+    with pytest.raises(ValueError, match="PBT"):
+        analysis.collect("uci_energy", runs_dir, algorithms, range(3), {"PBT": 2})
+    out = tmp_path / "t" / "runs.tsv"
+    analysis.main(["collect", "--dataset", "uci_energy", "--runs-dir", str(runs_dir),
+                   "--algorithms", *algorithms, "--seeds", "3", "--repetitions", "BayesOpt=2",
+                   "--out", str(out)])
+    assert out.read_text().startswith("# status: 7 done, 1 diverged, 0 missing of 8 runs")
+    summary = tables.summarise(analysis.read_runs(out)).set_index("algorithm")
+    assert summary.loc["BayesOpt", "label"] == "Bayesian Optimisation"
+    assert summary.loc["BayesOpt", "runs"] == 2 and summary.loc["BayesOpt", "missing"] == 0
+    assert summary.loc["BayesOpt", "best"] == 4.0
+    with pytest.raises(SystemExit):
+        analysis.main(["collect", "--dataset", "uci_energy", "--runs-dir", str(runs_dir),
+                       "--algorithms", "BayesOpt", "--seeds", "3", "--repetitions", "BayesOpt=0",
+                       "--out", str(out)])
+
+
+def test_searches_are_named_and_match_their_configs():
+    from onepass import config, search
+    assert set(naming.SEARCHES) == {a for a in config.known("algorithms") if search.is_search(a)}
+    assert naming.label("ASHA_Ours") == "ASHA (Ours)" and naming.label("PBT_Ours") == "PBT (Ours)"
+    assert naming.label("BayesOpt") == "Bayesian Optimisation"
+    assert naming.label("ASHA") == "ASHA" and naming.label("PBT") == "PBT"
+    # in the tables after the one-pass methods
+    assert naming.order(["PBT_Ours", "BayesOpt", "Random", "ASHA", "Ours_LR"]) == [
+        "Random", "Ours_LR", "BayesOpt", "ASHA", "PBT_Ours"]
+
+
+def test_time_comparison_with_searches(study, tmp_path):
+    """Searches' best-so-far curves run against cumulative search time, far beyond one training
+    run: the time axis turns logarithmic, their curves are dashed and a note says what they are."""
+    runs_dir, _ = study
+    fake_search(runs_dir, "BayesOpt", 0, [9.0, 5.0, 5.0, 2.0])
+    fake_search(runs_dir, "BayesOpt", 1, [8.0, 8.0, 3.0, 3.0])
+    fake_search(runs_dir, "PBT", 0, [7.0, 6.0], per_evaluation_s=4.0)
+    runs = analysis.collect("uci_energy", runs_dir, ["Random", "Ours_LR", "BayesOpt", "PBT"],
+                            range(3), {"BayesOpt": 2, "PBT": 1})
+    fig = figures.test_vs_time(runs, runs_dir)
+    median, best = fig.axes[:2]
+    assert median.get_xscale() == best.get_xscale() == "log"  # 80 s of search against 0.5 s runs
+    lines = {ln.get_label(): ln for ln in median.get_lines()}
+    bayes = lines["Bayesian Optimisation"]
+    assert bayes.get_linestyle() == "--" and lines["Ours (WD+LR)"].get_linestyle() == "-"
+    x, y = bayes.get_xdata(), bayes.get_ydata()
+    assert x.max() == pytest.approx(81.0)  # seed 1's last cumulative time
+    assert y[-1] == pytest.approx(2.5)  # median of the final best-so-far values 2 and 3
+    assert np.isnan(y[x < 20.0]).all()  # no evaluation finished yet
+    bayes_best = {ln.get_label(): ln for ln in best.get_lines()}["Bayesian Optimisation"]
+    best_x, best_y = bayes_best.get_xdata(), bayes_best.get_ydata()
+    assert best_y[np.searchsorted(best_x, 60.5)] == 3.0  # seed 1 found 3 at 61 s, seed 0 has 5
+    assert best_y[-1] == 2.0
+    assert "cumulative search time" in median.get_xlabel()
+    assert any("best-by-validation" in t.get_text() for t in fig.texts)
+    figures.plt.close(fig)
+    # without searches: a linear time axis and no note
+    plain = figures.test_vs_time(runs[~runs["algorithm"].isin(naming.SEARCHES)], runs_dir)
+    assert plain.axes[0].get_xscale() == "linear" and not plain.texts
+    assert plain.axes[0].get_xlabel() == "training time (s)"
+    figures.plt.close(plain)
+    png = tmp_path / "test_vs_time.png"
+    figures.make("test_vs_time", runs, runs_dir, [png])
+    assert png.stat().st_size > 5000
+
+
+def test_time_figure_caption_describes_searches():
+    caption = (Path(__file__).resolve().parents[1] / "workflow" / "report" / "figure.rst").read_text()
+    block = caption.split('f == "test_vs_time"')[1].split("{%- elif")[0]
+    assert "best-so-far-by-validation test metric" in block and "cumulative search time" in block

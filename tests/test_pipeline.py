@@ -20,7 +20,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ["Snakefile", "workflow", "config", "onepass", "profiles", "envs", "pyproject.toml"]
-FULL_TRAINING_JOBS = 8 * 11 * 200 + 11 * 100 + 9 * 50 + 9 * 50  # = 19,600
+# the one-pass study (19,600 runs) + 32 repetitions of BayesOpt on 4 datasets and of ASHA, ASHA (Ours),
+# PBT and PBT (Ours) on UCI Energy
+FULL_TRAINING_JOBS = 8 * 11 * 200 + 11 * 100 + 9 * 50 + 9 * 50 + 32 * (4 + 4)  # = 19,856
 TINY = {
     "datasets": ["uci_energy"],
     "algorithms": {"uci_energy": ["Random", "Random_Validation", "Ours_LR"]},
@@ -113,11 +115,27 @@ def test_quick_study_and_slurm_profile_plan(workflow_copy):
                      "config/quick.yaml")
     counts = job_counts(proc.stdout)
     quick = yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
-    expected = sum(len(quick["algorithms"][d]) * quick["sweep"]["initialisations"][d]
-                   for d in quick["datasets"])
+    repetitions = quick["repetitions"]
+    expected = sum(min(repetitions.get(a, n), n)
+                   for d in quick["datasets"]
+                   for n in [quick["sweep"]["initialisations"][d]]
+                   for a in quick["algorithms"][d])
     assert counts["train"] == expected
     assert "Group job train_uci" in proc.stdout  # tiny UCI runs bundled per submission
     assert "--device cpu" in proc.stdout
+    # the searches: 2 repetitions each, run by onepass.search, each a job of its own
+    for search in ("BayesOpt", "ASHA", "PBT"):
+        assert repetitions[search] == 2
+        for seed in range(2):
+            assert (f"python -m onepass.search --dataset uci_energy --algorithm {search} --seed {seed} "
+                    in proc.stdout)
+        assert f"--algorithm {search} --seed 2 " not in proc.stdout
+        # not inside the group job train_uci, whose members are printed indented
+        assert re.search(rf"^    wildcards: dataset=uci_energy, algorithm={search},", proc.stdout, re.M)
+        assert not re.search(rf"^ {{5,}}wildcards: dataset=uci_energy, algorithm={search},", proc.stdout,
+                             re.M)
+    assert "python -m onepass.train --dataset uci_energy --algorithm Random --seed 11 " in proc.stdout
+    assert "--repetitions BayesOpt=2 ASHA=2 PBT=2 --out results/tables/uci_energy/runs.tsv" in proc.stdout
 
 
 @pytest.mark.pipeline

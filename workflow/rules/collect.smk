@@ -1,3 +1,5 @@
+# runs.tsv of a dataset: every algorithm's seeds, fewer for those capped by the config key
+# repetitions (the black-box searches), which are then not counted as missing beyond them.
 rule collect:
     input:
         run_metrics,
@@ -7,6 +9,7 @@ rule collect:
         runs_dir=runs_dir,
         algorithms=dataset_algorithms,
         seeds=n_initialisations,
+        repetitions=dataset_repetitions,
     log:
         "results/logs/collect/{dataset}.log",
     localrule: True
@@ -15,4 +18,4 @@ rule collect:
     shell:
         "python -m onepass.analysis collect --dataset {wildcards.dataset}"
         " --runs-dir {params.runs_dir} --algorithms {params.algorithms} --seeds {params.seeds}"
-        " --out {output} > {log} 2>&1"
+        " {params.repetitions} --out {output} > {log} 2>&1"

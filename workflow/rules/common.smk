@@ -1,5 +1,6 @@
 """Config validation, wildcard constraints and the helper functions every rule uses."""
 
+import functools
 import json
 import re
 import shlex
@@ -47,9 +48,39 @@ def algorithms_of(dataset):
     return config["algorithms"][dataset]
 
 
-def seeds_of(dataset):
-    """Seeds (initialisations) of a dataset: 0..n-1."""
-    return list(range(config["sweep"]["initialisations"][dataset]))
+def n_seeds(dataset, algorithm):
+    """Number of seeds of an algorithm on a dataset: the dataset's initialisations, capped by the
+    algorithm's config key repetitions (a search's seed is one repetition of the whole search)."""
+    n = config["sweep"]["initialisations"][dataset]
+    return min(n, config.get("repetitions", {}).get(algorithm, n))
+
+
+def seeds_of(dataset, algorithm):
+    """Seeds of an algorithm on a dataset: 0..n-1 (see n_seeds)."""
+    return list(range(n_seeds(dataset, algorithm)))
+
+
+def run_paths(dataset):
+    """metrics.json of every run of a dataset: each algorithm with its own seeds."""
+    return [
+        path
+        for algorithm in algorithms_of(dataset)
+        for path in expand("results/runs/{dataset}/{algorithm}/seed{seed}/metrics.json",
+                           dataset=dataset, algorithm=algorithm, seed=seeds_of(dataset, algorithm))
+    ]
+
+
+@functools.cache
+def search_kind(algorithm):
+    """The algorithm's setting `search`: none, or bayesopt / asha / pbt for a black-box search."""
+    dataset = next((d for d in DATASETS if algorithm in algorithms_of(d)), DATASETS[0])
+    return run_config.load_settings(dataset, algorithm)["search"]
+
+
+def is_search(algorithm):
+    """Whether an algorithm is a black-box search (BayesOpt, ASHA, PBT, ...), run by
+    python -m onepass.search; the test of onepass.search.is_search, without importing torch here."""
+    return search_kind(algorithm) != "none"
 
 
 def gpus_of(dataset):
@@ -149,9 +180,16 @@ def train_threads(wildcards):
     return _resource(wildcards, "threads", 1)
 
 
-def train_mem_mb(wildcards):
-    """Memory (MB) of one training run (config key resources)."""
-    return _resource(wildcards, "mem_mb", 2000)
+RAY_MEM_MB = (1500, 500)  # a Ray search's own processes: GCS, raylet, ... + a worker per thread
+
+
+def train_mem_mb(wildcards, threads):
+    """Memory (MB) of one training run (config key resources); an ASHA/PBT search adds its local
+    Ray instance (measured: 1.3 GB in all for one trial at a time on UCI Energy)."""
+    mem = _resource(wildcards, "mem_mb", 2000)
+    if search_kind(wildcards.algorithm) in ("asha", "pbt"):
+        mem += RAY_MEM_MB[0] + RAY_MEM_MB[1] * threads
+    return mem
 
 
 def train_runtime(wildcards):
@@ -165,26 +203,45 @@ def train_gpu(wildcards):
 
 
 def train_group(wildcards):
-    """Tiny UCI runs share group train_uci, bundled per submission by the SLURM profile."""
+    """Tiny UCI runs share group train_uci, bundled per submission by the SLURM profile; a search
+    (many trainings in one job) is a job of its own."""
+    if is_search(wildcards.algorithm):
+        return None
     return "train_uci" if wildcards.dataset.startswith("uci_") else None
+
+
+def train_module(wildcards):
+    """The run's entry point: onepass.search for a black-box search, else onepass.train (both take
+    the same arguments)."""
+    return "onepass.search" if is_search(wildcards.algorithm) else "onepass.train"
+
+
+def train_env(wildcards):
+    """Conda environment of a run: envs/baselines.yaml (scikit-optimize, Ray Tune) for a search,
+    else envs/onepass.yaml (paths relative to workflow/rules)."""
+    return "../../envs/baselines.yaml" if is_search(wildcards.algorithm) else "../../envs/onepass.yaml"
 
 
 # ---- collection, tables, figures, pages -----------------------------------------------
 
 
 def run_metrics(wildcards):
-    """metrics.json of every run of the dataset."""
-    return expand(
-        "results/runs/{dataset}/{algorithm}/seed{seed}/metrics.json",
-        dataset=wildcards.dataset,
-        algorithm=algorithms_of(wildcards.dataset),
-        seed=seeds_of(wildcards.dataset),
-    )
+    """metrics.json of every run of the dataset (each algorithm with its own seeds)."""
+    return run_paths(wildcards.dataset)
 
 
 def dataset_algorithms(wildcards):
     """Algorithms of the dataset, space-separated for the CLI."""
     return " ".join(algorithms_of(wildcards.dataset))
+
+
+def dataset_repetitions(wildcards):
+    """--repetitions A=N for each algorithm of the dataset run on fewer seeds than its
+    initialisations (config key repetitions), so collect does not count the rest as missing."""
+    n = config["sweep"]["initialisations"][wildcards.dataset]
+    capped = [f"{a}={n_seeds(wildcards.dataset, a)}" for a in algorithms_of(wildcards.dataset)
+              if n_seeds(wildcards.dataset, a) < n]
+    return f"--repetitions {' '.join(capped)}" if capped else ""
 
 
 def runs_dir(wildcards):
@@ -206,14 +263,7 @@ def all_summaries(wildcards):
 def all_targets(wildcards=None):
     """Every run, table, figure and analysis page of every dataset (runs are listed so a
     deleted metrics.json is rebuilt, and everything downstream of it, by a plain rerun)."""
-    runs = [
-        path
-        for dataset in DATASETS
-        for path in expand(
-            "results/runs/{dataset}/{algorithm}/seed{seed}/metrics.json",
-            dataset=dataset, algorithm=algorithms_of(dataset), seed=seeds_of(dataset),
-        )
-    ]
+    runs = [path for dataset in DATASETS for path in run_paths(dataset)]
     return [
         *runs,
         "results/tables/paper_tables.md",

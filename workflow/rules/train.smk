@@ -1,6 +1,9 @@
 # One training run per (dataset, algorithm, seed). Seed s starts from row s of the dataset's
 # initialisations.tsv (drawn by onepass.sweep from the config's sweep section), so every
-# algorithm of a dataset starts from the same initialisations.
+# algorithm of a dataset starts from the same initialisations. A black-box search (BayesOpt, ASHA,
+# PBT: config/algorithms/*.yaml with `search`) is run the same way by python -m onepass.search, which
+# takes the same arguments; its seed is one repetition of the whole search (it draws its own
+# hyperparameters and only records the initialisation's).
 rule train:
     input:
         data="results/data/{dataset}/prepared.pt",
@@ -12,6 +15,7 @@ rule train:
         initial=initial_args,
         settings=run_settings,
         device="cpu",
+        module=train_module,
     log:
         "results/logs/train/{dataset}/{algorithm}/seed{seed}.log",
     benchmark:
@@ -25,9 +29,9 @@ rule train:
     group:
         train_group
     conda:
-        "../../envs/onepass.yaml"
+        train_env
     shell:
-        "python -m onepass.train"
+        "python -m {params.module}"
         " --dataset {wildcards.dataset} --algorithm {wildcards.algorithm} --seed {wildcards.seed}"
         " {params.initial} --data-dir results/data"
         " --out results/runs/{wildcards.dataset}/{wildcards.algorithm}/seed{wildcards.seed}"
