@@ -1,5 +1,6 @@
 """Shared pytest fixtures."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,27 @@ def uci_energy_dir(shared_datasets, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("energy-data")
     data.prepare("uci_energy", path, mirrors=[shared_datasets])
     return path
+
+
+WORKFLOW_FILES = ["Snakefile", "workflow", "config", "onepass", "profiles", "envs", "pyproject.toml"]
+
+
+@pytest.fixture(scope="session")
+def copy_workflow():
+    """A function copying the workflow's files into ``dest`` (so that tests never write into the
+    repository's results/), with ``config`` written there as tiny.yaml when given."""
+    import yaml
+
+    def copy(dest: Path, config: dict | None = None) -> Path:
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in WORKFLOW_FILES:
+            src = REPO_ROOT / name
+            if src.is_dir():
+                shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(src, dest / name)
+        if config is not None:
+            (dest / "tiny.yaml").write_text(yaml.safe_dump(config))
+        return dest
+
+    return copy

@@ -7,7 +7,6 @@ Snakemake runs in a temporary copy of the workflow, so the repository's results/
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +18,6 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-COPIED = ["Snakefile", "workflow", "config", "onepass", "profiles", "envs", "pyproject.toml"]
 # the one-pass study (19,600 runs) + 32 repetitions of BayesOpt on 4 datasets and of ASHA, ASHA (Ours),
 # PBT and PBT (Ours) on UCI Energy
 FULL_TRAINING_JOBS = 8 * 11 * 200 + 11 * 100 + 9 * 50 + 9 * 50 + 32 * (4 + 4)  # = 19,856
@@ -63,16 +61,9 @@ def job_counts(output):
 
 
 @pytest.fixture(scope="module")
-def workflow_copy(tmp_path_factory):
+def workflow_copy(tmp_path_factory, copy_workflow):
     """The workflow's files copied into a fresh directory."""
-    dest = tmp_path_factory.mktemp("workflow")
-    for name in COPIED:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
+    return copy_workflow(tmp_path_factory.mktemp("workflow"))
 
 
 @pytest.fixture(scope="module")

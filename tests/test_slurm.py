@@ -38,7 +38,6 @@ import yaml
 pytestmark = pytest.mark.slurm
 
 ROOT = Path(__file__).resolve().parents[1]
-COPIED = ["Snakefile", "workflow", "config", "onepass", "profiles", "envs", "pyproject.toml"]
 SLURM_DIR = Path(os.environ.get("ONEPASS_SLURM_DIR", "/tmp/onepass-slurm"))
 PARTITION = os.environ.get("ONEPASS_SLURM_PARTITION", "onepass")
 DAEMONS = ["munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd"]
@@ -100,18 +99,6 @@ def slurm_env(mirror):
     env["ONEPASS_SLURM_PARTITION"] = PARTITION
     env["ONEPASS_DATA_MIRRORS"] = mirror
     return env
-
-
-def copy_workflow(dest: Path, config: dict) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in COPIED:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
-    (dest / "tiny.yaml").write_text(yaml.safe_dump(config))
-    return dest
 
 
 def snakemake(workdir, env, *args, timeout=420):
@@ -210,7 +197,7 @@ def mirror():
 
 
 @pytest.fixture(scope="module")
-def local_study(tmp_path_factory, mirror):
+def local_study(tmp_path_factory, mirror, copy_workflow):
     """The tiny study with profiles/local, started in the background (compared later)."""
     workdir = copy_workflow(tmp_path_factory.mktemp("local"), {**TINY, "data_mirrors": [mirror]})
     env = dict(os.environ, ONEPASS_DATA_MIRRORS=mirror)
@@ -225,7 +212,7 @@ def local_study(tmp_path_factory, mirror):
 
 
 @pytest.fixture(scope="module")
-def timeout_study(cluster, mirror, tmp_path_factory):
+def timeout_study(cluster, mirror, tmp_path_factory, copy_workflow):
     """One extra run (seed 9) far too long for a 1-minute limit, no retries; started in the
     background in its own copy so that its minute-plus on the cluster overlaps the study."""
     workdir = copy_workflow(tmp_path_factory.mktemp("timeout"),
@@ -247,7 +234,7 @@ def timeout_study(cluster, mirror, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def gpu_study(cluster, mirror, tmp_path_factory):
+def gpu_study(cluster, mirror, tmp_path_factory, copy_workflow):
     """One run of a dataset the config sends to a GPU (rule train_gpu: resource gpu=1, the SLURM
     profile's set-resources for it), in its own copy, in the background."""
     config = {**TINY, "data_mirrors": [mirror], "gpu": {DATASET: 1}}
@@ -265,7 +252,8 @@ def gpu_study(cluster, mirror, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def slurm_study(cluster, mirror, local_study, timeout_study, gpu_study, tmp_path_factory):
+def slurm_study(cluster, mirror, local_study, timeout_study, gpu_study, tmp_path_factory,
+                copy_workflow):
     """The tiny study through profiles/slurm + profiles/slurm-test."""
     workdir = copy_workflow(tmp_path_factory.mktemp("slurm"), {**TINY, "data_mirrors": [mirror]})
     env = slurm_env(mirror)
