@@ -78,7 +78,7 @@ SPLIT_SEED = 0
 PREPARED_NAME = "prepared.pt"
 MIRRORS_ENV = "ONEPASS_DATA_MIRRORS"
 DEFAULT_SOURCES = Path(__file__).resolve().parents[1] / "config" / "sources.tsv"
-DEFAULT_DATA_DIR = "data"
+DEFAULT_DATA_DIR = "results/data"  # where the pipeline prepares them
 
 DATASETS = {  # name -> family
     "uci_boston": "uci",
