@@ -22,6 +22,7 @@ plus about 20 s of apt-get the first time.
 Select with `-m slurm`, skip with `-m "not slurm"`.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -211,6 +212,20 @@ def local_study(tmp_path_factory, mirror, copy_workflow):
     log.close()
 
 
+@contextlib.contextmanager
+def background_snakemake(workdir: Path, env: dict, *args):
+    """Snakemake started in the background in ``workdir`` (log: snakemake.log), stopped on exit."""
+    with open(workdir / "snakemake.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
+
+
 @pytest.fixture(scope="module")
 def timeout_study(cluster, mirror, tmp_path_factory, copy_workflow):
     """One extra run (seed 9) far too long for a 1-minute limit, no retries; started in the
@@ -220,17 +235,10 @@ def timeout_study(cluster, mirror, tmp_path_factory, copy_workflow):
     (workdir / "slow.yaml").write_text(yaml.safe_dump(
         {"overrides": {DATASET: {"Random": {"hyperparameter_steps": 10_000_000,
                                             "log_every": 1_000_000}}}}))
-    log = open(workdir / "snakemake.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", TIMEOUT_TARGET, *SLURM_PROFILE,
-                             "--configfile", "tiny.yaml", "slow.yaml",
-                             "--set-resources", "train:runtime=1", "--retries", "0"],
-                            cwd=workdir, env=slurm_env(mirror), stdout=log,
-                            stderr=subprocess.STDOUT)
-    yield workdir, proc
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(timeout=60)
-    log.close()
+    with background_snakemake(workdir, slurm_env(mirror), TIMEOUT_TARGET, *SLURM_PROFILE,
+                              "--configfile", "tiny.yaml", "slow.yaml",
+                              "--set-resources", "train:runtime=1", "--retries", "0") as proc:
+        yield workdir, proc
 
 
 @pytest.fixture(scope="module")
@@ -239,16 +247,9 @@ def gpu_study(cluster, mirror, tmp_path_factory, copy_workflow):
     profile's set-resources for it), in its own copy, in the background."""
     config = {**TINY, "data_mirrors": [mirror], "gpu": {DATASET: 1}}
     workdir = copy_workflow(tmp_path_factory.mktemp("gpu"), config)
-    log = open(workdir / "snakemake.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", GPU_TARGET, *SLURM_PROFILE,
-                             "--configfile", "tiny.yaml", "--retries", "0"],
-                            cwd=workdir, env=slurm_env(mirror), stdout=log,
-                            stderr=subprocess.STDOUT)
-    yield workdir, proc
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(timeout=60)
-    log.close()
+    with background_snakemake(workdir, slurm_env(mirror), GPU_TARGET, *SLURM_PROFILE,
+                              "--configfile", "tiny.yaml", "--retries", "0") as proc:
+        yield workdir, proc
 
 
 @pytest.fixture(scope="module")
