@@ -86,6 +86,18 @@ def known(kind: str, directory: Path | None = None) -> list[str]:
     return sorted(p.stem for p in ((directory or config_dir()) / kind).glob("*.yaml"))
 
 
+def search_kind(algorithm: str, directory: Path | None = None) -> str:
+    """The algorithm's ``search`` setting: ``none``, or bayesopt / asha / pbt for a black-box search
+    run by ``python -m onepass.search`` (``none`` for an unknown algorithm)."""
+    path = (directory or config_dir()) / "algorithms" / f"{algorithm}.yaml"
+    return _read_yaml(path).get("search", "none") if path.exists() else "none"
+
+
+def is_search(algorithm: str, directory: Path | None = None) -> bool:
+    """Whether ``algorithm`` is run by ``python -m onepass.search`` rather than ``onepass.train``."""
+    return search_kind(algorithm, directory) != "none"
+
+
 def check(settings: dict, source: str) -> dict:
     """Check every key and type of ``settings``; ``source`` names where they came from."""
     for key, value in settings.items():

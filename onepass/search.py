@@ -86,14 +86,6 @@ def _is_search_key(key: str) -> bool:
     return key == "search" or key.startswith(("search_", "asha_", "pbt_"))
 
 
-def is_search(algorithm: str) -> bool:
-    """Whether ``algorithm`` (a config name) is run by ``python -m onepass.search`` (its YAML sets
-    ``search``) rather than ``python -m onepass.train``."""
-    from .config import _read_yaml, config_dir
-    path = config_dir() / "algorithms" / f"{algorithm}.yaml"
-    return path.exists() and _read_yaml(path).get("search", "none") != "none"
-
-
 def search_settings(dataset: str, algorithm: str, overrides=None) -> tuple[dict, dict]:
     """(search settings, settings of every inner run), both checked; ``overrides`` go to both."""
     extra = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))

@@ -14,6 +14,7 @@ NaN/inf or exceeds ``divergence_threshold`` stops and is recorded as diverged (e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -62,7 +63,7 @@ def _outputs(dataset) -> int:
 
 
 class Run:
-    """State and steps of one run; :meth:`train` drives it."""
+    """State and steps of one run; :func:`run` (or an outer search) drives it."""
 
     def __init__(self, settings: dict, dataset, seed: int, lr: float, weight_decay: float, momentum: float,
                  device: torch.device):
@@ -173,7 +174,7 @@ class Run:
 
     def _double_backward_ok(self):
         """cuDNN's LSTM has no double backward: use the native kernels inside hypergradients."""
-        return torch.backends.cudnn.flags(enabled=False) if self.device.type == "cuda" else _nullcontext()
+        return torch.backends.cudnn.flags(enabled=False) if self.device.type == "cuda" else contextlib.nullcontext()
 
     # ---- bookkeeping ----------------------------------------------------------------------------------
     def diverged(self) -> bool:
@@ -210,14 +211,6 @@ class Run:
         for key in ("initial_weights", "hyper_step", "weight_step", "train_time", "grads_prev", "last_loss",
                     "loss_sum", "loss_count", "history"):
             setattr(self, key, state[key])
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _versions() -> dict:

@@ -19,9 +19,7 @@ MOMENTUM_EPS = 1e-7  # momentum is kept inside (eps, 1 - eps) so that its logit 
 
 def to_unconstrained(name: str, value: float) -> float:
     """Natural hyperparameter value -> the unconstrained value that is optimised."""
-    if name == "lr":
-        return math.log10(max(value, 1e-30))
-    if name == "weight_decay":
+    if name in ("lr", "weight_decay"):
         return math.log10(max(value, 1e-30))
     if name == "momentum":
         mu = min(max(value, MOMENTUM_EPS), 1 - MOMENTUM_EPS)
@@ -130,15 +128,18 @@ class Hyperparameters:
             out[name] = tuple(v.detach() for v in value) if isinstance(value, list) else value.detach()
         return out
 
+    def _tree(self) -> dict:
+        """``values`` with a per-weight lr as a tuple, the form :func:`natural` takes."""
+        return {name: tuple(v) if isinstance(v, list) else v for name, v in self.values.items()}
+
     def fixed(self) -> dict:
         """The hyperparameters that are held constant, as a dict of tensors."""
-        return {name: (tuple(v) if isinstance(v, list) else v)
-                for name, v in self.values.items() if name not in self.optimise}
+        return {name: v for name, v in self._tree().items() if name not in self.optimise}
 
     def for_step(self):
         """(lr, weight_decay, momentum) for :func:`sgd_step_`: floats, lr a list of tensors if per weight."""
         with torch.no_grad():
-            lr, wd, mom = natural({k: tuple(v) if isinstance(v, list) else v for k, v in self.values.items()})
+            lr, wd, mom = natural(self._tree())
         lr = list(lr) if isinstance(lr, tuple) else lr.item()
         return lr, wd.item(), mom.item()
 
@@ -168,7 +169,7 @@ class Hyperparameters:
     def summary(self) -> dict:
         """Natural values as floats; a per-weight learning rate is summarised by its mean."""
         with torch.no_grad():
-            lr, wd, mom = natural({k: tuple(v) if isinstance(v, list) else v for k, v in self.values.items()})
+            lr, wd, mom = natural(self._tree())
             if isinstance(lr, tuple):
                 lr = torch.cat([x.reshape(-1) for x in lr]).mean()
         return {"lr": float(lr), "weight_decay": float(wd), "momentum": float(mom)}

@@ -277,8 +277,8 @@ def test_collect_takes_each_algorithms_repetitions(study, tmp_path):
 
 
 def test_searches_are_named_and_match_their_configs():
-    from onepass import config, search
-    assert set(naming.SEARCHES) == {a for a in config.known("algorithms") if search.is_search(a)}
+    from onepass import config
+    assert set(naming.SEARCHES) == {a for a in config.known("algorithms") if config.is_search(a)}
     assert naming.label("ASHA_Ours") == "ASHA (Ours)" and naming.label("PBT_Ours") == "PBT (Ours)"
     assert naming.label("BayesOpt") == "Bayesian Optimisation"
     assert naming.label("ASHA") == "ASHA" and naming.label("PBT") == "PBT"

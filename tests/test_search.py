@@ -22,7 +22,8 @@ import psutil
 import pytest
 
 from onepass.config import ConfigError
-from onepass.search import EVALUATION_COLUMNS, add_evaluation, is_search, main, perturb, run, search_settings
+from onepass.config import is_search
+from onepass.search import EVALUATION_COLUMNS, add_evaluation, main, perturb, run, search_settings
 from onepass.train import HISTORY_COLUMNS
 from onepass.train import run as train_run
 from onepass.updates import Hyperparameters

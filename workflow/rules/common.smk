@@ -72,14 +72,13 @@ def run_paths(dataset):
 
 @functools.cache
 def search_kind(algorithm):
-    """The algorithm's setting `search`: none, or bayesopt / asha / pbt for a black-box search."""
-    dataset = next((d for d in DATASETS if algorithm in algorithms_of(d)), DATASETS[0])
-    return run_config.load_settings(dataset, algorithm)["search"]
+    """The algorithm's setting `search` (read once per algorithm): none, or bayesopt / asha / pbt for a black-box search."""
+    return run_config.search_kind(algorithm)
 
 
 def is_search(algorithm):
     """Whether an algorithm is a black-box search (BayesOpt, ASHA, PBT, ...), run by
-    python -m onepass.search; the test of onepass.search.is_search, without importing torch here."""
+    python -m onepass.search."""
     return search_kind(algorithm) != "none"
 
 
