@@ -470,13 +470,16 @@ def test_missing_mirror(tmp_path, monkeypatch):
 def test_mirrors_from_environment(shared_datasets, tmp_path, monkeypatch):
     monkeypatch.setenv(data.MIRRORS_ENV, f"{tmp_path}:{shared_datasets}")
     assert data.resolve_mirrors() == [tmp_path, shared_datasets]
-    assert data.fetch("uci_yacht", tmp_path / "d") == {"data.txt": tmp_path / "d" / "uci_yacht" / "data.txt"}
+    assert data.fetch("uci_yacht", tmp_path / "d") == {
+        name: tmp_path / "d" / "uci_yacht" / name for name in ("data.txt", "permutation_indices.txt")}
 
 
 def test_download_with_progress(shared_datasets, tmp_path, http_root):
     www, url = http_root
-    (www / "data.txt").write_bytes((shared_datasets / "uci_yacht" / "data.txt").read_bytes())
-    table = write_sources(tmp_path / "sources.tsv", {("uci_yacht", "data.txt"): {"url": f"{url}/data.txt"}})
+    files = ("data.txt", "permutation_indices.txt")
+    for name in files:
+        (www / name).write_bytes((shared_datasets / "uci_yacht" / name).read_bytes())
+    table = write_sources(tmp_path / "sources.tsv", {("uci_yacht", name): {"url": f"{url}/{name}"} for name in files})
     data.prepare("uci_yacht", tmp_path / "d", mirrors=[], sources=table)
     assert data.status("uci_yacht", tmp_path / "d") == "prepared"
 
