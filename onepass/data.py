@@ -31,7 +31,7 @@ NumPy ``RandomState(0).permutation(n)``, whose stream NumPy keeps frozen across 
 
 - UCI: whitespace-separated numbers; inputs all columns but the last, target the last (Naval: columns 1-16
   inputs, 17 target, 18 dropped). Rows are permuted and cut into the paper's train/valid/test sizes
-  (``UCI_SPLITS``), in that order. Inputs and targets are standardised with the training split's mean and
+  (``data.splits`` of its catalogue entry), in that order. Inputs and targets are standardised with the training split's mean and
   population std; a (numerically) constant column gets std 1.
 - Fashion-MNIST: IDX ``.gz`` files; the official 60,000 training images are permuted, the first 50,000 are
   train and the last 10,000 validation; the official 10,000 test images are the test set. Pixels are scaled
@@ -73,6 +73,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from . import catalog
+
 FORMAT_VERSION = 1
 SPLIT_SEED = 0
 PREPARED_NAME = "prepared.pt"
@@ -80,39 +82,19 @@ MIRRORS_ENV = "ONEPASS_DATA_MIRRORS"
 DEFAULT_SOURCES = Path(__file__).resolve().parents[1] / "config" / "sources.tsv"
 DEFAULT_DATA_DIR = "results/data"  # where the pipeline prepares them
 
-DATASETS = {  # name -> family
-    "uci_boston": "uci",
-    "uci_concrete": "uci",
-    "uci_energy": "uci",
-    "uci_kin8nm": "uci",
-    "uci_naval": "uci",
-    "uci_power": "uci",
-    "uci_wine": "uci",
-    "uci_yacht": "uci",
-    "fashion_mnist": "fashion_mnist",
-    "penn_treebank": "penn_treebank",
-    "cifar10": "cifar10",
-}
-TASKS = {
-    "uci": "regression",
-    "fashion_mnist": "classification",
-    "cifar10": "classification",
-    "penn_treebank": "language_model",
-}
-UCI_SPLITS = {  # train, valid, test (the paper's sizes)
-    "uci_boston": (364, 91, 51),
-    "uci_concrete": (742, 185, 103),
-    "uci_energy": (614, 78, 76),
-    "uci_kin8nm": (5898, 1475, 819),
-    "uci_naval": (8593, 2148, 1193),
-    "uci_power": (6889, 1722, 957),
-    "uci_wine": (1151, 288, 160),
-    "uci_yacht": (222, 55, 31),
-}
-# Share of the official training images used for validation: 10,000 of 60,000 and 5,000 of 50,000.
-VALID_FRACTION = {"fashion_mnist": 1 / 6, "cifar10": 1 / 10}
+
+
+def datasets() -> dict[str, str]:
+    """Every dataset of the catalogue (config/datasets/*.yaml) with its family."""
+    return {name: d.family for name, d in catalog.datasets().items()}
+
+
+def uci_splits(name: str) -> tuple[int, int, int]:
+    """Rows of a UCI set's training, validation and test splits (its catalogue entry's data.splits)."""
+    return tuple(catalog.dataset(name).data["splits"])
+
+
 CIFAR_MEMBERS = [f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)] + ["cifar-10-batches-py/test_batch"]
-PTB_VOCAB_SIZE = 10_000
 EOS, UNK = "<eos>", "<unk>"
 SPLITS = ("train", "valid", "test")
 SOURCE_COLUMNS = ["dataset", "file", "url", "member", "sha256", "archive_sha256", "mirror_path"]
@@ -166,7 +148,7 @@ def _parse_source_row(cells: list[str], where: str) -> Source:
     if len(cells) != len(SOURCE_COLUMNS):
         raise DataError(f"{where}: expected {len(SOURCE_COLUMNS)} tab-separated columns, found {len(cells)}")
     values = {col: (None if cell.strip() in ("", "-") else cell.strip()) for col, cell in zip(SOURCE_COLUMNS, cells)}
-    if values["dataset"] not in DATASETS:
+    if values["dataset"] not in datasets():
         raise DataError(f"{where}: unknown dataset {values['dataset']!r}")
     if not values["file"] or not values["url"] or "/" in values["file"]:
         raise DataError(f"{where}: a row needs a plain file name and a URL")
@@ -187,9 +169,10 @@ def _sources_for(name: str, sources: str | os.PathLike | None) -> list[Source]:
 
 def check_name(name: str) -> str:
     """Return the family of dataset ``name``, or raise a DataError listing the known names."""
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
-    return DATASETS[name]
+    known = datasets()
+    if name not in known:
+        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(known)}")
+    return known[name]
 
 
 # ----------------------------------------------------------------------------------------------- mirrors
@@ -493,11 +476,13 @@ def _parse_table(path: Path) -> np.ndarray:
 
 def _prepare_uci(name: str, raw: dict[str, Path]) -> dict:
     table = _parse_table(raw["data.txt"])
-    if name == "uci_naval":  # columns 1-16 inputs, 17 target, 18 dropped
-        x, y = table[:, :16], table[:, 16:17]
+    spec = catalog.dataset(name).data
+    if "target" in spec:  # e.g. Naval: columns 1-16 inputs, 17 target, 18 dropped
+        lo, hi = spec["inputs"]
+        x, y = table[:, lo:hi], table[:, spec["target"]:spec["target"] + 1]
     else:
         x, y = table[:, :-1], table[:, -1:]
-    sizes = UCI_SPLITS[name]
+    sizes = uci_splits(name)
     if len(table) != sum(sizes):
         raise DataError(f"{raw['data.txt']}: {len(table)} rows, expected {sum(sizes)} for {name}")
     order = _permutation(len(table))
@@ -552,7 +537,8 @@ def _pixel_stats(pixels: np.ndarray, channel_axis: int | None) -> tuple[np.ndarr
 def _image_splits(name: str, images, labels, test_images, test_labels, channel_axis) -> dict:
     """Permute the official training set into train/valid, compute pixel statistics on train."""
     n = len(images)
-    n_valid = round(n * VALID_FRACTION[name])
+    share = catalog.dataset(name).data["validation"]
+    n_valid = round(n * share["last"] / share["of"])
     order = _permutation(n)
     train, valid = order[: n - n_valid], order[n - n_valid :]
     mean, std = _pixel_stats(images[train], channel_axis)
@@ -637,11 +623,11 @@ def _tokenise(path: Path) -> list[str]:
     return [token for line in text.splitlines() for token in line.split() + [EOS]]
 
 
-def _build_vocab(tokens: list[str]) -> list[str]:
-    """At most PTB_VOCAB_SIZE tokens, by frequency (descending) then token; ``<unk>`` kept if cut."""
+def _build_vocab(tokens: list[str], size: int) -> list[str]:
+    """At most ``size`` tokens, by frequency (descending) then token; ``<unk>`` kept if cut."""
     ranked = sorted(Counter(tokens).items(), key=lambda item: (-item[1], item[0]))
-    vocab = [token for token, _ in ranked[:PTB_VOCAB_SIZE]]
-    if len(ranked) > PTB_VOCAB_SIZE and UNK not in vocab:
+    vocab = [token for token, _ in ranked[:size]]
+    if len(ranked) > size and UNK not in vocab:
         vocab[-1] = UNK
     return vocab
 
@@ -657,7 +643,7 @@ def _encode(tokens: list[str], index: dict[str, int], where: str) -> torch.Tenso
 
 def _prepare_penn_treebank(name: str, raw: dict[str, Path]) -> dict:
     tokens = {s: _tokenise(raw[f"ptb.{s}.txt"]) for s in SPLITS}
-    vocab = _build_vocab(tokens["train"])
+    vocab = _build_vocab(tokens["train"], catalog.dataset(name).data["vocabulary"])
     index = {token: i for i, token in enumerate(vocab)}
     splits = {s: {"inputs": _encode(tokens[s], index, str(raw[f"ptb.{s}.txt"])), "targets": None} for s in SPLITS}
     return {"splits": splits, "input_shape": [], "vocab": vocab, "vocab_size": len(vocab)}
@@ -694,7 +680,7 @@ def prepare(
             "format_version": FORMAT_VERSION,
             "name": name,
             "family": family,
-            "task": TASKS[family],
+            "task": catalog.dataset(name).task,
             "num_classes": None,
             "vocab_size": None,
             "vocab": None,
@@ -829,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "list":
-            for name, family in DATASETS.items():
+            for name, family in datasets().items():
                 print(f"{name}\t{family}\t{status(name, args.data_dir)}")
         else:
             action = prepare if args.command == "prepare" else fetch

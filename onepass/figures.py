@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from onepass import naming, tables  # noqa: E402
+from onepass import catalog, tables  # noqa: E402
 
 KINDS = ("edf", "test_vs_step", "test_vs_time", "trajectories", "error_vs_hyperparameter",
          "best_worst")
@@ -53,16 +53,16 @@ def _no_data(ax, text="no finished runs yet"):
 
 
 def _algorithms(runs: pd.DataFrame) -> list:
-    return naming.order(runs["algorithm"].unique())
+    return catalog.order(runs["algorithm"].unique())
 
 
 def _title(runs: pd.DataFrame, what: str) -> str:
     dataset = str(runs["dataset"].iloc[0]) if len(runs) else ""
-    return f"{naming.dataset_label(dataset)}: {what}"
+    return f"{catalog.dataset_label(dataset)}: {what}"
 
 
 def _metric(runs: pd.DataFrame) -> str:
-    return naming.metric_name(str(runs["dataset"].iloc[0])) if len(runs) else "test metric"
+    return catalog.metric_name(str(runs["dataset"].iloc[0])) if len(runs) else "test metric"
 
 
 def edf(runs: pd.DataFrame, runs_dir) -> plt.Figure:
@@ -70,19 +70,17 @@ def edf(runs: pd.DataFrame, runs_dir) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(9, 4.5))
     present = runs[runs["status"] != "missing"]
     populations = {a: g for a, g in present.groupby("algorithm")}
-    batched = tables.three_batched(runs)
-    if len(batched):
-        populations["Random_3Batched"] = batched
+    populations.update(tables.derived_populations(runs))
     drawn = False
-    for algorithm in naming.order(populations):
+    for algorithm in catalog.order(populations):
         group = populations[algorithm]
         values = pd.to_numeric(group["test_metric"], errors="coerce").to_numpy(dtype=float)
         finite = np.sort(values[np.isfinite(values)])
         if not len(finite):
             continue
         frac = np.arange(1, len(finite) + 1) / len(values)
-        ax.step(finite, frac, where="post", color=naming.colour(algorithm),
-                label=f"{naming.label(algorithm)} (n={len(values)})")
+        ax.step(finite, frac, where="post", color=catalog.colour(algorithm),
+                label=f"{catalog.label(algorithm)} (n={len(values)})")
         drawn = True
     if drawn:
         if _positive(runs["test_metric"]):
@@ -158,10 +156,10 @@ def _progress(runs: pd.DataFrame, runs_dir, x: str) -> plt.Figure:
         with warnings.catch_warnings():  # all-NaN points (every run diverged) stay NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             median, low = np.nanmedian(values, axis=1), np.nanmin(values, axis=1)
-        search = naming.is_search(algorithm)
+        search = catalog.is_search(algorithm)
         searches = searches or search
         for ax, y in zip(axes, (median, low)):
-            ax.plot(grid, y, color=naming.colour(algorithm), label=naming.label(algorithm),
+            ax.plot(grid, y, color=catalog.colour(algorithm), label=catalog.label(algorithm),
                     drawstyle="steps-post", ls="--" if search else "-", lw=1.8 if search else 1.5)
     drawn = bool(curves)
     xlabel = {"step": "weight step", "time_s": "training time (s)"}[x]
@@ -221,12 +219,12 @@ def trajectories(runs: pd.DataFrame, runs_dir) -> plt.Figure:
         for j, hp in enumerate(HYPERPARAMETERS):
             ax = axes[i, j]
             for _, run in h.groupby("seed"):
-                ax.plot(run["step"], run[hp], color=naming.colour(algorithm), alpha=0.7, lw=1)
+                ax.plot(run["step"], run[hp], color=catalog.colour(algorithm), alpha=0.7, lw=1)
             if h.empty:
                 _no_data(ax, "no runs")
             elif hp in LOG_HPS and _positive(h[hp]):
                 ax.set_yscale("log")
-            ax.set_title(f"{naming.label(algorithm)}: {HP_LABELS[hp]}")
+            ax.set_title(f"{catalog.label(algorithm)}: {HP_LABELS[hp]}")
             ax.grid(alpha=0.3)
             if i == len(algorithms) - 1:
                 ax.set_xlabel("weight step")
@@ -251,7 +249,7 @@ def error_vs_hyperparameter(runs: pd.DataFrame, runs_dir) -> plt.Figure:
         for j, hp in enumerate(hps):
             ax = axes[i, j]
             x = pd.to_numeric(runs[f"init_{hp}"], errors="coerce")
-            ax.scatter(x[ok], metric[ok], s=12, color=naming.colour(algorithm), alpha=0.8)
+            ax.scatter(x[ok], metric[ok], s=12, color=catalog.colour(algorithm), alpha=0.8)
             if bad.any():
                 ax.scatter(x[bad], np.full(int(bad.sum()), top), marker="x", color="black",
                            s=16, label="diverged")
@@ -260,7 +258,7 @@ def error_vs_hyperparameter(runs: pd.DataFrame, runs_dir) -> plt.Figure:
                 ax.set_xscale("log")
             if log_y:
                 ax.set_yscale("log")
-            ax.set_title(naming.label(algorithm))
+            ax.set_title(catalog.label(algorithm))
             ax.set_xlabel(f"initial {HP_LABELS[hp]}")
             if j == 0:
                 ax.set_ylabel(f"final {_metric(runs)}")
@@ -290,13 +288,13 @@ def best_worst(runs: pd.DataFrame, runs_dir) -> plt.Figure:
                 if not path.exists():
                     continue
                 h = pd.read_csv(path)
-                ax.plot(h["step"], h["test_metric"], color=naming.colour(algorithm),
+                ax.plot(h["step"], h["test_metric"], color=catalog.colour(algorithm),
                         ls="-" if name == "best" else "--",
                         label=f"{name}: seed {int(run['seed'])} ({run['m']:.3g})")
             if _positive(metric[done.index]):
                 ax.set_yscale("log")
             ax.legend(loc="best")
-        ax.set_title(naming.label(algorithm))
+        ax.set_title(catalog.label(algorithm))
         ax.set_xlabel("weight step")
         ax.set_ylabel(_metric(runs))
         ax.grid(alpha=0.3)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from onepass import naming, tables
+from onepass import catalog, tables
 from onepass.analysis import read_runs, status_line
 
 SECTIONS = [
@@ -64,14 +64,14 @@ def _table(frame: pd.DataFrame, digits: int = 4) -> str:
 def _settings(runs: pd.DataFrame, runs_dir: Path | None) -> pd.DataFrame:
     """Settings of the first finished run of each algorithm, one column per algorithm."""
     columns = {}
-    for algorithm in naming.order(runs["algorithm"].unique()):
+    for algorithm in catalog.order(runs["algorithm"].unique()):
         done = runs[(runs["algorithm"] == algorithm) & (runs["status"] != "missing")]
         if done.empty or runs_dir is None:
             continue
         path = runs_dir / algorithm / f"seed{int(done['seed'].iloc[0])}" / "metrics.json"
         if path.exists():
             settings = json.loads(path.read_text()).get("settings") or {}
-            columns[naming.label(algorithm)] = {k: json.dumps(v) if isinstance(v, (dict, list))
+            columns[catalog.label(algorithm)] = {k: json.dumps(v) if isinstance(v, (dict, list))
                                                 else v for k, v in settings.items()}
     if not columns:
         return pd.DataFrame()
@@ -87,20 +87,20 @@ def _extremes(runs: pd.DataFrame) -> pd.DataFrame:
     done = runs[runs["status"] == "done"].sort_values("test_metric")
     picked = pd.concat([done.head(TOP).assign(rank="best"), done.tail(TOP).assign(rank="worst")])
     picked = picked[~picked.index.duplicated()]
-    picked = picked.assign(algorithm=picked["algorithm"].map(naming.label))
+    picked = picked.assign(algorithm=picked["algorithm"].map(catalog.label))
     return picked[["rank", *[c for c in cols if c in picked]]]
 
 
 def render(dataset: str, runs: pd.DataFrame, summary: pd.DataFrame, sweep_summary: pd.DataFrame,
            figures: dict, runs_dir: Path | None = None) -> str:
     """The page's HTML."""
-    title = f"{naming.dataset_label(dataset)}: population analysis"
+    title = f"{catalog.dataset_label(dataset)}: population analysis"
     shown = summary.assign(algorithm=summary["label"]).drop(columns=["label", "dataset", "metric"])
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
              f"</title><style>{STYLE}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>",
              f"<p>{html.escape(status_line(runs).lstrip('# '))}. Final metric: "
-             f"{html.escape(naming.metric_name(dataset))} (lower is better).</p>",
+             f"{html.escape(catalog.metric_name(dataset))} (lower is better).</p>",
              "<h2>Configuration</h2>",
              "<p class='note'>Initial hyperparameters are drawn once per seed from these samplers; "
              "seed s is the same initialisation for every algorithm.</p>",
@@ -111,8 +111,10 @@ def render(dataset: str, runs: pd.DataFrame, summary: pd.DataFrame, sweep_summar
                   _table(settings), "</details>"]
     parts += ["<h2>Summary</h2>",
               "<p class='note'>Mean and median with standard errors (median: 1000 bootstrap "
-              "resamples), NaNs (diverged runs) ignored. Random (3-batched): best validation "
-              f"loss out of each group of {tables.BATCH} Random_Validation seeds.</p>",
+              "resamples), NaNs (diverged runs) ignored. "
+              + " ".join(f"{html.escape(a.label)}: best validation loss out of each group of "
+                         f"{a.derived['best_of']} {html.escape(a.derived['from'])} seeds."
+                         for a in catalog.derived_algorithms().values()) + "</p>",
               _table(shown)]
     for key, heading, note in SECTIONS:
         parts.append(f"<h2>{html.escape(heading)}</h2><p class='note'>{html.escape(note)}</p>")

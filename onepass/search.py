@@ -60,7 +60,8 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, load_settings, parse_overrides
+from . import catalog
+from .settings import ConfigError, load_settings, parse_overrides, search_settings_keys
 from .train import (Run, _dataset_to, _versions, atomic_write, resolve_device, run_arguments, run_from_arguments,
                     write_history)
 from .updates import to_unconstrained
@@ -83,40 +84,22 @@ NAN = float("nan")
 
 # ---- settings ----------------------------------------------------------------------------------------
 def _is_search_key(key: str) -> bool:
-    return key == "search" or key.startswith(("search_", "asha_", "pbt_"))
+    return key in search_settings_keys()
 
 
 def search_settings(dataset: str, algorithm: str, overrides=None) -> tuple[dict, dict]:
-    """(search settings, settings of every inner run), both checked; ``overrides`` go to both."""
+    """(search settings, settings of every inner run), both checked; ``overrides`` go to both. The search
+    settings carry the algorithm's ``search`` kind and ``label`` from its catalogue entry."""
     extra = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
     settings = load_settings(dataset, algorithm, extra)
-    if settings["search"] not in SEARCHES:
-        raise ConfigError(f"algorithm {algorithm!r} is not a search (setting 'search' is "
-                          f"{settings['search']!r}); run it with python -m onepass.train")
+    entry = catalog.algorithm(algorithm)
+    if not entry.is_search:
+        raise ConfigError(f"algorithm {algorithm!r} is not a search; run it with python -m onepass.train")
+    settings.update(search=entry.search, label=entry.label)
     inner_name = settings["search_inner_algorithm"]
-    inner = load_settings(dataset, inner_name, {k: v for k, v in extra.items() if not _is_search_key(k)})
-    if inner["search"] != "none":
+    if inner_name not in catalog.algorithms() or catalog.is_search(inner_name):
         raise ConfigError(f"setting 'search_inner_algorithm' must name a training algorithm, got {inner_name!r}")
-    for key in SPACE_KEYS.values():
-        bounds = settings[key]
-        if (len(bounds) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
-                or not bounds[0] < bounds[1]):
-            raise ConfigError(f"setting {key!r} must be [low, high] with low < high, got {bounds!r}")
-    if not (0.0 <= settings["search_momentum"][0] and settings["search_momentum"][1] <= 1.0):
-        raise ConfigError("setting 'search_momentum' must lie within [0, 1]")
-    if not math.isfinite(settings["search_diverged_penalty"]):
-        raise ConfigError("setting 'search_diverged_penalty' must be finite")
-    factors = settings["pbt_perturbation_factors"]
-    if not factors or not all(isinstance(f, (int, float)) and f > 0 for f in factors):
-        raise ConfigError(f"setting 'pbt_perturbation_factors' must be positive numbers, got {factors!r}")
-    positive = ["search_trials", "search_report_every", "asha_grace_period", "pbt_perturbation_interval"]
-    if settings["search"] == "bayesopt":
-        positive = ["search_initial_points"]
-        if settings["search_guided_points"] < 0:
-            raise ConfigError("setting 'search_guided_points' must be at least 0")
-    for key in positive:
-        if settings[key] < 1:
-            raise ConfigError(f"setting {key!r} must be at least 1, got {settings[key]}")
+    inner = load_settings(dataset, inner_name, {k: v for k, v in extra.items() if not _is_search_key(k)})
     if settings["search"] == "pbt" and settings["pbt_perturbation_interval"] % settings["search_report_every"]:
         raise ConfigError("setting 'pbt_perturbation_interval' must be a multiple of 'search_report_every'")
     return settings, inner

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from onepass import naming
+from onepass import catalog
 
 N_BOOT = 1000
-BATCH = 3  # Random (3-batched): best validation loss out of each group of three seeds
 COLUMNS = ["dataset", "algorithm", "label", "metric", "runs", "done", "diverged", "missing",
            "mean", "mean_se", "median", "median_se", "best"]
 
@@ -45,18 +44,18 @@ def best(values) -> float:
     return float(x.min()) if len(x) else float("nan")
 
 
-def three_batched(runs: pd.DataFrame, batch: int = BATCH) -> pd.DataFrame:
-    """Random (3-batched): group Random_Validation seeds in threes (0-2, 3-5, ...) and keep,
-    in each complete group, the run with the best validation loss.
+def best_of_groups(runs: pd.DataFrame, source: str, size: int) -> pd.DataFrame:
+    """A derived population such as Random (3-batched): the seeds of ``source`` grouped in ``size``s
+    (0-2, 3-5, ...), keeping in each complete group the run with the best validation loss.
 
-    Returns one row per group with the chosen run's test metric (NaN if every run of the
-    group diverged); groups with a missing run are left out.
+    Returns one row per group with the chosen run's test metric (NaN if every run of the group
+    diverged); groups with a missing run are left out.
     """
-    rv = runs[runs["algorithm"] == naming.DERIVED["Random_3Batched"]].copy()
-    rv["group"] = rv["seed"] // batch
+    rv = runs[runs["algorithm"] == source].copy()
+    rv["group"] = rv["seed"] // size
     rows = []
     for group, members in rv.groupby("group"):
-        if len(members) < batch or (members["status"] == "missing").any():
+        if len(members) < size or (members["status"] == "missing").any():
             continue
         valid = pd.to_numeric(members["valid_loss"], errors="coerce").fillna(np.inf)
         chosen = members.loc[valid.idxmin()]
@@ -65,12 +64,22 @@ def three_batched(runs: pd.DataFrame, batch: int = BATCH) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["group", "seed", "status", "valid_loss", "test_metric"])
 
 
+def derived_populations(runs: pd.DataFrame) -> dict:
+    """Every derived algorithm of the catalogue whose source has runs here: {name: its population}."""
+    out = {}
+    for name, algorithm in catalog.derived_algorithms().items():
+        population = best_of_groups(runs, algorithm.derived["from"], algorithm.derived["best_of"])
+        if len(population):
+            out[name] = population
+    return out
+
+
 def _row(dataset, algorithm, metric, runs: pd.DataFrame, n_boot: int) -> dict:
     values = pd.to_numeric(runs["test_metric"], errors="coerce")
     mean, mse = mean_se(values)
     median, mdse = median_se(values, n_boot)
     status = runs["status"].value_counts()
-    return {"dataset": dataset, "algorithm": algorithm, "label": naming.label(algorithm),
+    return {"dataset": dataset, "algorithm": algorithm, "label": catalog.label(algorithm),
             "metric": metric, "runs": len(runs), "done": int(status.get("done", 0)),
             "diverged": int(status.get("diverged", 0)), "missing": int(status.get("missing", 0)),
             "mean": mean, "mean_se": mse, "median": median, "median_se": mdse,
@@ -82,13 +91,10 @@ def summarise(runs: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame(columns=COLUMNS)
     dataset = str(runs["dataset"].iloc[0])
-    metric = naming.metric_name(dataset)
+    metric = catalog.metric_name(dataset)
     groups = {a: g for a, g in runs.groupby("algorithm")}
-    if naming.DERIVED["Random_3Batched"] in groups:
-        batched = three_batched(runs)
-        if len(batched):
-            groups["Random_3Batched"] = batched
-    rows = [_row(dataset, a, metric, groups[a], n_boot) for a in naming.order(groups)]
+    groups.update(derived_populations(runs))
+    rows = [_row(dataset, a, metric, groups[a], n_boot) for a in catalog.order(groups)]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -123,25 +129,24 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 def paper_markdown(summaries: pd.DataFrame) -> str:
     """All datasets laid out like the paper: Table 1 for UCI, Table 2 for the rest."""
-    shown = summaries[summaries["algorithm"] != naming.DERIVED["Random_3Batched"]]
-    datasets = list(dict.fromkeys(shown["dataset"]))
-    known = list(naming.DATASET_LABELS)
-    datasets.sort(key=lambda d: known.index(d) if d in known else len(known))
+    sources = {a.derived["from"] for a in catalog.derived_algorithms().values()}
+    shown = summaries[~summaries["algorithm"].isin(sources)]  # the paper shows the derived rows instead
+    datasets = catalog.dataset_order(dict.fromkeys(shown["dataset"]))
     parts = ["# Final test metrics of the population study", "",
              "Mean ± standard error, median ± standard error (1000 bootstrap resamples) "
              "and best final test metric over the initialisations of each algorithm; "
              "diverged runs (NaN) are left out. Lower is better; the lowest value is bold."]
     tables = (("Table 1: UCI regression (unnormalised test MSE)",
-               [d for d in datasets if naming.family(d) == "uci"]),
+               [d for d in datasets if catalog.family(d) == "uci"]),
               ("Table 2: Fashion-MNIST, Penn Treebank and CIFAR-10",
-               [d for d in datasets if naming.family(d) != "uci"]))
+               [d for d in datasets if catalog.family(d) != "uci"]))
     for title, members in tables:
         if not members:
             continue
         parts += ["", f"## {title}"]
         for d in members:
             part = shown[shown["dataset"] == d]
-            parts += ["", f"### {naming.dataset_label(d)} ({part['metric'].iloc[0]})", "",
+            parts += ["", f"### {catalog.dataset_label(d)} ({part['metric'].iloc[0]})", "",
                       markdown_table(_cells(part.reset_index(drop=True)))]
     return "\n".join(parts) + "\n"
 

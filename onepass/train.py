@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import ConfigError, load_settings
+from . import catalog
+from .settings import ConfigError, load_settings
 from .hypergrad import baydin_hypergradient, neumann_hypergradient, unrolled_hypergradient
 from .models import build_model
 from .problems import Problem, frozen_batchnorm_stats
@@ -236,7 +237,7 @@ def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float,
     """
     wall_start = time.perf_counter()
     settings = load_settings(dataset, algorithm, overrides)
-    if settings["search"] != "none":
+    if catalog.is_search(algorithm):
         raise ConfigError(f"algorithm {algorithm!r} is a search: run it with python -m onepass.search")
     dev = resolve_device(device)
     for name, value in (("lr", lr), ("weight-decay", weight_decay), ("momentum", momentum)):

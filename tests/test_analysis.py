@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from onepass import analysis, figures, naming, report_page, tables
+from onepass import analysis, catalog, figures, report_page, tables
 
 HISTORY_COLUMNS = ["step", "hyper_step", "time_s", "train_loss", "valid_loss", "test_loss",
                    "test_metric", "lr", "weight_decay", "momentum"]
@@ -109,7 +109,7 @@ def test_median_se_matches_bootstrap_theory():
 
 def test_three_batched_keeps_best_validation_of_each_group(study):
     _, runs = study
-    batched = tables.three_batched(runs)
+    batched = tables.best_of_groups(runs, "Random_Validation", 3)
     # groups (0,1,2): valid 3,1,2 -> seed 1 (test 8); (3,4,5): valid NaN,5,4 -> seed 5 (test 4)
     assert batched["seed"].tolist() == [1, 5]
     assert batched["test_metric"].tolist() == [8.0, 4.0]
@@ -118,7 +118,7 @@ def test_three_batched_keeps_best_validation_of_each_group(study):
 def test_three_batched_skips_incomplete_groups(study):
     _, runs = study
     cut = runs[~((runs["algorithm"] == "Random_Validation") & (runs["seed"] == 4))]
-    assert tables.three_batched(cut)["seed"].tolist() == [1]
+    assert tables.best_of_groups(cut, "Random_Validation", 3)["seed"].tolist() == [1]
 
 
 def test_summary_rows_in_paper_order(study):
@@ -153,11 +153,30 @@ def test_paper_tables(study, tmp_path):
     assert len(pd.read_csv(tsv, sep="\t")) == 10
 
 
-def test_colours_are_fixed_and_distinct():
-    assert len(set(naming.COLOURS.values())) == len(naming.COLOURS)
-    assert set(naming.LABELS) == set(naming.COLOURS)
-    assert naming.label("Ours_HDLR_Momentum") == "Ours (WD+HDLR+M)"
-    assert naming.label("LongDiffThroughOpt_Full") == "Long Diff-through-Opt (Full)"
+def _lab(colour):
+    """CIE L*a*b* of a hex colour (sRGB, D65 white)."""
+    from matplotlib.colors import to_rgb
+    rgb = np.array(to_rgb(colour))
+    linear = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ linear
+    xyz = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_colours_come_from_the_algorithm_files_and_are_distinct():
+    algorithms = catalog.algorithms()
+    # every pair of algorithms differs clearly in colour (CIE76 distance >= 25; 2.3 is just noticeable)
+    names = list(algorithms)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            distance = np.linalg.norm(_lab(algorithms[a].colour) - _lab(algorithms[b].colour))
+            assert distance >= 25, (a, b, distance)
+    assert catalog.colour("Ours_LR") == algorithms["Ours_LR"].colour
+    assert catalog.label("Ours_HDLR_Momentum") == "Ours (WD+HDLR+M)"
+    assert catalog.label("LongDiffThroughOpt_Full") == "Long Diff-through-Opt (Full)"
+    assert catalog.label("Random_Validation") == "Random (validation)"
+    assert {catalog.linestyle(a) for a in algorithms if catalog.is_search(a)} == {"--"}
 
 
 @pytest.mark.parametrize("kind", figures.KINDS)
@@ -277,13 +296,13 @@ def test_collect_takes_each_algorithms_repetitions(study, tmp_path):
 
 
 def test_searches_are_named_and_match_their_configs():
-    from onepass import config
-    assert set(naming.SEARCHES) == {a for a in config.known("algorithms") if config.is_search(a)}
-    assert naming.label("ASHA_Ours") == "ASHA (Ours)" and naming.label("PBT_Ours") == "PBT (Ours)"
-    assert naming.label("BayesOpt") == "Bayesian Optimisation"
-    assert naming.label("ASHA") == "ASHA" and naming.label("PBT") == "PBT"
+    assert {a for a in catalog.algorithms() if catalog.is_search(a)} == {"BayesOpt", "ASHA", "ASHA_Ours", "PBT",
+                                                                          "PBT_Ours"}
+    assert catalog.label("ASHA_Ours") == "ASHA (Ours)" and catalog.label("PBT_Ours") == "PBT (Ours)"
+    assert catalog.label("BayesOpt") == "Bayesian Optimisation"
+    assert catalog.label("ASHA") == "ASHA" and catalog.label("PBT") == "PBT"
     # in the tables after the one-pass methods
-    assert naming.order(["PBT_Ours", "BayesOpt", "Random", "ASHA", "Ours_LR"]) == [
+    assert catalog.order(["PBT_Ours", "BayesOpt", "Random", "ASHA", "Ours_LR"]) == [
         "Random", "Ours_LR", "BayesOpt", "ASHA", "PBT_Ours"]
 
 
@@ -314,7 +333,7 @@ def test_time_comparison_with_searches(study, tmp_path):
     assert any("best-by-validation" in t.get_text() for t in fig.texts)
     figures.plt.close(fig)
     # without searches: a linear time axis and no note
-    plain = figures.test_vs_time(runs[~runs["algorithm"].isin(naming.SEARCHES)], runs_dir)
+    plain = figures.test_vs_time(runs[~runs["algorithm"].isin([a for a in catalog.algorithms() if catalog.is_search(a)])], runs_dir)
     assert plain.axes[0].get_xscale() == "linear" and not plain.texts
     assert plain.axes[0].get_xlabel() == "training time (s)"
     figures.plt.close(plain)

@@ -163,7 +163,7 @@ def assert_standardised(x: torch.Tensor, dims=0) -> None:
 
 def test_sources_table_covers_every_dataset():
     table = data.read_sources()
-    assert set(table) == set(data.DATASETS)
+    assert set(table) == set(data.datasets())
     for name, rows in table.items():
         assert all(s.sha256 for s in rows), name
     assert {s.file for s in table["fashion_mnist"]} == {
@@ -194,7 +194,7 @@ def test_bad_sources_table(tmp_path):
 # ------------------------------------------------------------------------------------------------- UCI
 
 
-@pytest.mark.parametrize("name", sorted(data.UCI_SPLITS))
+@pytest.mark.parametrize("name", sorted(UCI_INPUT_DIMS))
 def test_uci_prepared_from_shared_copies(name, shared_datasets, tmp_path):
     path = data.prepare(name, tmp_path / "a", mirrors=[shared_datasets])
     assert path == tmp_path / "a" / name / "prepared.pt"
@@ -203,7 +203,7 @@ def test_uci_prepared_from_shared_copies(name, shared_datasets, tmp_path):
     ds = data.load(name, tmp_path / "a")
     assert (ds.family, ds.task, ds.num_classes, ds.vocab_size) == ("uci", "regression", None, None)
     assert ds.input_shape == (UCI_INPUT_DIMS[name],)
-    for (x, y), size in zip((ds.train, ds.valid, ds.test), data.UCI_SPLITS[name]):
+    for (x, y), size in zip((ds.train, ds.valid, ds.test), data.uci_splits(name)):
         assert x.shape == (size, UCI_INPUT_DIMS[name]) and x.dtype == torch.float32
         assert y.shape == (size, 1) and y.dtype == torch.float32
     assert_standardised(ds.train[0])
@@ -497,7 +497,7 @@ def test_failed_download_names_file_and_mirrors(tmp_path, http_root):
 
 
 def test_unknown_dataset(tmp_path):
-    with pytest.raises(DataError, match="unknown dataset 'mnist'; known datasets: uci_boston.*cifar10"):
+    with pytest.raises(DataError, match="unknown dataset 'mnist'; known datasets: cifar10.*uci_yacht"):
         data.prepare("mnist", tmp_path)
     with pytest.raises(DataError, match="known datasets"):
         data.load("mnist", tmp_path)

@@ -21,8 +21,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from onepass.config import ConfigError
-from onepass.config import is_search
+from onepass.catalog import is_search
+from onepass.settings import ConfigError
 from onepass.search import EVALUATION_COLUMNS, add_evaluation, main, perturb, run, search_settings
 from onepass.train import HISTORY_COLUMNS
 from onepass.train import run as train_run

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from onepass import data
-from onepass.config import ConfigError, load_settings
+from onepass.settings import ConfigError, load_settings
 from onepass.train import HISTORY_COLUMNS, main, run
 
 ALGORITHMS = ["Random", "Random_SteppedLR", "Random_Validation", "Lorraine", "Baydin", "Ours_LR",

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from onepass import config as run_config
+from onepass import catalog
+from onepass import settings as run_config
 from onepass import sweep as sweeps
 
 
@@ -73,7 +74,7 @@ def run_paths(dataset):
 @functools.cache
 def search_kind(algorithm):
     """The algorithm's setting `search` (read once per algorithm): none, or bayesopt / asha / pbt for a black-box search."""
-    return run_config.search_kind(algorithm)
+    return catalog.algorithm(algorithm).search
 
 
 def is_search(algorithm):

@@ -1,0 +1,244 @@
+"""The catalogue of algorithms and datasets: each is described once, in its own YAML file.
+
+``config/algorithms/<name>.yaml`` holds an algorithm's label, style (colour, line style), rank in the
+paper's tables, whether it is a black-box search, and its run settings (``settings``, adapted per dataset
+family by ``by_family``). A *derived* algorithm (Random (3-batched)) has no settings: it names the
+algorithm whose runs it is computed from. ``config/datasets/<name>.yaml`` holds a dataset's label,
+family, task, table metric, how its raw files are cut into splits (``data``) and its run settings.
+The raw files themselves are listed in ``config/sources.tsv``.
+
+Everything that shows or routes algorithms and datasets (tables, figures, the data layer, the
+workflow) reads these files through this module; nothing repeats them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ALGORITHM_KEYS = {"label", "style", "rank", "search", "settings", "by_family", "derived"}
+DATASET_KEYS = {"label", "family", "task", "metric", "data", "settings"}
+SEARCH_KINDS = ("none", "bayesopt", "asha", "pbt")
+TASKS = ("regression", "classification", "language_model")
+FAMILIES = ("uci", "fashion_mnist", "penn_treebank", "cifar10")
+
+
+class CatalogError(ValueError):
+    """An algorithm or dataset file is missing, not valid YAML, or has an unknown or wrong key."""
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One algorithm, as its YAML file describes it."""
+
+    name: str
+    label: str
+    colour: str
+    linestyle: str
+    rank: int
+    search: str = "none"
+    settings: dict = field(default_factory=dict)
+    by_family: dict = field(default_factory=dict)
+    derived: dict | None = None  # {"from": algorithm, "best_of": n}: computed from another's runs
+
+    @property
+    def is_search(self) -> bool:
+        """Whether it is a black-box search run by ``python -m onepass.search``."""
+        return self.search != "none"
+
+    @property
+    def is_derived(self) -> bool:
+        """Whether it is computed from another algorithm's runs rather than trained."""
+        return self.derived is not None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset, as its YAML file describes it."""
+
+    name: str
+    label: str
+    family: str
+    task: str
+    metric: str
+    data: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+
+def config_dir() -> Path:
+    """The ``config/`` directory: ``$ONEPASS_CONFIG_DIR`` or the one beside the package."""
+    env = os.environ.get("ONEPASS_CONFIG_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "config"
+
+
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping, or a :class:`CatalogError` naming the file."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise CatalogError(f"{path}: cannot be read ({err.strerror or err})") from None
+    except yaml.YAMLError as err:
+        raise CatalogError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise CatalogError(f"{path}: expected a mapping")
+    return data
+
+
+def _require(path: Path, data: dict, key: str, kind=str):
+    value = data.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise CatalogError(f"{path}: key '{key}' is required and must be a {kind.__name__}")
+    return value
+
+
+def _mapping(path: Path, data: dict, key: str) -> dict:
+    value = data.get(key) or {}
+    if not isinstance(value, dict):
+        raise CatalogError(f"{path}: key '{key}' must be a mapping")
+    return value
+
+
+def _algorithm(path: Path) -> Algorithm:
+    data = read_yaml(path)
+    unknown = sorted(set(data) - ALGORITHM_KEYS)
+    if unknown:
+        raise CatalogError(f"{path}: unknown key '{unknown[0]}'; known keys: {', '.join(sorted(ALGORITHM_KEYS))}")
+    style = _mapping(path, data, "style")
+    colour, linestyle = style.get("colour"), style.get("linestyle", "-")
+    if not isinstance(colour, str) or not colour.startswith("#") or len(colour) != 7:
+        raise CatalogError(f"{path}: key 'style.colour' must be a colour like '#1f77b4'")
+    if linestyle not in ("-", "--", ":", "-."):
+        raise CatalogError(f"{path}: key 'style.linestyle' must be one of -, --, :, -.")
+    search = data.get("search", "none")
+    if search not in SEARCH_KINDS:
+        raise CatalogError(f"{path}: key 'search' must be one of {', '.join(SEARCH_KINDS)}, got {search!r}")
+    derived = data.get("derived")
+    if derived is not None:
+        if (not isinstance(derived, dict) or set(derived) != {"from", "best_of"}
+                or not isinstance(derived["best_of"], int) or derived["best_of"] < 1):
+            raise CatalogError(f"{path}: key 'derived' must be {{from: ALGORITHM, best_of: N}}")
+        if data.get("settings") or data.get("by_family") or search != "none":
+            raise CatalogError(f"{path}: a derived algorithm has no settings, by_family or search")
+    by_family = _mapping(path, data, "by_family")
+    for family in by_family:
+        if family not in FAMILIES:
+            raise CatalogError(f"{path}: key 'by_family.{family}': unknown family; known: {', '.join(FAMILIES)}")
+    return Algorithm(name=path.stem, label=_require(path, data, "label"), colour=colour.lower(),
+                     linestyle=linestyle, rank=_require(path, data, "rank", int), search=search,
+                     settings=_mapping(path, data, "settings"), by_family=by_family, derived=derived)
+
+
+def _dataset(path: Path) -> Dataset:
+    data = read_yaml(path)
+    unknown = sorted(set(data) - DATASET_KEYS)
+    if unknown:
+        raise CatalogError(f"{path}: unknown key '{unknown[0]}'; known keys: {', '.join(sorted(DATASET_KEYS))}")
+    family, task = _require(path, data, "family"), _require(path, data, "task")
+    if family not in FAMILIES:
+        raise CatalogError(f"{path}: key 'family' must be one of {', '.join(FAMILIES)}, got {family!r}")
+    if task not in TASKS:
+        raise CatalogError(f"{path}: key 'task' must be one of {', '.join(TASKS)}, got {task!r}")
+    return Dataset(name=path.stem, label=_require(path, data, "label"), family=family, task=task,
+                   metric=_require(path, data, "metric"), data=_mapping(path, data, "data"),
+                   settings=_mapping(path, data, "settings"))
+
+
+@functools.cache
+def _read(directory: Path, kind: str) -> dict:
+    reader = _algorithm if kind == "algorithms" else _dataset
+    entries = {p.stem: reader(p) for p in sorted((directory / kind).glob("*.yaml"))}
+    if kind == "algorithms":
+        for a in entries.values():
+            if a.is_derived and (a.derived["from"] not in entries or entries[a.derived["from"]].is_derived):
+                raise CatalogError(f"{directory / kind / (a.name + '.yaml')}: key 'derived.from' must name a "
+                                   f"trained algorithm, got {a.derived['from']!r}")
+    return entries
+
+
+def algorithms(directory: Path | None = None) -> dict[str, Algorithm]:
+    """Every algorithm of ``config/algorithms``, by name."""
+    return _read(Path(directory or config_dir()), "algorithms")
+
+
+def datasets(directory: Path | None = None) -> dict[str, Dataset]:
+    """Every dataset of ``config/datasets``, by name."""
+    return _read(Path(directory or config_dir()), "datasets")
+
+
+def algorithm(name: str, directory: Path | None = None) -> Algorithm:
+    """The algorithm ``name``, or a :class:`CatalogError` listing the known ones."""
+    table = algorithms(directory)
+    if name not in table:
+        raise CatalogError(f"unknown algorithm {name!r}; known: {', '.join(table)}")
+    return table[name]
+
+
+def dataset(name: str, directory: Path | None = None) -> Dataset:
+    """The dataset ``name``, or a :class:`CatalogError` listing the known ones."""
+    table = datasets(directory)
+    if name not in table:
+        raise CatalogError(f"unknown dataset {name!r}; known: {', '.join(table)}")
+    return table[name]
+
+
+# ---- display helpers: unknown names (say, runs of an algorithm since removed) still display --------------
+def label(name: str) -> str:
+    """Table/figure label of an algorithm (its name if unknown)."""
+    a = algorithms().get(name)
+    return a.label if a else name
+
+
+def colour(name: str) -> str:
+    """Colour of an algorithm (black if unknown)."""
+    a = algorithms().get(name)
+    return a.colour if a else "#000000"
+
+
+def linestyle(name: str) -> str:
+    """Line style of an algorithm (solid if unknown)."""
+    a = algorithms().get(name)
+    return a.linestyle if a else "-"
+
+
+def order(names) -> list:
+    """Algorithms sorted by their rank in the paper's tables; unknown ones last, by name."""
+    table = algorithms()
+    return sorted(names, key=lambda n: (table[n].rank if n in table else 10 ** 9, n))
+
+
+def is_search(name: str) -> bool:
+    """Whether an algorithm is a black-box search (unknown names are not)."""
+    a = algorithms().get(name)
+    return bool(a and a.is_search)
+
+
+def derived_algorithms() -> dict[str, Algorithm]:
+    """The derived algorithms (computed from another's runs), by name."""
+    return {n: a for n, a in algorithms().items() if a.is_derived}
+
+
+def dataset_label(name: str) -> str:
+    """Human-readable dataset name (the name itself if unknown)."""
+    d = datasets().get(name)
+    return d.label if d else name
+
+
+def family(name: str) -> str:
+    """A dataset's family: uci | fashion_mnist | penn_treebank | cifar10."""
+    return dataset(name).family
+
+
+def metric_name(name: str) -> str:
+    """Name of a dataset's table metric ('test loss' if unknown)."""
+    d = datasets().get(name)
+    return d.metric if d else "test loss"
+
+
+def dataset_order(names) -> list:
+    """Datasets in the paper's order: by family (UCI, Fashion-MNIST, Penn Treebank, CIFAR-10), then name."""
+    table = datasets()
+    return sorted(names, key=lambda n: (FAMILIES.index(table[n].family) if n in table else len(FAMILIES), n))
