@@ -1,8 +1,9 @@
-"""Deterministic, checkpointable batch streams.
+"""Deterministic, checkpointable batch streams for a population of members.
 
-Every stream has ``next()`` (the next batch), ``carry(aux)`` (state a model passes from one batch to the
-next: an LSTM's hidden state) and ``state_dict``/``load_state_dict`` so that a resumed run sees exactly the
-batches an uninterrupted run would.
+Every stream has ``next()`` (the next batch of every member), ``carry(aux)`` (state a model passes from one
+batch to the next: an LSTM's hidden state) and ``state_dict``/``load_state_dict`` so that a resumed run sees
+exactly the batches an uninterrupted run would. A member's batches depend on its own seed only, so member i
+of a population sees the batches of a population of one with the same seed.
 """
 
 from __future__ import annotations
@@ -11,24 +12,31 @@ import torch
 
 
 class BatchStream:
-    """Minibatches of (inputs, targets) without replacement, reshuffled every epoch by a seeded generator;
-    the whole split every time when ``batch_size`` is None or not smaller than the split."""
+    """Minibatches of (inputs, targets) without replacement, every member reshuffling every epoch with its
+    own seeded generator: inputs of shape [N, batch, ...]. When ``batch_size`` is None or not smaller than the
+    split, every member gets the whole split, shared (no member dimension)."""
 
-    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int | None, seed: int):
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int | None, seeds: list[int]):
         self.inputs, self.targets = inputs, targets
         n = len(inputs)
         self.batch_size = None if batch_size is None or batch_size >= n else batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-        self.order = torch.empty(0, dtype=torch.long)
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.order = torch.empty(len(seeds), 0, dtype=torch.long)
         self.position = 0
+
+    @property
+    def shared(self) -> bool:
+        """Whether every member gets the same batch (full batch)."""
+        return self.batch_size is None
 
     def next(self):
         if self.batch_size is None:
             return self.inputs, self.targets
-        if self.position + self.batch_size > len(self.order):
-            self.order = torch.randperm(len(self.inputs), generator=self.generator)
+        if self.position + self.batch_size > self.order.shape[1]:
+            n = len(self.inputs)
+            self.order = torch.stack([torch.randperm(n, generator=g) for g in self.generators])
             self.position = 0
-        index = self.order[self.position:self.position + self.batch_size].to(self.inputs.device)
+        index = self.order[:, self.position:self.position + self.batch_size].to(self.inputs.device)
         self.position += self.batch_size
         return self.inputs[index], self.targets[index]
 
@@ -36,10 +44,12 @@ class BatchStream:
         """Supervised batches carry nothing from one step to the next."""
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
+        return {"generators": [g.get_state() for g in self.generators], "order": self.order,
+                "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        for g, s in zip(self.generators, state["generators"]):
+            g.set_state(s)
         self.order, self.position = state["order"], state["position"]
 
 
@@ -52,10 +62,13 @@ def batchify(tokens: torch.Tensor, streams: int) -> torch.Tensor:
 
 
 class SequenceStream:
-    """Consecutive BPTT windows (inputs, targets, hidden) over batchified text, wrapping at the end.
+    """Consecutive BPTT windows (inputs, targets, hidden) over batchified text, wrapping at the end; the
+    windows are the same for every member, the hidden state is each member's own.
 
     The hidden state passed with each window is the detached final state of the previous window
     (``carry``), reset to ``None`` (zeros) at the start of every pass over the text."""
+
+    shared = True
 
     def __init__(self, tokens: torch.Tensor, streams: int, bptt: int):
         self.data = batchify(tokens, streams)

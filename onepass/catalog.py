@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 ALGORITHM_KEYS = {"label", "style", "rank", "search", "settings", "by_family", "derived"}
-DATASET_KEYS = {"label", "family", "task", "metric", "data", "settings"}
+DATASET_KEYS = {"label", "family", "task", "metric", "data", "shape", "settings"}
 SEARCH_KINDS = ("none", "bayesopt", "asha", "pbt")
 TASKS = ("regression", "classification", "language_model")
 FAMILIES = ("uci", "fashion_mnist", "penn_treebank", "cifar10")
@@ -66,6 +66,7 @@ class Dataset:
     task: str
     metric: str
     data: dict = field(default_factory=dict)
+    shape: dict = field(default_factory=dict)  # features per example, outputs (for estimates of job sizes)
     settings: dict = field(default_factory=dict)
 
 
@@ -144,7 +145,7 @@ def _dataset(path: Path) -> Dataset:
         raise CatalogError(f"{path}: key 'task' must be one of {', '.join(TASKS)}, got {task!r}")
     return Dataset(name=path.stem, label=_require(path, data, "label"), family=family, task=task,
                    metric=_require(path, data, "metric"), data=_mapping(path, data, "data"),
-                   settings=_mapping(path, data, "settings"))
+                   shape=_mapping(path, data, "shape"), settings=_mapping(path, data, "settings"))
 
 
 @functools.cache

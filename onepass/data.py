@@ -751,7 +751,7 @@ def _standardise_pixels(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Ten
     return (pixels.to(torch.float32) / 255.0 - mean.reshape(shape)) / std.reshape(shape)
 
 
-def load(name: str, data_dir: str | os.PathLike) -> Dataset:
+def load(name: str, data_dir: str | os.PathLike, preprocessing: str = "paper") -> Dataset:
     """The prepared dataset ``name`` from ``DATA_DIR/NAME/prepared.pt`` (see the module doc for the splits)."""
     check_name(name)
     content = _read_prepared(prepared_path(name, data_dir), name)

@@ -1,11 +1,15 @@
-"""Hypergradients of the validation loss with respect to the unconstrained hyperparameters.
+"""Hypergradients of the validation loss with respect to the unconstrained hyperparameters, for a population.
 
-All functions are pure over tensors: weights, momentum buffers and hyperparameters go in as tuples / dicts
-of tensors, loss functions as ``loss_fn(params, batch) -> scalar`` closures.
+Weights, momentum buffers and hyperparameters carry the members on their leading dimension (see
+:mod:`onepass.updates`); a loss function ``loss_fn(params, batch) -> [N]`` returns every member's loss. Members
+are independent, so differentiating the *sum* of their losses gives each member its own derivative, and every
+function here is exactly the per-member computation done for all members at once.
 
-* :func:`neumann_hypergradient` - the paper's method (and Lorraine et al.'s): implicit function theorem at
-  the last weight update u(w, lambda) = w_{t-1} - w_t, with the inverse Jacobian replaced by a truncated
-  Neumann series,  g = -v . sum_{j<i} (I - du/dw)^j . du/dlambda,  v = dL_val/dw.
+* :func:`linearised_update` + :func:`neumann_hypergradient` - the paper's method (and Lorraine et al.'s):
+  implicit function theorem at the last weight update u(w, lambda) = w_{t-1} - w_t, with the inverse Jacobian
+  replaced by a truncated Neumann series,  g = -v . sum_{j<i} (I - du/dw)^j . du/dlambda,  v = dL_val/dw.
+  The products with du/dw are vector-Jacobian products through the gradient (Hessian-vector products); the
+  product with du/dlambda is in closed form (:func:`onepass.updates.update_vjp`).
 * :func:`baydin_hypergradient` - hypergradient descent (Baydin et al.): -grad L(w_t) . grad L(w_{t-1}).
 * :func:`unrolled_hypergradient` - exact differentiation through a window of weight steps
   (Diff-through-Opt and its long variants).
@@ -15,73 +19,80 @@ from __future__ import annotations
 
 import torch
 
-from .updates import clip_by_norm, natural, sgd_step, update_direction
+from .updates import clip_by_norm, natural, sgd_step, spread, update_vjp
 
 Tensors = tuple[torch.Tensor, ...]
 
 
-def _sub(a: Tensors, b: Tensors) -> Tensors:
-    return tuple(x - y for x, y in zip(a, b))
+def linearised_update(loss_fn, params: Tensors, bufs: Tensors, batch, lr, wd, mom,
+                      max_norm: float | None = None):
+    """The weight update u(w) = lr (mom b + clip(grad L(w)) + wd w) from ``params`` on ``batch``, with its graph
+    to the weights kept for :func:`neumann_hypergradient`.
+
+    Returns (w, u, d, losses, aux): the differentiable copy of the weights, the update, the new momentum
+    buffers d = u / lr, the members' training losses and the loss function's aux output. The step itself is
+    w - u (detached); the buffers b are held constant, as the paper's method does."""
+    w = tuple(p.detach().requires_grad_(True) for p in params)
+    losses, aux = loss_fn(w, batch)
+    grads = clip_by_norm(torch.autograd.grad(losses.sum(), w, create_graph=True), max_norm)
+    moms, wds, lrs = spread(mom, w), spread(wd, w), spread(lr, w)
+    d = tuple(m * b + g + x * p for p, b, g, m, x in zip(w, bufs, grads, moms, wds))
+    u = tuple(l * x for l, x in zip(lrs, d))
+    return w, u, d, losses.detach(), aux
 
 
-def _add(a: Tensors, b: Tensors) -> Tensors:
-    return tuple(x + y for x, y in zip(a, b))
+def neumann_hypergradient(w: Tensors, u: Tensors, val_grad: Tensors, terms: int, bufs: Tensors, lr, wd, mom,
+                          names) -> dict:
+    """g = -v . sum_{j<terms} (I - du/dw)^j . du/dlambda for every member, for the hyperparameters ``names``.
 
-
-def neumann_hypergradient(train_loss, params_prev: Tensors, bufs_prev: Tensors, train_batch,
-                          val_grad: Tensors, hypers: dict, fixed: dict, terms: int,
-                          max_norm: float | None = None) -> dict:
-    """Approximate implicit hypergradient through the last weight update.
-
-    ``params_prev``/``bufs_prev``/``train_batch`` are the weights, momentum buffers (held constant) and
-    batch of the last weight step; ``val_grad`` is v = dL_val/dw at the weights after that step.
-    One ``torch.func.vjp`` closure of u is reused for all ``terms`` products.  Returns a dict shaped like
-    ``hypers``.
-    """
-    def u(w, h):
-        return update_direction(w, h, bufs_prev, train_batch, train_loss, fixed, max_norm)
-
-    _, vjp_fn = torch.func.vjp(u, tuple(params_prev), hypers)
-    p = tuple(val_grad)
+    ``w``/``u`` come from :func:`linearised_update` (its graph is reused for all ``terms - 1`` products),
+    ``val_grad`` is v = dL_val/dw after the step, and ``bufs``/``lr``/``wd``/``mom`` are those the update
+    was taken with. Returns {name: [N] tensor} (a per-weight lr: a tuple shaped like the weights)."""
+    p = tuple(v.detach() for v in val_grad)
     total = p
     for _ in range(terms - 1):
-        dw, _ = vjp_fn(p)
-        p = _sub(p, dw)          # p <- p (I - du/dw)
-        total = _add(total, p)
-    _, dh = vjp_fn(total)
-    return torch.utils._pytree.tree_map(torch.neg, dh)
+        dw = torch.autograd.grad(u, w, grad_outputs=p, retain_graph=True)
+        p = tuple(x - y for x, y in zip(p, dw))          # p <- p (I - du/dw)
+        total = tuple(x + y for x, y in zip(total, p))
+    detached = tuple(x.detach() for x in u)
+    grads = update_vjp(total, detached, tuple(x.detach() for x in w), bufs, lr, wd, mom, names)
+    return torch.utils._pytree.tree_map(torch.neg, grads)
 
 
 def baydin_hypergradient(grads_now: Tensors, grads_prev: Tensors) -> torch.Tensor:
-    """dL(w_t)/d(lr) for plain SGD: -grad L(w_t) . grad L(w_{t-1})."""
-    return -sum((a * b).sum() for a, b in zip(grads_now, grads_prev))
+    """dL(w_t)/d(lr) for plain SGD, every member: -grad L(w_t) . grad L(w_{t-1}), shape [N]."""
+    return -sum((a * b).reshape(a.shape[0], -1).sum(1) for a, b in zip(grads_now, grads_prev))
 
 
-def unrolled_hypergradient(train_loss_aux, val_loss, params0: Tensors, bufs0: Tensors, next_batch, steps: int,
-                           val_batch, hypers: dict, fixed: dict, max_norm: float | None = None,
-                           carry=None):
-    """Exact hypergradient of ``val_loss`` after ``steps`` differentiable SGD steps from (params0, bufs0).
+def unrolled_hypergradient(loss_fn, val_loss_fn, params0: Tensors, bufs0: Tensors, next_batch, steps: int,
+                           val_batch, hypers: dict, fixed: dict, max_norm: float | None = None, carry=None,
+                           lr_mask: torch.Tensor | None = None):
+    """Exact hypergradient of the validation loss after ``steps`` differentiable SGD steps from
+    (params0, bufs0), every member at once.
 
-    ``train_loss_aux(params, batch) -> (loss, aux)``; ``next_batch()`` yields the training batches in order
-    and ``carry(aux)`` (optional) receives each step's auxiliary output (an LSTM's hidden state).
-    Returns (hypergradient dict, final weights, final buffers, validation loss, training losses of the
-    window as a 1-D tensor), all but the first detached.
-    """
+    ``loss_fn(params, batch) -> (losses [N], aux)``; ``next_batch()`` yields the training batches in order and
+    ``carry(aux)`` (optional) receives each step's auxiliary output (an LSTM's hidden state). ``lr_mask``
+    ([N], optional) multiplies the learning rates (0 for members that no longer train). Returns
+    (hypergradient dict, final weights, final buffers, validation losses [N], training losses [steps, N]),
+    all but the first detached."""
     leaves = torch.utils._pytree.tree_map(lambda t: t.detach().requires_grad_(True), hypers)
     lr, wd, mom = natural({**fixed, **leaves})
+    if lr_mask is not None:
+        lr = tuple(x * lr_mask.reshape(lr_mask.shape + (1,) * (x.dim() - 1)) for x in lr) \
+            if isinstance(lr, tuple) else lr * lr_mask
     w = tuple(p.detach().requires_grad_(True) for p in params0)
     b = tuple(x.detach() for x in bufs0)
     losses = []
     for _ in range(steps):
-        loss, aux = train_loss_aux(w, next_batch())
+        loss, aux = loss_fn(w, next_batch())
         losses.append(loss.detach())
         if carry is not None:
             carry(aux)
-        grads = clip_by_norm(torch.autograd.grad(loss, w, create_graph=True), max_norm)
+        grads = clip_by_norm(torch.autograd.grad(loss.sum(), w, create_graph=True), max_norm)
         w, b = sgd_step(w, b, grads, lr, wd, mom)
-    val = val_loss(w, val_batch)
+    val = val_loss_fn(w, val_batch)
     flat, spec = torch.utils._pytree.tree_flatten(leaves)
-    grads = torch.autograd.grad(val, flat, allow_unused=True)
+    grads = torch.autograd.grad(val.sum(), flat, allow_unused=True)
     grads = [torch.zeros_like(x) if g is None else g for x, g in zip(flat, grads)]
     return (torch.utils._pytree.tree_unflatten(grads, spec), tuple(x.detach() for x in w),
             tuple(x.detach() for x in b), val.detach(), torch.stack(losses))

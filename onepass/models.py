@@ -5,6 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# Models whose populations train all members at once under torch.func.vmap; the others (cuDNN's LSTM has no
+# batching rule, ResNet-18 is trained on a GPU one network at a time) run populations of one.
+VMAPPABLE = frozenset({"mlp", "mlp_bn"})
+
 
 class MLP(nn.Module):
     """inputs - hidden (ReLU) - outputs, optionally with BatchNorm after the hidden layer."""

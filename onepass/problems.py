@@ -1,4 +1,9 @@
-"""A model on a dataset: its pure loss function, its in-place training loss, its batch streams, evaluation.
+"""A model on a dataset, for a population: every member's loss of stacked weights, batch streams, evaluation.
+
+Weights and buffers (BatchNorm statistics) are stacked on a leading member dimension. The MLPs run every
+member at once with ``torch.func.vmap`` over ``torch.func.functional_call``; models that vmap does not suit
+(the LSTM, ResNet-18: see :data:`onepass.models.VMAPPABLE`) run populations of one, through the same
+functions with the member dimension squeezed away.
 
 Tasks: ``regression`` (MSE on normalised targets; the table metric is the unnormalised test MSE),
 ``classification`` (cross-entropy; accuracy), ``language_model`` (cross-entropy per token; perplexity).
@@ -7,19 +12,35 @@ Tasks: ``regression`` (MSE on normalised targets; the table metric is the unnorm
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, vmap
 
 from .batches import BatchStream, SequenceStream
+from .models import VMAPPABLE, build_model
+
+
+def to_device(dataset, device):
+    """Move every split of a loaded dataset to ``device`` (in place); returns the dataset."""
+    for split in ("train", "valid", "test"):
+        inputs, targets = getattr(dataset, split)
+        setattr(dataset, split, (inputs.to(device), None if targets is None else targets.to(device)))
+    return dataset
+
+
+def outputs_of(dataset) -> int:
+    """Network outputs a dataset needs: targets for regression, classes, or the vocabulary."""
+    if dataset.task == "regression":
+        return dataset.train[1].shape[-1]
+    return dataset.vocab_size if dataset.task == "language_model" else dataset.num_classes
 
 
 @contextlib.contextmanager
 def frozen_batchnorm_stats(model: nn.Module):
-    """Batch statistics without updating running statistics, so that a loss can be called inside
-    ``torch.func`` transforms (which forbid in-place updates of captured buffers)."""
+    """Batch statistics without updating running statistics, so that a loss is a pure function of the
+    weights (as the hypergradients need)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     for m in bns:
         m.track_running_stats = False
@@ -30,21 +51,51 @@ def frozen_batchnorm_stats(model: nn.Module):
             m.track_running_stats = True
 
 
-class Problem:
-    """``model`` trained on ``dataset`` (an :class:`onepass.data.Dataset` already on the right device)."""
+def _squeeze(tree):
+    return torch.utils._pytree.tree_map(lambda t: t[0] if isinstance(t, torch.Tensor) else t, tree)
 
-    def __init__(self, model: nn.Module, dataset, settings: dict):
-        self.model, self.dataset, self.settings = model, dataset, settings
+
+def _unsqueeze(tree):
+    return torch.utils._pytree.tree_map(lambda t: t.unsqueeze(0) if isinstance(t, torch.Tensor) else t, tree)
+
+
+class Problem:
+    """The network of ``settings`` on ``dataset`` (already on ``device``), for populations of members."""
+
+    def __init__(self, settings: dict, dataset, device: torch.device):
+        self.settings, self.dataset, self.device = settings, dataset, device
         self.task = dataset.task
-        self.names = [name for name, _ in model.named_parameters()]
-        self.params = [p for _, p in model.named_parameters()]
+        self.template = self.build().to(device)
+        self.template.train()
+        self.names = [name for name, _ in self.template.named_parameters()]
+        self.buffer_names = [name for name, _ in self.template.named_buffers()]
+        self.vmapped = settings["model"] in VMAPPABLE
+
+    def build(self) -> nn.Module:
+        """A freshly initialised network (its weights drawn from torch's global generator)."""
+        return build_model(self.settings, tuple(self.dataset.input_shape), outputs_of(self.dataset))
+
+    def initial_state(self, seeds) -> tuple[list, list]:
+        """Stacked weights and buffers of one freshly initialised network per seed (the network of seed s is
+        the one ``torch.manual_seed(s)`` then :meth:`build` gives)."""
+        if not self.vmapped and len(seeds) != 1:
+            raise ValueError(f"model {self.settings['model']!r} runs populations of one, got {len(seeds)} members")
+        nets = []
+        for seed in seeds:
+            torch.manual_seed(int(seed))
+            nets.append(self.build())
+        params = [torch.stack([dict(n.named_parameters())[k].detach() for n in nets]).to(self.device)
+                  for k in self.names]
+        buffers = [torch.stack([dict(n.named_buffers())[k].detach() for n in nets]).to(self.device)
+                   for k in self.buffer_names]
+        return params, buffers
 
     # ---- losses -------------------------------------------------------------------------------------
     def _forward_loss(self, forward, batch):
         if self.task == "language_model":
             inputs, targets, hidden = batch
             if hidden is None:
-                hidden = self.model.init_hidden(inputs.shape[1], inputs.device)
+                hidden = self.template.init_hidden(inputs.shape[1], inputs.device)
             logits, hidden = forward(inputs, hidden)
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)), hidden
         inputs, targets = batch
@@ -53,29 +104,34 @@ class Problem:
             return F.mse_loss(out, targets), ()
         return F.cross_entropy(out, targets), ()
 
-    def loss_aux(self, params, batch):
-        """Pure training-mode loss of weights ``params`` (a tuple in ``named_parameters`` order) on
-        ``batch``; returns (loss, aux) where aux is an LSTM's new hidden state (else an empty tuple)."""
-        state = dict(zip(self.names, params))
-        state.update(self.model.named_buffers())
+    def _member_loss(self, params, buffers, batch):
+        state = {**dict(zip(self.names, params)), **dict(zip(self.buffer_names, buffers))}
+        return self._forward_loss(lambda *args: functional_call(self.template, state, args), batch)
 
-        def forward(*args):
-            return torch.func.functional_call(self.model, state, args)
+    def losses(self, params, buffers, batch, shared: bool, track_stats: bool = False):
+        """Every member's training-mode loss on its batch: ([N] losses, aux), aux an LSTM's new hidden state
+        (stacked) or an empty tuple. ``shared``: the batch has no member dimension (full batch, text).
+        ``track_stats``: BatchNorm updates its running statistics (plain training steps); otherwise the loss
+        is a pure function of the weights (hypergradients)."""
+        context = contextlib.nullcontext() if track_stats else frozen_batchnorm_stats(self.template)
+        with context:
+            if self.vmapped:
+                dims = None if shared else 0
+                return vmap(self._member_loss, in_dims=(0, 0, dims))(tuple(params), tuple(buffers), batch)
+            if not shared:
+                batch = _squeeze(batch)
+            elif self.task == "language_model":
+                batch = (*batch[:2], None if batch[2] is None else _squeeze(batch[2]))
+            loss, aux = self._member_loss(_squeeze(tuple(params)), _squeeze(tuple(buffers)), batch)
+            return loss.unsqueeze(0), _unsqueeze(aux)
 
-        with frozen_batchnorm_stats(self.model):
-            return self._forward_loss(forward, batch)
-
-    def loss(self, params, batch):
-        """Pure training-mode loss (no aux)."""
-        return self.loss_aux(params, batch)[0]
-
-    def step_loss(self, batch):
-        """Loss of the module's own weights in training mode (updates BatchNorm statistics)."""
-        return self._forward_loss(self.model, batch)
+    def loss_function(self, buffers, shared: bool, track_stats: bool = False):
+        """``loss(params, batch) -> ([N] losses, aux)`` with these buffers (for the hypergradients)."""
+        return lambda params, batch: self.losses(params, buffers, batch, shared, track_stats)
 
     # ---- data ---------------------------------------------------------------------------------------
-    def stream(self, split: str, seed: int):
-        """A batch stream over ``split`` ('train', 'valid' or 'train+valid')."""
+    def stream(self, split: str, seeds):
+        """A batch stream over ``split`` ('train', 'valid' or 'train+valid') for members with these seeds."""
         ds, bs = self.dataset, self.settings["batch_size"]
         parts = [getattr(ds, name) for name in split.split("+")]
         if self.task == "language_model":
@@ -83,47 +139,58 @@ class Problem:
             return SequenceStream(tokens, bs or 1, self.settings["bptt"])
         inputs = torch.cat([p[0] for p in parts])
         targets = torch.cat([p[1] for p in parts])
-        return BatchStream(inputs, targets, bs, seed)
+        return BatchStream(inputs, targets, bs, seeds)
 
     # ---- evaluation ---------------------------------------------------------------------------------
+    def _forward(self, params, buffers, x):
+        state = {**dict(zip(self.names, params)), **dict(zip(self.buffer_names, buffers))}
+        return functional_call(self.template, state, (x,))
+
     @torch.no_grad()
-    def evaluate(self, split: str) -> dict:
-        """Mean loss over a whole split in eval mode, with the split's table metric."""
-        was_training = self.model.training
-        self.model.eval()
+    def evaluate(self, params, buffers, split: str) -> dict:
+        """Every member's mean loss over a whole split in eval mode, with the split's table metric: a dict of
+        [N] tensors (loss, metric, accuracy for classification, perplexity for language models)."""
+        self.template.eval()
         try:
             if self.task == "language_model":
-                loss = self._evaluate_text(getattr(self.dataset, split)[0])
-                out = {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
-                out["metric"] = out["perplexity"]
-                return out
-            return self._evaluate_supervised(*getattr(self.dataset, split))
+                loss = self._evaluate_text(params, buffers, getattr(self.dataset, split)[0])
+                return {"loss": loss, "perplexity": torch.exp(loss.clamp(max=700.0)),
+                        "metric": torch.exp(loss.clamp(max=700.0))}
+            return self._evaluate_supervised(params, buffers, *getattr(self.dataset, split))
         finally:
-            self.model.train(was_training)
+            self.template.train()
 
-    def _evaluate_supervised(self, inputs, targets) -> dict:
-        size = self.settings["eval_batch_size"]
-        total, correct = 0.0, 0
+    def _outputs(self, params, buffers, x):
+        if self.vmapped:
+            return vmap(self._forward, in_dims=(0, 0, None))(tuple(params), tuple(buffers), x)
+        return self._forward(_squeeze(tuple(params)), _squeeze(tuple(buffers)), x).unsqueeze(0)
+
+    def _evaluate_supervised(self, params, buffers, inputs, targets) -> dict:
+        size, n = self.settings["eval_batch_size"], params[0].shape[0]
+        total = torch.zeros(n, dtype=torch.float64, device=self.device)
+        correct = torch.zeros(n, dtype=torch.float64, device=self.device)
         for start in range(0, len(inputs), size):
-            out = self.model(inputs[start:start + size])
+            out = self._outputs(params, buffers, inputs[start:start + size])
             y = targets[start:start + size]
             if self.task == "regression":
-                total += F.mse_loss(out, y, reduction="sum").item() / y.shape[-1]
+                total += (out - y).pow(2).reshape(n, -1).sum(1).double() / y.shape[-1]
             else:
-                total += F.cross_entropy(out, y, reduction="sum").item()
-                correct += (out.argmax(-1) == y).sum().item()
+                losses = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.repeat(n), reduction="none")
+                total += losses.reshape(n, -1).sum(1).double()
+                correct += (out.argmax(-1) == y).sum(1).double()
         loss = total / len(inputs)
         if self.task == "regression":
             return {"loss": loss, "metric": loss * float(self.dataset.target_scale) ** 2}
         return {"loss": loss, "metric": loss, "accuracy": correct / len(inputs)}
 
-    def _evaluate_text(self, tokens) -> float:
+    def _evaluate_text(self, params, buffers, tokens) -> torch.Tensor:
         stream = SequenceStream(tokens, self.settings["eval_batch_size"], self.settings["bptt"])
+        member = _squeeze(tuple(params)), _squeeze(tuple(buffers))
         total, count = 0.0, 0
         while stream.position < len(stream.data) - 1:
             inputs, targets, hidden = stream.next()
-            loss, hidden = self._forward_loss(self.model, (inputs, targets, hidden))
+            loss, hidden = self._member_loss(*member, (inputs, targets, hidden))
             stream.carry(hidden)
             total += loss.item() * targets.numel()
             count += targets.numel()
-        return total / count
+        return torch.tensor([total / count], dtype=torch.float64, device=self.device)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from onepass import catalog, tables
+from onepass import catalog
 from onepass.analysis import read_runs, status_line
 
 SECTIONS = [

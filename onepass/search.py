@@ -45,7 +45,6 @@ diverged evaluation's score is ``search_diverged_penalty`` (10 by default: see c
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import random
@@ -61,10 +60,11 @@ from pathlib import Path
 import torch
 
 from . import catalog
-from .settings import ConfigError, load_settings, parse_overrides, search_settings_keys
-from .train import (Run, _dataset_to, _versions, atomic_write, resolve_device, run_arguments, run_from_arguments,
-                    write_history)
-from .updates import to_unconstrained
+from .settings import SETTINGS, ConfigError, load_settings, parse_overrides, search_settings_keys
+from .population import Member, Population
+from .problems import to_device
+from .records import atomic_write, versions, write_history, write_metrics
+from .train import resolve_device, run_arguments, run_from_arguments
 
 SEARCHES = ("bayesopt", "asha", "pbt")
 SPACE_KEYS = {"lr": "search_log10_lr", "weight_decay": "search_log10_weight_decay", "momentum": "search_momentum"}
@@ -191,10 +191,10 @@ def _finish(out: Path, rows: list[dict], base: dict, task: str, settings: dict, 
         "hyperparameter_steps": rows[-1]["cumulative_hyper_steps"] if rows else 0,
         "train_time_s": search_time, "wall_time_s": time.perf_counter() - wall_start, "device": device,
         "diverged": best is None, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "versions": {**_versions(), **extra_versions}, "settings": settings,
+        "versions": versions(**extra_versions), "settings": settings,
         "evaluations": len(rows), "diverged_evaluations": sum(bool(r["diverged"]) for r in rows),
         "best_evaluation": best, "inner_algorithm": settings["search_inner_algorithm"]})
-    atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=1) + "\n"))
+    write_metrics(out / "metrics.json", metrics)
     return metrics
 
 
@@ -256,101 +256,77 @@ _DATA_CACHE: dict = {}
 
 def _trial_data(ctx: dict):
     """The dataset on the trial's device, loaded once per Ray worker process."""
-    key = (ctx["dataset"], ctx["data_dir"], ctx["device"])
+    key = (ctx["dataset"], ctx["data_dir"], ctx["device"], ctx["inner"]["preprocessing"])
     if key not in _DATA_CACHE:
         from .data import load
         _DATA_CACHE.clear()
-        _DATA_CACHE[key] = _dataset_to(load(ctx["dataset"], ctx["data_dir"]), torch.device(ctx["device"]))
+        _DATA_CACHE[key] = to_device(load(ctx["dataset"], ctx["data_dir"], ctx["inner"]["preprocessing"]),
+                                     torch.device(ctx["device"]))
     return _DATA_CACHE[key]
 
 
-def _leaves(hypers, name: str) -> list:
-    value = hypers.values[name]
-    return list(value) if isinstance(value, list) else [value]
-
-
 @torch.no_grad()
-def perturb(hypers, rng: random.Random, settings: dict) -> None:
-    """PBT's explore on a run's current hyperparameters (in place): each one is resampled from the search
-    space with probability ``pbt_resample_probability``, else multiplied by a random choice of
-    ``pbt_perturbation_factors``; momentum is then clipped to the space."""
-    current = hypers.summary()
+def perturb(population: Population, rng: random.Random, settings: dict) -> None:
+    """PBT's explore on a trial's current hyperparameters (a population of one, in place): each one is
+    resampled from the search space with probability ``pbt_resample_probability``, else multiplied by a random
+    choice of ``pbt_perturbation_factors``; momentum is then clipped to the space."""
+    current = {k: v[0] for k, v in population.hyperparameters().items()}
     point = _space_point(settings, rng)
     lo, hi = settings["search_momentum"]
     for name in ("lr", "weight_decay", "momentum"):
         if rng.random() < settings["pbt_resample_probability"]:
-            value = point[name]
-            for leaf in _leaves(hypers, name):
-                leaf.fill_(to_unconstrained(name, value))
+            population.set_hyperparameter(0, name, point[name])
             continue
         factor = float(rng.choice(settings["pbt_perturbation_factors"]))
         if name == "momentum":
-            value = min(max(current[name] * factor, lo), hi)
-            _leaves(hypers, name)[0].fill_(to_unconstrained(name, value))
+            population.set_hyperparameter(0, name, min(max(current[name] * factor, lo), hi))
         else:  # log-parametrised: multiplying is a shift (keeps per-weight learning rates' spread)
-            for leaf in _leaves(hypers, name):
-                leaf.add_(math.log10(factor))
-    hypers.clip()
-
-
-def _evaluate(job, ctx: dict, diverged: bool) -> dict:
-    """Metrics of one report (the losses are NaN once diverged)."""
-    train = float(job.loss_sum) / job.loss_count if job.loss_count else NAN
-    job.loss_sum.zero_()
-    job.loss_count = 0
-    if diverged:
-        valid = test = {"loss": NAN, "metric": NAN}
-    else:
-        valid, test = job.problem.evaluate("valid"), job.problem.evaluate("test")
-    return {"train_loss": NAN if diverged else train, "valid_loss": valid["loss"], "test_loss": test["loss"],
-            "test_metric": test["metric"], "test_accuracy": _num(test.get("accuracy")),
-            "test_perplexity": _num(test.get("perplexity")), **job.hypers.summary(),
-            "score": ctx["penalty"] if diverged or not math.isfinite(valid["loss"]) else valid["loss"],
-            "diverged": diverged}
+            population.scale_hyperparameter(0, name, factor)
 
 
 def ray_trial(config: dict, ctx: dict) -> None:
-    """One ASHA/PBT trial: a :class:`onepass.train.Run` reporting to Ray Tune (runs in a Ray worker)."""
+    """One ASHA/PBT trial: a population of one (:class:`onepass.population.Population`) reporting to Ray Tune
+    (runs in a Ray worker)."""
     from ray import tune
 
     torch.set_num_threads(1)
     data = _trial_data(ctx)
     point = ctx["points"][config["trial"]]
-    job = Run(ctx["inner"], data, point["run_seed"], point["lr"], point["weight_decay"], point["momentum"],
-              torch.device(ctx["device"]))
-    diverged = False
+    trial = Population(ctx["inner"], data, [Member(point["run_seed"], point["lr"], point["weight_decay"],
+                                                   point["momentum"])], torch.device(ctx["device"]))
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "trial.pt", map_location=ctx["device"], weights_only=False)
-        job.load_state_dict(state["run"])
-        diverged = state["diverged"]
+            state = torch.load(Path(d) / "trial.pt", map_location=ctx["device"], weights_only=True)
+        trial.load_state_dict(state["run"])
         if state["explore"] != config["explore"]:  # PBT's exploit copied this state: explore from it
-            perturb(job.hypers, random.Random(config["explore"]), ctx["settings"])
+            perturb(trial, random.Random(config["explore"]), ctx["settings"])
     total, every = ctx["inner"]["hyperparameter_steps"], ctx["settings"]["search_report_every"]
     interval = ctx["settings"]["pbt_perturbation_interval"] if ctx["search"] == "pbt" else None
-    steps_at_report, trained = job.weight_step, 0
-    while job.hyper_step < total:
-        tick = time.perf_counter()
+    steps_at_report, trained = trial.weight_step, 0
+    while trial.hyper_step < total:
         just_diverged = False
-        if diverged:  # PBT: idle (no training) until exploit replaces this state
-            job.hyper_step += 1
+        if not bool(trial.alive[0]):  # PBT: idle (no training) until exploit replaces this state
+            trial.hyper_step += 1
         else:
-            job.hyperparameter_step()
+            just_diverged = bool(trial.step())
             trained += 1
-            diverged = just_diverged = job.diverged()
-        job.train_time += time.perf_counter() - tick
-        due = job.hyper_step % every == 0 or job.hyper_step == total
+        diverged = not bool(trial.alive[0])
+        due = trial.hyper_step % every == 0 or trial.hyper_step == total
         if not (due or (just_diverged and ctx["search"] == "asha")):
             continue
-        result = {**_evaluate(job, ctx, diverged), "hyper_step": job.hyper_step, "weight_step": job.weight_step,
-                  "new_weight_steps": job.weight_step - steps_at_report,
-                  "new_hyper_steps": trained, "run_seed": point["run_seed"], "train_time_s": job.train_time}
-        steps_at_report, trained = job.weight_step, 0
-        if interval is not None and (job.hyper_step % interval == 0 or job.hyper_step == total):
+        report = trial.report()[0]
+        result = {**{k: report[k] for k in ("train_loss", "valid_loss", "test_loss", "test_metric", "test_accuracy",
+                                            "test_perplexity", "lr", "weight_decay", "momentum", "diverged")},
+                  "score": ctx["penalty"] if diverged or not math.isfinite(report["valid_loss"])
+                  else report["valid_loss"],
+                  "hyper_step": trial.hyper_step, "weight_step": trial.weight_step,
+                  "new_weight_steps": trial.weight_step - steps_at_report, "new_hyper_steps": trained,
+                  "run_seed": point["run_seed"], "train_time_s": trial.train_time}
+        steps_at_report, trained = trial.weight_step, 0
+        if interval is not None and (trial.hyper_step % interval == 0 or trial.hyper_step == total):
             with tempfile.TemporaryDirectory(prefix="onepass-trial-") as d:
-                torch.save({"run": job.state_dict(), "diverged": diverged, "explore": config["explore"]},
-                           Path(d) / "trial.pt")
+                torch.save({"run": trial.state_dict(), "explore": config["explore"]}, Path(d) / "trial.pt")
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
         else:
             tune.report(result)
@@ -532,23 +508,42 @@ def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float,
     out.mkdir(parents=True, exist_ok=True)
     if data is None:
         from .data import load
-        data = load(dataset, data_dir)
+        data = load(dataset, data_dir, inner["preprocessing"])
     task = data.task
     inner_overrides = {k: v for k, v in extra.items() if not _is_search_key(k)}
-    versions = {}
+    extra_versions = {}
     if settings["search"] == "bayesopt":
         import skopt
-        versions["scikit-optimize"] = skopt.__version__
+        extra_versions["scikit-optimize"] = skopt.__version__
         rows, search_time = bayesopt(dataset, seed, settings, inner_overrides, data, data_dir, out, device, quiet)
     else:
         _ray_environment()
         import ray
-        versions["ray"] = ray.__version__
+        extra_versions["ray"] = ray.__version__
         rows, search_time = ray_search(dataset, seed, settings, inner, data_dir, out, device, threads, quiet)
-    used = {**inner, **{k: v for k, v in settings.items() if _is_search_key(k)}, "label": settings["label"]}
     base = {"dataset": dataset, "family": settings["family"], "task": task, "algorithm": algorithm, "seed": seed,
-            "init_lr": lr, "init_weight_decay": weight_decay, "init_momentum": momentum}
-    return _finish(out, rows, base, task, used, search_time, wall_start, str(dev), versions)
+            "init_lr": lr, "init_weight_decay": weight_decay, "init_momentum": momentum, "inner_settings": inner}
+    recorded = {k: v for k, v in settings.items() if k in SETTINGS}   # as load_settings gives them
+    return _finish(out, rows, base, task, recorded, search_time, wall_start, str(dev), extra_versions)
+
+
+def run_chunk(plan_path, algorithm: str, seeds: list[int], data_dir, runs_dir, device: str | None = None,
+              overrides=None, quiet: bool = True, mem_mb: float | None = None, threads: int | None = None) -> list:
+    """Run a chunk of a study's repetitions of a search, one after another, from the dataset's plan (seed s is
+    repetition s, written into ``runs_dir/seed<s>``); ``mem_mb`` is not used (a search trains one network at
+    a time)."""
+    from . import study
+
+    content = study.read_plan(plan_path)
+    entry = study.planned(content, algorithm)
+    extra = {**entry["overrides"], **(overrides or {})}
+    out = []
+    for seed in seeds:
+        m = study.member(content, algorithm, seed)
+        out.append(run(content["dataset"], algorithm, seed, m["lr"], m["weight_decay"], m["momentum"], data_dir,
+                       study.run_dir(runs_dir, seed), device or content["device"], extra, quiet=quiet,
+                       threads=threads))
+    return out
 
 
 _TERMINATED: list = []
@@ -572,7 +567,7 @@ def main(argv=None) -> int:
         # SIGTERM (SLURM's time limit, snakemake, kill) unwinds like Ctrl-C, so that Ray is stopped
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        code, metrics = run_from_arguments(run, args, threads=args.threads)
+        code, metrics = run_from_arguments(run, run_chunk, args, threads=args.threads)
     except SystemExit:
         if _TERMINATED:  # Ray may turn the signal into SystemExit(1): exit as terminated by it
             print(f"terminated by signal {_TERMINATED[0]}; Ray stopped", file=sys.stderr)
@@ -580,9 +575,10 @@ def main(argv=None) -> int:
         raise
     if code:
         return code
-    state = "every evaluation DIVERGED" if metrics["diverged"] else f"test_metric={metrics['test_metric']:.6g}"
-    print(f"{args.dataset} {args.algorithm} seed {args.seed}: {state} ({metrics['evaluations']} evaluations, "
-          f"{metrics['diverged_evaluations']} diverged, {metrics['wall_time_s']:.1f} s)")
+    for m in metrics:
+        state = "every evaluation DIVERGED" if m["diverged"] else f"test_metric={m['test_metric']:.6g}"
+        print(f"{m['dataset']} {m['algorithm']} seed {m['seed']}: {state} ({m['evaluations']} evaluations, "
+              f"{m['diverged_evaluations']} diverged, {m['wall_time_s']:.1f} s)")
     return 0
 
 

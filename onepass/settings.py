@@ -129,40 +129,42 @@ def coerce(key: str, value):
 
 
 def check_value(key: str, value, source: str):
-    """``value`` of setting ``key`` coerced (see :func:`coerce`), or a ConfigError naming key and source."""
+    """``value`` of setting ``key`` coerced (see :func:`coerce`), or a ConfigError naming the key and, when
+    given, its ``source``."""
+    at = f" in {source}" if source else ""
     if key not in SETTINGS:
-        raise ConfigError(f"unknown setting {key!r} in {source}; known settings: {', '.join(SETTINGS)}")
+        raise ConfigError(f"unknown setting {key!r}{at}; known settings: {', '.join(SETTINGS)}")
     spec = SETTINGS[key]
     value = coerce(key, value)
     ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
     if not ok:
-        raise ConfigError(f"setting {key!r} in {source} must be {_type_names(spec.types)}, got {value!r}")
+        raise ConfigError(f"setting {key!r}{at} must be {_type_names(spec.types)}, got {value!r}")
     if value is None:
         return value
     if spec.choices is not None and value not in spec.choices:
-        raise ConfigError(f"setting {key!r} in {source} must be one of {', '.join(spec.choices)}, got {value!r}")
+        raise ConfigError(f"setting {key!r}{at} must be one of {', '.join(spec.choices)}, got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
-            raise ConfigError(f"setting {key!r} in {source} must be finite, got {value!r}")
+            raise ConfigError(f"setting {key!r}{at} must be finite, got {value!r}")
         if spec.minimum is not None and value < spec.minimum:
-            raise ConfigError(f"setting {key!r} in {source} must be at least {spec.minimum}, got {value!r}")
+            raise ConfigError(f"setting {key!r}{at} must be at least {spec.minimum}, got {value!r}")
         if spec.positive and value <= 0:
-            raise ConfigError(f"setting {key!r} in {source} must be greater than 0, got {value!r}")
+            raise ConfigError(f"setting {key!r}{at} must be greater than 0, got {value!r}")
     if spec.pair:
         value = [coerce_number(v) for v in value]
         if (len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
                 or not value[0] < value[1]):
-            raise ConfigError(f"setting {key!r} in {source} must be [low, high] with low < high, got {value!r}")
+            raise ConfigError(f"setting {key!r}{at} must be [low, high] with low < high, got {value!r}")
     if key == "optimise":
         for name in value:
             if name not in HYPERPARAMETERS:
-                raise ConfigError(f"setting 'optimise' in {source}: unknown hyperparameter {name!r}; "
+                raise ConfigError(f"setting 'optimise'{at}: unknown hyperparameter {name!r}; "
                                   f"known: {', '.join(HYPERPARAMETERS)}")
     if key == "search_momentum" and not (0.0 <= value[0] and value[1] <= 1.0):
-        raise ConfigError(f"setting 'search_momentum' in {source} must lie within [0, 1], got {value!r}")
+        raise ConfigError(f"setting 'search_momentum'{at} must lie within [0, 1], got {value!r}")
     if key == "pbt_perturbation_factors" and (not value or not all(
             isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 for f in value)):
-        raise ConfigError(f"setting 'pbt_perturbation_factors' in {source} must be positive numbers, got {value!r}")
+        raise ConfigError(f"setting 'pbt_perturbation_factors'{at} must be positive numbers, got {value!r}")
     return value
 
 

@@ -1,397 +1,360 @@
-"""One training run in which SGD's hyperparameters are optimised as the weights train.
+"""Training runs in which SGD's hyperparameters are optimised as the weights train, a population at a time.
 
+    # one run (a population of one)
     python -m onepass.train --dataset uci_energy --algorithm Ours_LR_Momentum --seed 0 \\
         --lr 1e-3 --weight-decay 1e-4 --momentum 0.5 --data-dir results/data --out runs/x
+    # a chunk of a study's seeds, as one population (what the workflow runs)
+    python -m onepass.train --plan results/quick/sweep/uci_energy/plan.json --algorithm Ours_LR \\
+        --seeds 0-49 --data-dir results/data --runs-dir results/quick/runs/uci_energy/Ours_LR [--mem-mb 4000]
 
-Every ``update_interval`` (T) weight steps the algorithm's hypergradient updates the hyperparameters.
-The run writes ``metrics.json``, ``history.csv``, TensorBoard events under ``tb/`` and an atomic
-``checkpoint.pt`` every ``checkpoint_every`` hyperparameter steps; started again with the same arguments
-it resumes from the checkpoint and ends with the same metrics.  A run whose training loss becomes
-NaN/inf or exceeds ``divergence_threshold`` stops and is recorded as diverged (exit status 0).
-:func:`run` is the same as a function, for outer searches.
+Every member writes its own run directory: ``metrics.json``, ``history.csv`` and TensorBoard events under
+``tb/`` (written when the population finishes). A population is trained in groups that fit the memory
+budget (``--mem-mb``, or the GPU's free memory), one after another; each group checkpoints atomically every
+``checkpoint_every`` hyperparameter steps, and started again with the same arguments it resumes and ends
+with the same metrics. A checkpoint that cannot be read, or that was written under other settings, is moved
+aside with a one-line notice and the group starts afresh. A finished population deletes its checkpoints
+unless ``keep_checkpoint`` is set. A member whose training loss becomes NaN/inf or exceeds
+``divergence_threshold`` is frozen and recorded as diverged (the command still exits 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import json
+import ctypes
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from . import __version__
-from . import catalog
-from .settings import ConfigError, load_settings
-from .hypergrad import baydin_hypergradient, neumann_hypergradient, unrolled_hypergradient
-from .models import build_model
-from .problems import Problem, frozen_batchnorm_stats
-from .updates import Hyperparameters, clip_by_norm_, sgd_step_
+from . import catalog, memory
+from .population import Member, Population
+from .problems import to_device
+from .records import task_metrics, versions, write_history, write_metrics, write_tensorboard
+from .settings import ConfigError, check, identity, load_settings
 
-CHECKPOINT_VERSION = 1
-HISTORY_COLUMNS = ["step", "hyper_step", "time_s", "train_loss", "valid_loss", "test_loss", "test_metric",
-                   "lr", "weight_decay", "momentum"]
+CHECKPOINT_VERSION = 2
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so that ``path`` is never half-written."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _dataset_to(dataset, device):
-    for split in ("train", "valid", "test"):
-        inputs, targets = getattr(dataset, split)
-        setattr(dataset, split, (inputs.to(device), None if targets is None else targets.to(device)))
-    return dataset
-
-
-def _outputs(dataset) -> int:
-    if dataset.task == "regression":
-        return dataset.train[1].shape[-1]
-    return dataset.vocab_size if dataset.task == "language_model" else dataset.num_classes
-
-
-class Run:
-    """State and steps of one run; :func:`run` (or an outer search) drives it."""
-
-    def __init__(self, settings: dict, dataset, seed: int, lr: float, weight_decay: float, momentum: float,
-                 device: torch.device):
-        self.settings, self.seed, self.device = settings, seed, device
-        torch.manual_seed(seed)
-        model = build_model(settings, tuple(dataset.input_shape), _outputs(dataset)).to(device)
-        model.train()
-        self.problem = Problem(model, dataset, settings)
-        self.params = self.problem.params
-        self.bufs = [torch.zeros_like(p) for p in self.params]
-        shapes = [p.shape for p in self.params] if settings["lr_per_weight"] else None
-        self.hypers = Hyperparameters(
-            lr, weight_decay, momentum, settings["optimise"], per_weight_shapes=shapes,
-            optimiser=settings["hyper_optimiser"], hyper_lr=settings["hyper_lr"],
-            log10_lr_bounds=(settings["log10_lr_min"], settings["log10_lr_max"]), device=device)
-        self.train_stream = self.problem.stream(settings["train_on"], seed)
-        self.val_stream = self.problem.stream("valid", seed + 1_000_003)
-        self.initial_weights = [p.detach().clone() for p in self.params] if settings["reset_weights"] else None
-        self.hyper_step = 0
-        self.weight_step = 0
-        self.train_time = 0.0
-        self.grads_prev = None
-        self.last_loss = torch.zeros((), device=device)
-        self.loss_sum = torch.zeros((), device=device)
-        self.loss_count = 0
-        self.history: list[dict] = []
-
-    # ---- steps ----------------------------------------------------------------------------------------
-    def _grads(self, batch):
-        loss, aux = self.problem.step_loss(batch)
-        grads = list(torch.autograd.grad(loss, self.params))
-        if aux:
-            self.train_stream.carry(aux)
-        clip_by_norm_(grads, self.settings["clip_grad_norm"])
-        self._record_loss(loss.detach())
-        return grads
-
-    def _record_loss(self, loss) -> None:
-        self.last_loss = loss
-        self.loss_sum += loss
-        self.loss_count += 1
-        self.weight_step += 1
-
-    def weight_step_(self, lr, wd, mom, batch=None) -> None:
-        """One plain SGD step in place (the lean loop: autograd.grad plus foreach updates)."""
-        grads = self._grads(self.train_stream.next() if batch is None else batch)
-        sgd_step_(self.params, self.bufs, grads, lr, wd, mom)
-
-    def hyperparameter_step(self) -> None:
-        """T weight steps and, for the hypergradient algorithms, one hyperparameter update."""
-        s = self.settings
-        method, T = s["hypergradient"], s["update_interval"]
-        if method == "none":
-            lr, wd, mom = self.hypers.for_step()
-            for _ in range(T):
-                self.weight_step_(lr, wd, mom)
-        elif method == "baydin":
-            grads = self._grads(self.train_stream.next())
-            if self.grads_prev is not None:
-                self.hypers.step({"lr": baydin_hypergradient(grads, self.grads_prev)})
-            self.grads_prev = [g.detach().clone() for g in grads]
-            sgd_step_(self.params, self.bufs, grads, *self.hypers.for_step())
-        elif method == "neumann":
-            lr, wd, mom = self.hypers.for_step()
-            for _ in range(T - 1):
-                self.weight_step_(lr, wd, mom)
-            batch = self.train_stream.next()
-            params_prev = tuple(p.detach().clone() for p in self.params)
-            bufs_prev = tuple(b.clone() for b in self.bufs)
-            self.weight_step_(lr, wd, mom, batch)
-            val_grad = self._val_grad()
-            with self._double_backward_ok():
-                grads = neumann_hypergradient(
-                    self.problem.loss, params_prev, bufs_prev, batch, val_grad, self.hypers.trainable(),
-                    self.hypers.fixed(), s["neumann_terms"], s["clip_grad_norm"])
-            self.hypers.step(grads)
-        elif method == "unroll":
-            if self.initial_weights is not None:
-                with torch.no_grad():
-                    torch._foreach_copy_(self.params, self.initial_weights)
-                    torch._foreach_zero_(self.bufs)
-            lr, wd, mom = self.hypers.for_step()
-            for _ in range(T - s["unroll_steps"]):
-                self.weight_step_(lr, wd, mom)
-            with self._double_backward_ok():
-                grads, weights, bufs, _, losses = unrolled_hypergradient(
-                    self.problem.loss_aux, self.problem.loss, tuple(self.params), tuple(self.bufs),
-                    self.train_stream.next, s["unroll_steps"], self.val_stream.next(), self.hypers.trainable(),
-                    self.hypers.fixed(), s["clip_grad_norm"], carry=self.train_stream.carry)
-            with torch.no_grad():
-                torch._foreach_copy_(self.params, list(weights))
-                torch._foreach_copy_(self.bufs, list(bufs))
-            for loss in losses:
-                self._record_loss(loss)
-            self.hypers.step(grads)
-        if s["lr_step_factor"] is not None and method == "none":
-            self.hypers.scale_lr(s["lr_step_factor"])
-        self.hyper_step += 1
-
-    def _val_grad(self):
-        """v = dL_val/dw at the current weights on the next validation batch (batch statistics, running
-        statistics left alone)."""
-        with frozen_batchnorm_stats(self.problem.model):
-            loss, aux = self.problem.step_loss(self.val_stream.next())
-        if aux:
-            self.val_stream.carry(aux)
-        return torch.autograd.grad(loss, self.params)
-
-    def _double_backward_ok(self):
-        """cuDNN's LSTM has no double backward: use the native kernels inside hypergradients."""
-        return torch.backends.cudnn.flags(enabled=False) if self.device.type == "cuda" else contextlib.nullcontext()
-
-    # ---- bookkeeping ----------------------------------------------------------------------------------
-    def diverged(self) -> bool:
-        loss = float(self.last_loss)
-        return not math.isfinite(loss) or loss > self.settings["divergence_threshold"] or not self.hypers.is_finite()
-
-    def log(self) -> dict:
-        """Evaluate on the validation and test splits and append a history row."""
-        train = float(self.loss_sum) / self.loss_count if self.loss_count else float("nan")
-        self.loss_sum.zero_()
-        self.loss_count = 0
-        valid, test = self.problem.evaluate("valid"), self.problem.evaluate("test")
-        row = {"step": self.weight_step, "hyper_step": self.hyper_step, "time_s": self.train_time,
-               "train_loss": train, "valid_loss": valid["loss"], "test_loss": test["loss"],
-               "test_metric": test["metric"], **self.hypers.summary()}
-        self.history.append(row)
-        return row
-
-    def state_dict(self) -> dict:
-        return {"model": self.problem.model.state_dict(), "bufs": self.bufs, "hypers": self.hypers.state_dict(),
-                "train_stream": self.train_stream.state_dict(), "val_stream": self.val_stream.state_dict(),
-                "initial_weights": self.initial_weights, "hyper_step": self.hyper_step,
-                "weight_step": self.weight_step, "train_time": self.train_time, "grads_prev": self.grads_prev,
-                "last_loss": self.last_loss, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
-                "history": self.history}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.problem.model.load_state_dict(state["model"])
-        with torch.no_grad():
-            torch._foreach_copy_(self.bufs, state["bufs"])
-        self.hypers.load_state_dict(state["hypers"])
-        self.train_stream.load_state_dict(state["train_stream"])
-        self.val_stream.load_state_dict(state["val_stream"])
-        for key in ("initial_weights", "hyper_step", "weight_step", "train_time", "grads_prev", "last_loss",
-                    "loss_sum", "loss_count", "history"):
-            setattr(self, key, state[key])
-
-
-def _versions() -> dict:
-    import numpy
-    return {"onepass": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version()}
+def tune_allocator() -> None:
+    """Keep freed memory in the process (glibc): without it every large tensor of a step is mapped afresh
+    and page-faulted in, which slows the CPU engine by about a third."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-3, 1 << 30)   # M_MMAP_THRESHOLD
+            libc.mallopt(-1, 1 << 30)   # M_TRIM_THRESHOLD
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but CUDA is not available")
+    """``cpu`` or ``cuda`` (a ConfigError if CUDA is asked for but not available)."""
     if name not in ("cpu", "cuda"):
         raise ConfigError(f"--device must be cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but CUDA is not available")
     return torch.device(name)
 
 
-def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float, momentum: float,
-        data_dir, out, device: str = "cpu", overrides=None, data=None, quiet: bool = True) -> dict:
-    """Train one run and write its outputs under ``out``; returns the metrics dict.
+def move_aside(path: Path, why: str) -> Path:
+    """Rename ``path`` to ``<path>.<why>`` (replacing an older one) and return the new path."""
+    target = path.with_name(f"{path.name}.{why}")
+    os.replace(path, target)
+    return target
 
-    ``data`` may be an already loaded :class:`onepass.data.Dataset` (outer searches load it once);
-    ``overrides`` are ``key=value`` strings or a dict of settings.
-    """
+
+def load_checkpoint(path: Path, signature: dict, device) -> dict | None:
+    """The state saved at ``path`` if it can be read and was written by a population with this
+    ``signature``; otherwise None, the file moved aside with a one-line notice on stderr."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(state, dict) or "population" not in state:
+            raise ValueError("not a checkpoint of this program")
+    except Exception as err:  # truncated by a crash or a full disk, or not a checkpoint at all
+        moved = move_aside(path, "unreadable")
+        print(f"warning: checkpoint {path} cannot be read ({type(err).__name__}: {str(err)[:120]}); "
+              f"moved to {moved}, starting afresh", file=sys.stderr)
+        return None
+    if state.get("version") != CHECKPOINT_VERSION or state.get("signature") != signature:
+        moved = move_aside(path, "stale")
+        print(f"notice: checkpoint {path} was written under other settings; moved to {moved}, starting afresh",
+              file=sys.stderr)
+        return None
+    return state
+
+
+def _progress(total: int, initial: int, enabled: bool, label: str):
+    """A progress bar on a terminal (hyperparameter steps, members alive and diverged, median validation
+    loss); nothing in a log file."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=label, unit="hyperstep", file=sys.stderr,
+                disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True, leave=False)
+
+
+def train_population(dataset: str, algorithm: str, settings: dict, members: list[Member], data, device,
+                     out_dirs: list[Path], checkpoint: Path, quiet: bool = True) -> list[dict]:
+    """Train ``members`` as one population and write each member's outputs into its ``out_dirs`` entry;
+    returns every member's metrics."""
     wall_start = time.perf_counter()
+    population = Population(settings, data, members, device)
+    signature = {"dataset": dataset, "algorithm": algorithm, "settings": identity(settings),
+                 "members": [m.as_dict() for m in members]}
+    state = load_checkpoint(checkpoint, signature, device)
+    elapsed_before = 0.0
+    if state is not None:
+        population.load_state_dict(state["population"])
+        elapsed_before = state["wall_time"]
+        print(f"resumed from {checkpoint} at hyperparameter step {population.hyper_step}", file=sys.stderr)
+
+    def save():
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        from .records import atomic_write
+        content = {"version": CHECKPOINT_VERSION, "signature": signature, "population": population.state_dict(),
+                   "wall_time": elapsed_before + time.perf_counter() - wall_start}
+        atomic_write(checkpoint, lambda tmp: torch.save(content, tmp))
+
+    total = settings["hyperparameter_steps"]
+    label = f"{algorithm} seeds {members[0].seed}-{members[-1].seed}" if len(members) > 1 else \
+        f"{algorithm} seed {members[0].seed}"
+    with _progress(total, population.hyper_step, not quiet, label) as bar:
+        if population.last_logged_step is None:
+            population.log()
+        while population.hyper_step < total and bool(population.alive.any()):
+            population.step()
+            if population.log_due():
+                population.log()
+                valid = [h[-1]["valid_loss"] for h, alive in zip(population.histories, population.alive.tolist())
+                         if alive]
+                bar.set_postfix(alive=len(valid), diverged=population.size - len(valid),
+                                median_valid=f"{float(torch.tensor(valid).median()):.4g}" if valid else "-")
+            bar.update(1)
+            if population.hyper_step % settings["checkpoint_every"] == 0 or population.hyper_step == total:
+                save()
+    save()  # the finished state: a job killed while writing its outputs resumes at once
+    wall = elapsed_before + time.perf_counter() - wall_start
+    return write_members(dataset, algorithm, population, data, device, out_dirs, wall)
+
+
+def write_members(dataset: str, algorithm: str, population: Population, data, device, out_dirs, wall: float):
+    """Write every member's history.csv, TensorBoard events and metrics.json; returns the metrics."""
+    results = population.results()
+    share = population.size
+    metrics = []
+    for i, (member, result, out) in enumerate(zip(population.members, results, out_dirs)):
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        history = population.histories[i]
+        write_history(out / "history.csv", history)
+        write_tensorboard(out / "tb", history)
+        m = {"dataset": dataset, "family": population.settings["family"], "task": data.task,
+             "algorithm": algorithm, "seed": member.seed,
+             **{f"init_{k}": getattr(member, k) for k in ("lr", "weight_decay", "momentum")},
+             **{f"final_{k}": v for k, v in result["final"].items()},
+             **{k: result[k] for k in ("train_loss", "valid_loss", "test_loss", "test_metric")},
+             **task_metrics(data.task, result["test_metric"], result["test_accuracy"], result["test_perplexity"]),
+             "weight_steps": result["weight_steps"], "hyperparameter_steps": result["hyperparameter_steps"],
+             "train_time_s": population.member_time(), "wall_time_s": wall / share,
+             "population_size": population.size, "device": str(device), "diverged": result["diverged"],
+             "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "versions": versions(),
+             "settings": population.member_settings(i)}
+        write_metrics(out / "metrics.json", m)
+        metrics.append(m)
+    return metrics
+
+
+def member_budget(device: torch.device, mem_mb: float | None) -> float | None:
+    """Bytes a population may use: the job's memory on the CPU, the GPU's free memory on CUDA."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return 0.9 * free
+    return None if mem_mb is None else mem_mb * 2 ** 20
+
+
+def train(dataset: str, algorithm: str, members: list[Member], data_dir, out_dirs: list, checkpoint_dir,
+          device: str = "cpu", overrides=None, data=None, quiet: bool = True, mem_mb: float | None = None,
+          checkpoint_name: str | None = None) -> list[dict]:
+    """Train ``members`` of (dataset, algorithm), in groups that fit the memory budget, one after another;
+    member i writes into ``out_dirs[i]``. Returns every member's metrics."""
     settings = load_settings(dataset, algorithm, overrides)
     if catalog.is_search(algorithm):
         raise ConfigError(f"algorithm {algorithm!r} is a search: run it with python -m onepass.search")
     dev = resolve_device(device)
+    for member in members:
+        try:
+            member.check()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        check(member.settings, f"the settings of seed {member.seed}")
+    if data is None:
+        from .data import load
+        data = load(dataset, data_dir, settings["preprocessing"])
+    data = to_device(data, dev)
+    tune_allocator()
+    if settings["model"] in memory.LARGE_MODEL_MB:  # populations of one (see onepass.models.VMAPPABLE)
+        sizes = [1] * len(members)
+    else:
+        base = memory.BASE_MB * 2 ** 20 if dev.type == "cpu" else 0
+        sizes = memory.groups(len(members), memory.member_bytes(dataset, settings), member_budget(dev, mem_mb),
+                              base)
+    checkpoint_dir = Path(checkpoint_dir)
+    wanted, start, metrics = [], 0, []
+    for size in sizes:
+        group = members[start:start + size]
+        name = checkpoint_name or f"seeds{group[0].seed}-{group[-1].seed}.pt"
+        wanted.append(checkpoint_dir / name)
+        start += size
+    for old in checkpoint_dir.glob("seeds*.pt") if checkpoint_name is None and checkpoint_dir.is_dir() else []:
+        if old not in wanted:  # a group of another memory plan: its members are in other groups now
+            print(f"notice: removing checkpoint {old}, of another division of the population", file=sys.stderr)
+            old.unlink()
+    start = 0
+    for size, path in zip(sizes, wanted):
+        group, dirs = members[start:start + size], out_dirs[start:start + size]
+        start += size
+        metrics += train_population(dataset, algorithm, settings, group, data, dev, [Path(d) for d in dirs],
+                                    path, quiet)
+    if not settings["keep_checkpoint"]:
+        for path in wanted:
+            path.unlink(missing_ok=True)
+        if checkpoint_dir != Path(out_dirs[0]):
+            with contextlib.suppress(OSError):
+                checkpoint_dir.rmdir()
+                checkpoint_dir.parent.rmdir()
+    return metrics
+
+
+def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float, momentum: float,
+        data_dir, out, device: str = "cpu", overrides=None, data=None, quiet: bool = True) -> dict:
+    """Train one run (a population of one) and write its outputs under ``out``; returns its metrics.
+    ``data`` may be an already loaded dataset; ``overrides`` are ``key=value`` strings or a dict."""
+    from .settings import parse_overrides
+
+    extra = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
     for name, value in (("lr", lr), ("weight-decay", weight_decay), ("momentum", momentum)):
         if not math.isfinite(value) or value < 0 or (name == "momentum" and value > 1):
             raise ConfigError(f"--{name} must be a finite value >= 0{' and <= 1' if name == 'momentum' else ''}, "
                               f"got {value}")
-    if data is None:
-        from .data import load
-        data = load(dataset, data_dir)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = _dataset_to(data, dev)
-    job = Run(settings, data, seed, lr, weight_decay, momentum, dev)
-    signature = {"dataset": dataset, "algorithm": algorithm, "seed": seed, "lr": lr,
-                 "weight_decay": weight_decay, "momentum": momentum, "settings": settings}
-    checkpoint = out / "checkpoint.pt"
-    elapsed_before = 0.0
-    if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=dev, weights_only=False)
-        if state.get("version") != CHECKPOINT_VERSION or state.get("signature") != signature:
-            raise ConfigError(f"{checkpoint} was written by a run with other arguments or settings; "
-                              "delete it to start this run afresh")
-        job.load_state_dict(state["run"])
-        elapsed_before = state["wall_time"]
-        print(f"resumed from {checkpoint} at hyperparameter step {job.hyper_step}", file=sys.stderr)
-
-    from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(str(out / "tb"), purge_step=job.weight_step if job.history else None)
-
-    def emit(row):
-        for key in HISTORY_COLUMNS[3:]:
-            writer.add_scalar(key, row[key], row["step"])
-        if not quiet:
-            print(" ".join(f"{k}={row[k]:.4g}" for k in HISTORY_COLUMNS), file=sys.stderr, flush=True)
-
-    def save_checkpoint():
-        state = {"version": CHECKPOINT_VERSION, "signature": signature, "run": job.state_dict(),
-                 "wall_time": elapsed_before + time.perf_counter() - wall_start}
-        atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))
-        write_history(out / "history.csv", job.history)
-
-    if not job.history:
-        emit(job.log())
-    total, diverged = settings["hyperparameter_steps"], False
-    while job.hyper_step < total:
-        tick = time.perf_counter()
-        job.hyperparameter_step()
-        diverged = job.diverged()
-        job.train_time += time.perf_counter() - tick
-        if diverged:
-            break
-        if job.weight_step // settings["log_every"] > job.history[-1]["step"] // settings["log_every"] \
-                or job.hyper_step == total:
-            emit(job.log())
-        if job.hyper_step % settings["checkpoint_every"] == 0 or job.hyper_step == total:
-            save_checkpoint()
-    writer.close()
-    if job.history and job.history[-1]["hyper_step"] != job.hyper_step:
-        job.history.append({**{k: float("nan") for k in HISTORY_COLUMNS}, "step": job.weight_step,
-                            "hyper_step": job.hyper_step, "time_s": job.train_time, **job.hypers.summary()})
-    write_history(out / "history.csv", job.history)
-
-    init = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum}
-    final = job.hypers.summary()
-    metrics = {"dataset": dataset, "family": settings["family"], "task": data.task, "algorithm": algorithm,
-               "seed": seed, **{f"init_{k}": v for k, v in init.items()},
-               **{f"final_{k}": v for k, v in final.items()}}
-    nan = float("nan")
-    if diverged:
-        losses = {"train_loss": nan, "valid_loss": nan, "test_loss": nan, "test_metric": nan}
-        extra = {"test_mse_unnormalised": nan if data.task == "regression" else None,
-                 "test_accuracy": nan if data.task == "classification" else None,
-                 "test_perplexity": nan if data.task == "language_model" else None}
-    else:
-        train, valid, test = (job.problem.evaluate(split) for split in ("train", "valid", "test"))
-        losses = {"train_loss": train["loss"], "valid_loss": valid["loss"], "test_loss": test["loss"],
-                  "test_metric": test["metric"]}
-        extra = {"test_mse_unnormalised": test["metric"] if data.task == "regression" else None,
-                 "test_accuracy": test.get("accuracy"),
-                 "test_perplexity": test.get("perplexity")}
-    metrics.update(losses)
-    metrics.update(extra)
-    metrics.update({"weight_steps": job.weight_step, "hyperparameter_steps": job.hyper_step,
-                    "train_time_s": job.train_time,
-                    "wall_time_s": elapsed_before + time.perf_counter() - wall_start,
-                    "device": str(dev), "diverged": diverged,
-                    "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "versions": _versions(),
-                    "settings": settings})
-    atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=1) + "\n"))
-    return metrics
+    member = Member(int(seed), float(lr), float(weight_decay), float(momentum))
+    return train(dataset, algorithm, [member], data_dir, [Path(out)], Path(out), device, extra, data, quiet,
+                 checkpoint_name="checkpoint.pt")[0]
 
 
-def write_history(path: Path, rows: list[dict]) -> None:
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, HISTORY_COLUMNS)
-            w.writeheader()
-            for row in rows:
-                w.writerow({k: repr(float(row[k])) if k not in ("step", "hyper_step") else int(row[k])
-                            for k in HISTORY_COLUMNS})
-    atomic_write(path, write)
+def train_chunk(plan_path, algorithm: str, seeds: list[int], data_dir, runs_dir, device: str | None = None,
+                overrides=None, quiet: bool = True, mem_mb: float | None = None) -> list[dict]:
+    """Train a chunk of a study's seeds as one population, from the dataset's plan (see onepass.study)."""
+    from . import study
+
+    content = study.read_plan(plan_path)
+    entry = study.planned(content, algorithm)
+    members = [Member(**study.member(content, algorithm, s)) for s in seeds]
+    extra = {**entry["overrides"], **(overrides or {})}
+    runs_dir = Path(runs_dir)
+    return train(content["dataset"], algorithm, members, data_dir,
+                 [Path(study.run_dir(runs_dir, s)) for s in seeds],
+                 runs_dir / ".checkpoints" / study.chunk_name(seeds), device or content["device"], extra,
+                 quiet=quiet, mem_mb=mem_mb)
 
 
+# ---- the command line ------------------------------------------------------------------------------------
 def run_arguments(prog: str, description: str, **help) -> argparse.ArgumentParser:
-    """The single-run command line, shared by ``onepass.train`` and ``onepass.search``; ``help``
-    replaces the help text of an option (keys as the option's dest)."""
-    text = {"seed": None, "lr": "initial learning rate", "weight_decay": "initial weight decay",
+    """The command line shared by ``onepass.train`` and ``onepass.search``: one run (--dataset ... --out) or
+    a chunk of a study's seeds (--plan --seeds --runs-dir); ``help`` replaces an option's help text."""
+    text = {"seed": "seed of the run", "lr": "initial learning rate", "weight_decay": "initial weight decay",
             "momentum": "initial momentum", "out": "output directory of this run",
             "overrides": "override a setting of config/datasets/*.yaml or config/algorithms/*.yaml",
             "threads": "CPU threads for torch (default: torch's own choice, e.g. from OMP_NUM_THREADS)",
-            "quiet": "do not print the logged evaluations", **help}
+            "quiet": "no progress bar", **help}
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", help="one run: the dataset")
     p.add_argument("--algorithm", required=True, help=text.get("algorithm"))
-    p.add_argument("--seed", type=int, required=True, help=text["seed"])
-    p.add_argument("--lr", type=float, required=True, help=text["lr"])
-    p.add_argument("--weight-decay", type=float, required=True, help=text["weight_decay"])
-    p.add_argument("--momentum", type=float, required=True, help=text["momentum"])
+    p.add_argument("--seed", type=int, help=text["seed"])
+    p.add_argument("--lr", type=float, help=text["lr"])
+    p.add_argument("--weight-decay", type=float, help=text["weight_decay"])
+    p.add_argument("--momentum", type=float, help=text["momentum"])
+    p.add_argument("--out", help=text["out"])
+    p.add_argument("--plan", help="a study's plan of the dataset (results/<study>/sweep/<dataset>/plan.json)")
+    p.add_argument("--seeds", help="with --plan: the seeds of the chunk, A-B or a list")
+    p.add_argument("--runs-dir", help="with --plan: the algorithm's runs directory (one seed<S>/ per seed)")
     p.add_argument("--data-dir", required=True, help="where `python -m onepass.data prepare` wrote the data")
-    p.add_argument("--out", required=True, help=text["out"])
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the plan's, else cpu)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help=text["overrides"])
     p.add_argument("--threads", type=int, default=None, help=text["threads"])
+    p.add_argument("--mem-mb", type=float, default=None, help="memory budget of the job (MB): the population "
+                   "is trained in groups that fit it")
     p.add_argument("--quiet", action="store_true", help=text["quiet"])
     return p
 
 
-def run_from_arguments(run_fn, args, **kwargs):
-    """Call ``run_fn`` with the parsed command line; returns (exit status, metrics or None).
-    A bad config or missing data is a one-line message (status 2 or 1), not a traceback."""
+def check_arguments(args) -> None:
+    """One of the two forms, complete (a ConfigError naming what is missing or extra)."""
+    single = ("dataset", "seed", "lr", "weight_decay", "momentum", "out")
+    chunk = ("plan", "seeds", "runs_dir")
+    if args.plan is not None:
+        missing = [k for k in chunk if getattr(args, k) is None]
+        extra = [k for k in single if getattr(args, k) is not None]
+    else:
+        missing = [k for k in single if getattr(args, k) is None]
+        extra = [k for k in chunk if getattr(args, k) is not None]
+    if missing:
+        raise ConfigError("missing " + ", ".join("--" + k.replace("_", "-") for k in missing))
+    if extra:
+        raise ConfigError("--plan and " + ", ".join("--" + k.replace("_", "-") for k in extra)
+                          + " do not go together")
+
+
+def run_from_arguments(single, chunk, args, **kwargs):
+    """Call ``single`` (one run) or ``chunk`` (a chunk of a plan) with the parsed command line; returns
+    (exit status, list of metrics or None). A bad config or missing data is a one-line message (status 2
+    or 1), not a traceback."""
+    from .data import DataError
+    from .settings import parse_overrides
+
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
     try:
-        return 0, run_fn(args.dataset, args.algorithm, args.seed, args.lr, args.weight_decay, args.momentum,
-                         args.data_dir, args.out, args.device, args.overrides, quiet=args.quiet, **kwargs)
-    except ConfigError as err:
+        check_arguments(args)
+        if args.plan is None:
+            return 0, [single(args.dataset, args.algorithm, args.seed, args.lr, args.weight_decay, args.momentum,
+                              args.data_dir, args.out, args.device or "cpu", args.overrides, quiet=args.quiet,
+                              **kwargs)]
+        from .study import parse_seeds
+        return 0, chunk(args.plan, args.algorithm, parse_seeds(args.seeds), args.data_dir, args.runs_dir,
+                        args.device, parse_overrides(args.overrides), quiet=args.quiet, mem_mb=args.mem_mb,
+                        **kwargs)
+    except (ConfigError, catalog.CatalogError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2, None
-    except Exception as err:
-        if type(err).__name__ == "DataError":
-            print(f"error: {err}", file=sys.stderr)
-            return 1, None
-        raise
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1, None
+
+
+def summary_line(metrics: list[dict]) -> str:
+    """One line per population: runs done and diverged, the median test metric, the time."""
+    first = metrics[0]
+    done = [m["test_metric"] for m in metrics if not m["diverged"]]
+    median = sorted(done)[len(done) // 2] if done else math.nan
+    seeds = f"seed {first['seed']}" if len(metrics) == 1 else f"seeds {first['seed']}-{metrics[-1]['seed']}"
+    state = (f"test_metric={median:.6g}" if len(metrics) == 1 else f"median test_metric={median:.6g}") \
+        if done else "DIVERGED"
+    diverged = len(metrics) - len(done)
+    return (f"{first['dataset']} {first['algorithm']} {seeds}: {state}"
+            f"{f' ({diverged} of {len(metrics)} diverged)' if len(metrics) > 1 and diverged else ''} "
+            f"({first['weight_steps']} weight steps, {sum(m['wall_time_s'] for m in metrics):.1f} s)")
 
 
 def main(argv=None) -> int:
     args = run_arguments("python -m onepass.train", __doc__.split("\n\n")[0]).parse_args(argv)
-    code, metrics = run_from_arguments(run, args)
+    code, metrics = run_from_arguments(run, train_chunk, args)
     if code:
         return code
-    state = "DIVERGED" if metrics["diverged"] else f"test_metric={metrics['test_metric']:.6g}"
-    print(f"{args.dataset} {args.algorithm} seed {args.seed}: {state} "
-          f"({metrics['weight_steps']} weight steps, {metrics['wall_time_s']:.1f} s)")
+    print(summary_line(metrics))
     return 0
 
 

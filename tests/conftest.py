@@ -1,5 +1,11 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures.
 
+Tests find the offline dataset copies as users do: in the directories of ``ONEPASS_DATA_MIRRORS``
+(``:``-separated), then in ``../shared/datasets`` beside the checkout. Where data are missing a test skips,
+except under CI (``CI=true``), where it fails: CI can never pass by skipping.
+"""
+
+import os
 import shutil
 from pathlib import Path
 
@@ -8,7 +14,35 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILE = "train-images-idx3-ubyte.gz"
+
+
+def mirrors() -> list[Path]:
+    """The mirror directories tests look in: ONEPASS_DATA_MIRRORS, then ../shared/datasets."""
+    found = [Path(d) for d in os.environ.get("ONEPASS_DATA_MIRRORS", "").split(":") if d]
+    return [d.resolve() for d in [*found, SHARED_DATASETS] if d.is_dir()]
+
+
+def mirror_with(*relpaths: str) -> Path | None:
+    """The first mirror holding one of ``relpaths``."""
+    for mirror in mirrors():
+        if any((mirror / rel).is_file() for rel in relpaths):
+            return mirror
+    return None
+
+
+def missing_data(message: str):
+    """Skip for want of data, or fail under CI."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message} (CI=true: tests must not skip for missing data; set ONEPASS_DATA_MIRRORS)")
+    pytest.skip(message)
+
+
+def require_mirror(*relpaths: str) -> Path:
+    mirror = mirror_with(*relpaths)
+    if mirror is None:
+        missing_data(f"no mirror holds {relpaths[0]} (looked in ONEPASS_DATA_MIRRORS and {SHARED_DATASETS})")
+    return mirror
 
 
 @pytest.fixture(scope="session")
@@ -19,18 +53,15 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
-    """The offline dataset copies next to the repository (../shared/datasets); skips when absent."""
-    if not SHARED_DATASETS.is_dir():
-        pytest.skip(f"offline dataset copies not found at {SHARED_DATASETS}")
-    return SHARED_DATASETS
+    """A mirror laid out like ../shared/datasets (uci_*/data.txt, ...)."""
+    return require_mirror("uci_energy/data.txt")
 
 
 @pytest.fixture(scope="session")
 def fashion_mnist_dir() -> Path:
-    """Debian's dataset-fashion-mnist files; skips when the package is not installed."""
-    if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"Fashion-MNIST not found at {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)")
-    return FASHION_MNIST_DIR
+    """A mirror holding the Fashion-MNIST .gz files (Debian's dataset-fashion-mnist, for one)."""
+    return require_mirror(FASHION_MNIST_FILE, f"fashion_mnist/{FASHION_MNIST_FILE}",
+                          f"fashion-mnist/{FASHION_MNIST_FILE}")
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +81,16 @@ def uci_energy_dir(shared_datasets, tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("energy-data")
     data.prepare("uci_energy", path, mirrors=[shared_datasets])
+    return path
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_data(fashion_mnist_dir, tmp_path_factory) -> Path:
+    """A data directory with Fashion-MNIST prepared from the offline copy."""
+    from onepass import data
+
+    path = tmp_path_factory.mktemp("fmnist-data")
+    data.prepare("fashion_mnist", path, mirrors=[fashion_mnist_dir])
     return path
 
 

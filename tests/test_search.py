@@ -24,9 +24,10 @@ import pytest
 from onepass.catalog import is_search
 from onepass.settings import ConfigError
 from onepass.search import EVALUATION_COLUMNS, add_evaluation, main, perturb, run, search_settings
-from onepass.train import HISTORY_COLUMNS
+from onepass.records import HISTORY_COLUMNS
 from onepass.train import run as train_run
-from onepass.updates import Hyperparameters
+from onepass import data as datasets
+from onepass.population import Member, Population
 
 RUN_KEYS = ["dataset", "family", "task", "algorithm", "seed", "init_lr", "init_weight_decay", "init_momentum",
             "final_lr", "final_weight_decay", "final_momentum", "train_loss", "valid_loss", "test_loss",
@@ -163,9 +164,9 @@ def test_search_configs_wrap_the_right_inner_algorithms():
 
 
 # ---- pieces of ASHA/PBT that need no Ray --------------------------------------------------------------------
-def test_pbt_explore_perturbs_the_current_hyperparameters():
-    settings, _ = search_settings("uci_energy", "PBT_Ours", ["pbt_resample_probability=0"])
-    h = Hyperparameters(0.01, 1e-4, 0.5, ["lr", "weight_decay", "momentum"])
+def test_pbt_explore_perturbs_the_current_hyperparameters(data_dir):
+    settings, inner = search_settings("uci_energy", "PBT_Ours", ["pbt_resample_probability=0"])
+    trial = Population(inner, datasets.load("uci_energy", data_dir), [Member(0, 0.01, 1e-4, 0.5)], "cpu")
     rng = random.Random(0)
     expected_rng = random.Random(0)
     expected_rng.uniform(0, 1), expected_rng.uniform(0, 1), expected_rng.uniform(0, 1)  # the unused resample point
@@ -173,14 +174,14 @@ def test_pbt_explore_perturbs_the_current_hyperparameters():
     for _ in range(3):
         expected_rng.random()
         factors.append(expected_rng.choice([1.2, 0.8]))
-    perturb(h, rng, settings)
-    s = h.summary()
+    perturb(trial, rng, settings)
+    s = {k: v[0] for k, v in trial.hyperparameters().items()}
     assert s["lr"] == pytest.approx(0.01 * factors[0], rel=1e-5)
     assert s["weight_decay"] == pytest.approx(1e-4 * factors[1], rel=1e-5)
     assert s["momentum"] == pytest.approx(0.5 * factors[2], rel=1e-5)
     settings, _ = search_settings("uci_energy", "PBT", ["pbt_resample_probability=1", "search_momentum=[0.2, 0.3]"])
-    perturb(h, random.Random(1), settings)
-    s = h.summary()
+    perturb(trial, random.Random(1), settings)
+    s = {k: v[0] for k, v in trial.hyperparameters().items()}
     assert 1e-6 <= s["lr"] <= 0.1 and 1e-7 <= s["weight_decay"] <= 1e-2 and 0.2 <= s["momentum"] <= 0.3
 
 

@@ -1,4 +1,5 @@
-"""The single-run command: every algorithm, reproducibility, resume, divergence, bad configs."""
+"""Training: every algorithm, populations against single runs, reproducibility, checkpoints and resume,
+divergence, memory planning, bad configs, and the other dataset families on generated data."""
 
 import json
 import math
@@ -6,16 +7,17 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from onepass import data
+from onepass import catalog, data, memory, study
+from onepass.population import Member
+from onepass.records import HISTORY_COLUMNS
 from onepass.settings import ConfigError, load_settings
-from onepass.train import HISTORY_COLUMNS, main, run
+from onepass.train import main, run, train
 
-ALGORITHMS = ["Random", "Random_SteppedLR", "Random_Validation", "Lorraine", "Baydin", "Ours_LR",
-              "Ours_LR_Momentum", "Ours_HDLR_Momentum", "DiffThroughOpt", "LongDiffThroughOpt_Standalone",
-              "LongDiffThroughOpt_Medium", "LongDiffThroughOpt_Full"]
+ALGORITHMS = [n for n, a in catalog.algorithms().items() if not a.is_search and not a.is_derived]
 SHORT = ["hyperparameter_steps=6", "log_every=20", "checkpoint_every=3"]
 LONG_SHORT = ["update_interval=8", "unroll_steps=8"]
 
@@ -54,7 +56,7 @@ def test_every_algorithm_runs_and_writes_its_outputs(algorithm, data_dir, tmp_pa
     # logged every 20 weight steps (at the end of the hyperparameter step that reaches them) and at the end
     expected = {1: [0, 6], 10: [0, 20, 40, 60], 8: [0, 24, 40, 48]}[T]
     assert [int(r.split(",")[0]) for r in rows] == expected
-    assert (out / "checkpoint.pt").exists() and any((out / "tb").iterdir())
+    assert not (out / "checkpoint.pt").exists() and any((out / "tb").iterdir())   # finished: no checkpoint
     settings = load_settings("uci_energy", algorithm)
     for name in ("lr", "weight_decay", "momentum"):
         changed = m[f"final_{name}"] != pytest.approx(m[f"init_{name}"], rel=1e-5)
@@ -107,10 +109,39 @@ def test_killed_run_resumes_to_the_same_metrics(data_dir, tmp_path):
     assert strip(out / "history.csv") == strip(tmp_path / "ref" / "history.csv")
 
 
-def test_checkpoint_of_other_arguments_is_refused(data_dir, tmp_path):
-    energy(tmp_path, data_dir, "Random", SHORT)
-    with pytest.raises(ConfigError, match="other arguments"):
-        energy(tmp_path, data_dir, "Random", SHORT, lr=0.5)
+def test_finished_run_deletes_its_checkpoint_unless_kept(data_dir, tmp_path):
+    energy(tmp_path, data_dir, "Random", SHORT, name="plain")
+    assert not (tmp_path / "plain" / "checkpoint.pt").exists()
+    kept = energy(tmp_path, data_dir, "Random", SHORT + ["keep_checkpoint=true"], name="kept")
+    assert (tmp_path / "kept" / "checkpoint.pt").exists()
+    # keep_checkpoint changes how a run is kept, not what it computes: the kept checkpoint is reused
+    again = energy(tmp_path, data_dir, "Random", SHORT, name="kept")
+    assert again["settings"]["keep_checkpoint"] is False and kept["settings"]["keep_checkpoint"] is True
+    assert {**without_times(again), "settings": None} == {**without_times(kept), "settings": None}
+
+
+def test_checkpoint_of_other_settings_is_moved_aside_and_the_run_starts_afresh(data_dir, tmp_path, capsys):
+    energy(tmp_path, data_dir, "Random", SHORT + ["keep_checkpoint=true"])
+    fresh = energy(tmp_path, data_dir, "Random", SHORT, lr=0.005, name="fresh")
+    m = energy(tmp_path, data_dir, "Random", SHORT, lr=0.005)
+    err = capsys.readouterr().err
+    assert "written under other settings" in err and "checkpoint.pt.stale" in err
+    assert (tmp_path / "run" / "checkpoint.pt.stale").exists()
+    assert without_times(m) == without_times(fresh)
+
+
+def test_unreadable_checkpoint_is_moved_aside_with_a_warning(data_dir, tmp_path, capsys):
+    ref = energy(tmp_path, data_dir, "Random", SHORT, name="ref")
+    out = tmp_path / "run"
+    out.mkdir()
+    energy(tmp_path, data_dir, "Random", SHORT + ["keep_checkpoint=true"], name="whole")
+    good = (tmp_path / "whole" / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(good[: len(good) // 2])   # truncated, as by a full disk
+    m = energy(tmp_path, data_dir, "Random", SHORT)
+    err = capsys.readouterr().err
+    assert f"checkpoint {out / 'checkpoint.pt'} cannot be read" in err
+    assert (out / "checkpoint.pt.unreadable").exists()
+    assert without_times(m) == without_times(ref)
 
 
 @pytest.mark.parametrize("overrides,why", [([], "default"), (["divergence_threshold=1e-6"], "threshold")])
@@ -230,3 +261,146 @@ def test_fashion_mnist_batchnorm_variant(fashion_mnist_dir, tmp_path):
     m = run("fashion_mnist", "Ours_LR_Momentum", 0, 0.01, 1e-4, 0.5, tmp_path / "data", tmp_path / "run",
             overrides=["model=mlp_bn", "hyperparameter_steps=20", "log_every=100"])
     assert m["test_accuracy"] > 0.5 and m["final_lr"] != pytest.approx(0.01)
+
+
+# ---- populations --------------------------------------------------------------------------------------
+def short(algorithm: str, dataset: str) -> dict:
+    """A short schedule of ``algorithm`` (the long variants' windows shortened to fit it)."""
+    settings = {"weight_steps": 40, "log_every": 20}
+    if algorithm.startswith("Long"):
+        settings.update(update_interval=20, unroll_steps=20)
+    return settings
+
+
+def members(n: int, factors: bool = False) -> list[Member]:
+    """Members with spread initial hyperparameters (and Random_SteppedLR factors when asked)."""
+    return [Member(seed, 10 ** (-3.5 + 0.5 * seed), 10 ** (-5 + seed), 0.2 + 0.2 * seed,
+                   {"lr_step_factor": 0.96 + 0.02 * seed} if factors else {}) for seed in range(n)]
+
+
+def same_run(a: dict, b: dict, rel: float) -> None:
+    """Two metrics records of the same run agree to float32 round-off (times and population size aside)."""
+    for key in ("test_metric", "valid_loss", "train_loss", "final_lr", "final_weight_decay", "final_momentum"):
+        assert a[key] == pytest.approx(b[key], rel=rel), key
+    for key in ("weight_steps", "hyperparameter_steps", "diverged", "seed", "settings"):
+        assert a[key] == b[key], key
+
+
+@pytest.mark.parametrize("dataset", ["uci_energy", "fashion_mnist"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_member_i_equals_a_population_of_one(algorithm, dataset, request, tmp_path):
+    data_dir = request.getfixturevalue("uci_energy_dir" if dataset == "uci_energy" else "fashion_mnist_data")
+    group = members(3, factors=algorithm == "Random_SteppedLR")
+    together = train(dataset, algorithm, group, data_dir, [tmp_path / f"p{m.seed}" for m in group],
+                     tmp_path / "ck", overrides=short(algorithm, dataset))
+    for m, got in zip(group, together):
+        alone = train(dataset, algorithm, [m], data_dir, [tmp_path / f"o{m.seed}"], tmp_path / "ck1",
+                      overrides=short(algorithm, dataset))[0]
+        assert got["population_size"] == 3 and alone["population_size"] == 1
+        same_run(got, alone, rel=2e-4)
+        history = lambda d: [r.split(",")[:2] for r in (d / "history.csv").read_text().splitlines()]  # noqa: E731
+        assert history(tmp_path / f"p{m.seed}") == history(tmp_path / f"o{m.seed}")
+    # the members differ: each trained from its own initialisation
+    assert len({round(m["test_metric"], 6) for m in together}) == 3
+
+
+def test_diverging_member_is_frozen_and_recorded_while_the_others_finish(data_dir, tmp_path):
+    group = [Member(0, 1e-3, 1e-4, 0.5), Member(1, 0.9, 1e-4, 0.99), Member(2, 3e-3, 1e-5, 0.3)]
+    out = [tmp_path / f"seed{m.seed}" for m in group]
+    result = train("uci_energy", "Ours_LR_Momentum", group, data_dir, out, tmp_path / "ck",
+                   overrides={"weight_steps": 300, "log_every": 50})
+    assert [m["diverged"] for m in result] == [False, True, False]
+    bad = json.loads((out[1] / "metrics.json").read_text())
+    assert all(math.isnan(bad[k]) for k in ("train_loss", "valid_loss", "test_loss", "test_metric"))
+    assert bad["hyperparameter_steps"] < 30 and bad["weight_steps"] == 10 * bad["hyperparameter_steps"]
+    rows = (out[1] / "history.csv").read_text().splitlines()
+    assert rows[-1].split(",")[3] == "nan" and int(rows[-1].split(",")[1]) == bad["hyperparameter_steps"]
+    for i in (0, 2):  # the others ran to the end, exactly as on their own
+        assert result[i]["hyperparameter_steps"] == 30
+        alone = train("uci_energy", "Ours_LR_Momentum", [group[i]], data_dir, [tmp_path / f"alone{i}"],
+                      tmp_path / "ck1", overrides={"weight_steps": 300, "log_every": 50})[0]
+        same_run(result[i], alone, rel=2e-4)
+
+
+def tiny_plan(tmp_path, initialisations=4, algorithms=("Ours_LR_Momentum",)) -> Path:
+    """A study plan of UCI Energy written by onepass.study (as the workflow's sweep rule does)."""
+    config = study.apply_defaults({
+        "study": "t", "datasets": ["uci_energy"], "algorithms": {"uci_energy": list(algorithms)},
+        "sweep": {"seed": 1, "initialisations": {"uci_energy": initialisations},
+                  "samplers": {"lr": {"type": "log_uniform", "range": [1e-4, 1e-2]},
+                               "weight_decay": {"type": "log_uniform", "range": [1e-6, 1e-3]},
+                               "momentum": {"type": "uniform", "range": [0.1, 0.9]}}}})
+    study.write_sweep(config, "uci_energy", tmp_path / "sweep")
+    return tmp_path / "sweep" / "plan.json"
+
+
+def test_killed_population_resumes_to_the_same_metrics(data_dir, tmp_path):
+    plan = tiny_plan(tmp_path)
+    args = ["--plan", str(plan), "--algorithm", "Ours_LR_Momentum", "--seeds", "0-3", "--data-dir", str(data_dir),
+            "--set", "weight_steps=3000", "--set", "checkpoint_every=7", "--set", "log_every=500"]
+    reference = cli(args + ["--runs-dir", str(tmp_path / "ref")])
+    assert reference.wait(300) == 0, reference.stderr.read()
+    runs = tmp_path / "killed"
+    checkpoint = runs / ".checkpoints" / "seeds0-3" / "seeds0-3.pt"
+    victim = cli(args + ["--runs-dir", str(runs)])
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, "the population finished before it could be killed"
+    assert not list(runs.glob("seed*/metrics.json"))
+    resumed = cli(args + ["--runs-dir", str(runs)])
+    assert resumed.wait(300) == 0
+    assert "resumed from" in resumed.stderr.read()
+    for seed in range(4):
+        ref = json.loads((tmp_path / "ref" / f"seed{seed}" / "metrics.json").read_text())
+        got = json.loads((runs / f"seed{seed}" / "metrics.json").read_text())
+        assert without_times(got) == without_times(ref)
+    assert not (runs / ".checkpoints").exists()   # finished: the checkpoints are gone
+
+
+def test_population_is_trained_in_groups_that_fit_the_memory_budget(data_dir, tmp_path):
+    settings = load_settings("uci_energy", "DiffThroughOpt")
+    per_member = memory.member_bytes("uci_energy", settings)
+    base = memory.BASE_MB * 2 ** 20
+    for n, members_fit in ((10, 3), (7, 7), (5, 1), (1, 1)):
+        budget = base + members_fit * per_member + per_member // 2
+        sizes = memory.groups(n, per_member, budget, base)
+        assert sum(sizes) == n and max(sizes) <= members_fit and base + max(sizes) * per_member <= budget
+        assert len(sizes) == math.ceil(n / members_fit) and max(sizes) - min(sizes) <= 1
+    assert memory.groups(4, per_member, None) == [4]
+    # the engine follows the plan: a budget for two members trains four in two groups, checkpointed apart
+    plan = tiny_plan(tmp_path, algorithms=("DiffThroughOpt",))
+    budget_mb = (base + 2 * per_member + per_member // 2) / 2 ** 20
+    proc = cli(["--plan", str(plan), "--algorithm", "DiffThroughOpt", "--seeds", "0-3", "--data-dir", str(data_dir),
+                "--runs-dir", str(tmp_path / "runs"), "--mem-mb", str(budget_mb), "--set", "weight_steps=20",
+                "--set", "keep_checkpoint=true"])
+    assert proc.wait(300) == 0, proc.stderr.read()
+    groups = sorted(p.name for p in (tmp_path / "runs" / ".checkpoints" / "seeds0-3").iterdir())
+    assert groups == ["seeds0-1.pt", "seeds2-3.pt"]
+    sizes = {json.loads((tmp_path / "runs" / f"seed{s}" / "metrics.json").read_text())["population_size"]
+             for s in range(4)}
+    assert sizes == {2}
+
+
+def test_memory_estimate_bounds_the_measured_peak(data_dir, tmp_path):
+    """The estimate of a member is no smaller than what a member really adds to a job's peak memory (the
+    peak resident set of a fresh process, VmHWM, reset after the fork that started it)."""
+    script = ("import re, sys, torch; from pathlib import Path; from onepass.train import train; "
+              "from onepass.population import Member; open('/proc/self/clear_refs', 'w').write('5'); "
+              "torch.set_num_threads(1); n = int(sys.argv[1]); "
+              "ms = [Member(s, 1e-3, 1e-4, 0.5) for s in range(n)]; "
+              f"train('uci_energy', 'LongDiffThroughOpt_Standalone', ms, {str(data_dir)!r}, "
+              f"[Path({str(tmp_path)!r}) / f'{{n}}-{{s}}' for s in range(n)], Path({str(tmp_path)!r}) / f'ck{{n}}', "
+              "overrides={'hyperparameter_steps': 1, 'log_every': 1000}); "
+              "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024)")
+    peaks = {}
+    for n in (1, 9):
+        proc = subprocess.run([sys.executable, "-c", script, str(n)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        peaks[n] = int(proc.stdout.split()[-1])
+    measured = (peaks[9] - peaks[1]) / 8
+    estimated = memory.member_bytes("uci_energy", load_settings("uci_energy", "LongDiffThroughOpt_Standalone"))
+    assert measured > 0 and estimated >= measured, (peaks, measured, estimated)
+    assert peaks[1] <= memory.BASE_MB * 2 ** 20 + estimated

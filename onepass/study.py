@@ -1,0 +1,398 @@
+"""A study: its config (config/config.yaml, config/quick.yaml) checked, and everything derived from it.
+
+The study config says which datasets and algorithms run, how initial hyperparameters are drawn (``sweep``),
+how many seeds each algorithm gets (``repetitions``), which run settings change (``overrides``), and how the
+work is cut into jobs (``members_per_job``, ``gpu``, ``resources``); config/README.md describes every key. This
+module turns it into what the workflow runs: per (dataset, algorithm) the seeds, the run settings, the
+initial hyperparameters of every seed and the chunks of seeds trained together as one population job, all
+written down per dataset as a *plan* (``plan.json``), and the directories where everything lives. The
+workflow's rules are thin adapters to these functions; nothing here knows about Snakemake.
+
+    python -m onepass.study sweep --config JSON --dataset D --out-dir results/<study>/sweep/D
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+from . import catalog, memory, sweep
+from .settings import SETTINGS, ConfigError, check_value, identity, load_settings
+
+INITIAL = ("lr", "weight_decay", "momentum")
+RESULTS = "results"
+DEFAULT_STUDY = "main"
+PLAN_FORMAT = 1
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+class StudyConfigError(ValueError):
+    """A study config key is unknown, of the wrong type or outside its domain; the message names it."""
+
+
+# ---- reading and checking the config -------------------------------------------------------------------
+def normalise(value):
+    """The config with numbers that YAML 1.1 reads as text (``1e-6``) made numbers."""
+    if isinstance(value, dict):
+        return {k: normalise(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [normalise(v) for v in value]
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)
+    return value
+
+
+def where(key: str, sources) -> str:
+    """Which of ``sources`` (an ordered list of (name, mapping), later ones winning, as Snakemake merges
+    config files) sets the dotted config ``key``: the last that does, or the first source's name."""
+    found = None
+    for name, data in sources or []:
+        node = data
+        for part in key.split("."):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                break
+        else:
+            found = name
+    return found or (sources[0][0] if sources else "the config")
+
+
+def _fail(key: str, message: str, sources):
+    raise StudyConfigError(f"config key '{key}' in {where(key, sources)}: {message}")
+
+
+def validate(config: dict, schema: dict, sources=None) -> dict:
+    """The normalised config (:func:`normalise`), checked against the JSON schema and by :func:`check`; a
+    :class:`StudyConfigError` names the first bad key and the file setting it, in one short message."""
+    import jsonschema
+
+    config = normalise(config)
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        path = ".".join(str(p) for p in error.absolute_path)
+        message = error.message if len(error.message) < 200 else error.message[:200] + "..."
+        if error.validator == "additionalProperties" and "(" in message:
+            extra = re.findall(r"'([^']+)'", message)
+            path = ".".join(filter(None, [path, extra[0] if extra else ""]))
+            message = "unknown key"
+        _fail(path or "(top level)", message, sources)
+    config = apply_defaults(config)
+    check(config, sources)
+    return config
+
+
+def apply_defaults(config: dict) -> dict:
+    """The config with the optional keys filled in."""
+    out = dict(config)
+    out.setdefault("study", DEFAULT_STUDY)
+    for key in ("repetitions", "overrides", "gpu", "resources", "members_per_job"):
+        out[key] = out.get(key) or {}
+    out.setdefault("data_mirrors", [])
+    return out
+
+
+def check(config: dict, sources=None) -> None:
+    """The checks a JSON schema cannot express: names against the catalogue, every dataset's entries,
+    sampler ranges against their keys' domains, every override against the settings table, and every
+    (dataset, algorithm)'s merged settings."""
+    known_datasets, known_algorithms = catalog.datasets(), catalog.algorithms()
+    for i, name in enumerate(config["datasets"]):
+        if name not in known_datasets:
+            _fail(f"datasets.{i}", f"unknown dataset {name!r}; known: {', '.join(known_datasets)}", sources)
+    for key in ("algorithms", "sweep.initialisations"):
+        table = config["algorithms"] if key == "algorithms" else config["sweep"]["initialisations"]
+        for dataset in config["datasets"]:
+            if dataset not in table:
+                _fail(key, f"no entry for dataset {dataset!r}", sources)
+    for dataset, names in config["algorithms"].items():
+        for i, name in enumerate(names):
+            if name not in known_algorithms:
+                _fail(f"algorithms.{dataset}.{i}", f"unknown algorithm {name!r}; known: "
+                      f"{', '.join(n for n, a in known_algorithms.items() if not a.is_derived)}", sources)
+            if known_algorithms[name].is_derived:
+                _fail(f"algorithms.{dataset}.{i}", f"{name} is derived from the runs of "
+                      f"{known_algorithms[name].derived['from']}: list that instead", sources)
+    for name in config["repetitions"]:
+        if name not in known_algorithms:
+            _fail(f"repetitions.{name}", f"unknown algorithm {name!r}", sources)
+    for table in ("gpu", "resources", "members_per_job", "sweep.initialisations"):
+        node = config["sweep"]["initialisations"] if table == "sweep.initialisations" else config[table]
+        for name in node:
+            if name != "default" and name not in known_datasets:
+                _fail(f"{table}.{name}", f"unknown dataset {name!r}", sources)
+    for key, spec in config["sweep"]["samplers"].items():
+        _check_sampler(key, spec, sources)
+    for dataset, per_algorithm in config["overrides"].items():
+        if dataset != "all" and dataset not in known_datasets:
+            _fail(f"overrides.{dataset}", f"unknown dataset {dataset!r}", sources)
+        for algorithm, settings in per_algorithm.items():
+            if algorithm != "all" and algorithm not in known_algorithms:
+                _fail(f"overrides.{dataset}.{algorithm}", f"unknown algorithm {algorithm!r}", sources)
+            for key, value in (settings or {}).items():
+                try:
+                    check_value(key, value, "")
+                except ConfigError as err:
+                    _fail(f"overrides.{dataset}.{algorithm}.{key}", str(err), sources)
+    for dataset in config["datasets"]:
+        for algorithm in algorithms(config, dataset):
+            try:
+                settings(config, dataset, algorithm)
+            except ConfigError as err:
+                _fail(f"overrides.{dataset}.{algorithm}", f"the merged run settings are invalid: {err}", sources)
+
+
+def _check_sampler(key: str, spec: dict, sources) -> None:
+    where_key = f"sweep.samplers.{key}"
+    try:
+        sweep.check_sampler(key, spec)
+    except ValueError as err:
+        _fail(where_key, str(err).split(": ", 1)[-1], sources)
+    if key not in INITIAL and key not in SETTINGS:
+        _fail(where_key, "unknown run setting", sources)
+    for name in spec.get("algorithms", []):
+        if name not in catalog.algorithms():
+            _fail(f"{where_key}.algorithms", f"unknown algorithm {name!r}", sources)
+    values = spec.get("values") if spec["type"] == "choice" else spec["range"]
+    for value in values:
+        if key in ("lr", "weight_decay"):
+            ok, domain = isinstance(value, (int, float)) and value > 0, "> 0"
+        elif key == "momentum":
+            ok, domain = isinstance(value, (int, float)) and 0 <= value <= 1, "within [0, 1]"
+        else:
+            try:
+                check_value(key, value, "")
+                ok, domain = True, ""
+            except ConfigError as err:
+                ok, domain = False, str(err)
+        if not ok:
+            _fail(where_key, f"{value!r} is outside the domain of {key} ({domain})", sources)
+
+
+# ---- what runs --------------------------------------------------------------------------------------------
+def algorithms(config: dict, dataset: str) -> list[str]:
+    """Algorithms run on a dataset."""
+    return list(config["algorithms"][dataset])
+
+
+def seeds(config: dict, dataset: str, algorithm: str) -> list[int]:
+    """Seeds of an algorithm on a dataset: 0..n-1, n the dataset's initialisations capped by the algorithm's
+    ``repetitions`` (a search's seed is one repetition of the whole search)."""
+    n = config["sweep"]["initialisations"][dataset]
+    return list(range(min(n, config["repetitions"].get(algorithm, n))))
+
+
+def overrides(config: dict, dataset: str, algorithm: str) -> dict:
+    """The run settings the config changes for (dataset, algorithm): ``overrides`` merged in the order
+    all/all, all/algorithm, dataset/all, dataset/algorithm (the most specific wins)."""
+    merged = {}
+    for d in ("all", dataset):
+        for a in ("all", algorithm):
+            merged.update(config["overrides"].get(d, {}).get(a) or {})
+    return merged
+
+
+def member_settings(config: dict, algorithm: str) -> list[str]:
+    """The sampled keys besides the initial hyperparameters that go to runs of ``algorithm`` as per-member
+    settings (a sampler without ``algorithms`` applies to every algorithm)."""
+    return [key for key, spec in config["sweep"]["samplers"].items()
+            if key not in INITIAL and sweep.applies_to(spec, algorithm)]
+
+
+def settings(config: dict, dataset: str, algorithm: str) -> dict:
+    """The resolved run settings of (dataset, algorithm), per-member settings at their defaults."""
+    return load_settings(dataset, algorithm, overrides(config, dataset, algorithm))
+
+
+def initialisations(config: dict, dataset: str) -> list[dict]:
+    """Every seed's drawn initialisation (the rows of initialisations.tsv)."""
+    n = config["sweep"]["initialisations"][dataset]
+    return [{"seed": s, **sweep.draw(config["sweep"], dataset, s)} for s in range(n)]
+
+
+def members_per_job(config: dict, dataset: str) -> int:
+    """Seeds trained together in one job (``members_per_job``: per dataset, else ``default``, else all)."""
+    table = config["members_per_job"]
+    return int(table.get(dataset, table.get("default", 10 ** 9)))
+
+
+def chunks(config: dict, dataset: str, algorithm: str) -> list[list[int]]:
+    """The seeds of (dataset, algorithm) cut into the chunks trained by one job each."""
+    all_seeds, size = seeds(config, dataset, algorithm), members_per_job(config, dataset)
+    return [all_seeds[i:i + size] for i in range(0, len(all_seeds), size)]
+
+
+def device(config: dict, dataset: str) -> str:
+    """``cuda`` for the datasets the config's ``gpu`` key puts on a GPU, else ``cpu``."""
+    return "cuda" if config["gpu"].get(dataset, 0) else "cpu"
+
+
+# ---- where everything lives -------------------------------------------------------------------------------
+def study_dir(config: dict) -> str:
+    """The study's own directory: results/<study>."""
+    return f"{RESULTS}/{config['study']}"
+
+
+def data_dir() -> str:
+    """Prepared data, shared by every study (its content does not depend on the study)."""
+    return f"{RESULTS}/data"
+
+
+def runs_dir(config: dict, dataset: str, algorithm: str | None = None) -> str:
+    """The runs of a dataset, or of one algorithm on it."""
+    base = f"{study_dir(config)}/runs/{dataset}"
+    return base if algorithm is None else f"{base}/{algorithm}"
+
+
+def run_dir(runs: str | Path, seed: int) -> str:
+    """A run's directory inside its algorithm's runs directory."""
+    return f"{runs}/seed{seed}"
+
+
+def chunk_name(chunk: list[int]) -> str:
+    """The name of a chunk of seeds: seeds<first>-<last>."""
+    return f"seeds{chunk[0]}-{chunk[-1]}"
+
+
+# ---- the plan of a dataset ----------------------------------------------------------------------------------
+def dataset_config(config: dict, dataset: str) -> dict:
+    """The part of the config that decides a dataset's runs (a change elsewhere leaves its plan alone)."""
+    names = algorithms(config, dataset)
+    return {"study": config["study"], "dataset": dataset, "algorithms": {dataset: names},
+            "datasets": [dataset],
+            "sweep": {"seed": config["sweep"]["seed"], "samplers": config["sweep"]["samplers"],
+                      "initialisations": {dataset: config["sweep"]["initialisations"][dataset]}},
+            "repetitions": {a: n for a, n in config["repetitions"].items() if a in names},
+            "overrides": {d: {a: s for a, s in per.items() if a in ("all", *names)}
+                          for d, per in config["overrides"].items() if d in ("all", dataset)},
+            "members_per_job": {k: v for k, v in config["members_per_job"].items() if k in ("default", dataset)},
+            "gpu": {k: v for k, v in config["gpu"].items() if k == dataset},
+            "resources": {k: v for k, v in config["resources"].items() if k in ("default", dataset)},
+            "data_mirrors": []}
+
+
+def plan(config: dict, dataset: str) -> dict:
+    """Everything the runs of a dataset need and everything collection checks them against: per algorithm its
+    search kind, seeds, chunks, overrides, per-member settings and resolved settings (their identity); per
+    seed its initialisation."""
+    out = {"format": PLAN_FORMAT, "study": config["study"], "dataset": dataset, "device": device(config, dataset),
+           "initialisations": initialisations(config, dataset), "algorithms": {}}
+    for algorithm in algorithms(config, dataset):
+        out["algorithms"][algorithm] = {
+            "search": catalog.algorithm(algorithm).search, "seeds": seeds(config, dataset, algorithm),
+            "chunks": chunks(config, dataset, algorithm), "overrides": overrides(config, dataset, algorithm),
+            "member_settings": member_settings(config, algorithm),
+            "settings": identity(settings(config, dataset, algorithm))}
+    return out
+
+
+def read_plan(path) -> dict:
+    """A plan written by :func:`write_plan` (a ConfigError if it is not one)."""
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read the plan {path}: {err}") from None
+    if not isinstance(content, dict) or content.get("format") != PLAN_FORMAT:
+        raise ConfigError(f"{path} is not a plan of this version (format {PLAN_FORMAT}): rerun the sweep rule")
+    return content
+
+
+def planned(plan_: dict, algorithm: str) -> dict:
+    """An algorithm's entry of a plan (a ConfigError naming it if the plan has none)."""
+    if algorithm not in plan_["algorithms"]:
+        raise ConfigError(f"the plan of {plan_['dataset']} has no algorithm {algorithm!r}; "
+                          f"it has {', '.join(plan_['algorithms'])}")
+    return plan_["algorithms"][algorithm]
+
+
+def member(plan_: dict, algorithm: str, seed: int) -> dict:
+    """A seed's member of an algorithm: its initial hyperparameters and per-member settings."""
+    entry = planned(plan_, algorithm)
+    rows = plan_["initialisations"]
+    if not 0 <= seed < len(rows):
+        raise ConfigError(f"the plan of {plan_['dataset']} has no seed {seed}")
+    row = rows[seed]
+    return {"seed": seed, **{k: float(row[k]) for k in INITIAL},
+            "settings": {k: row[k] for k in entry["member_settings"]}}
+
+
+def expected_settings(plan_: dict, algorithm: str, seed: int) -> dict:
+    """The identity settings a finished run of this seed must have recorded."""
+    return {**planned(plan_, algorithm)["settings"], **member(plan_, algorithm, seed)["settings"]}
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Seeds from ``A-B`` (inclusive), ``N`` or a comma-separated list."""
+    try:
+        if re.fullmatch(r"\d+-\d+", text):
+            first, last = map(int, text.split("-"))
+            return list(range(first, last + 1))
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds expects A-B, N or a list like 0,3,7; got {text!r}") from None
+
+
+# ---- resources of a job ---------------------------------------------------------------------------------
+def resources(config: dict, dataset: str, algorithm: str, n_members: int, attempt: int = 1) -> dict:
+    """threads, mem_mb, runtime (minutes) and gpu of one job training ``n_members`` seeds: estimated from the
+    problem's size (:mod:`onepass.memory`) unless the config's ``resources`` sets them; memory and time grow
+    with each retry (``attempt``), so a job killed for either is resubmitted larger."""
+    table = config["resources"]
+    given = {**table.get("default", {}), **table.get(dataset, {})}
+    run = settings(config, dataset, algorithm)
+    entry = catalog.algorithm(algorithm)
+    estimate = memory.job_estimate(dataset, run, n_members, device(config, dataset), entry.search,
+                                   threads=given.get("threads", 1))
+    mem_mb = given.get("mem_mb", estimate["mem_mb"])
+    runtime = given.get("runtime", estimate["runtime"])
+    return {"threads": given.get("threads", 1), "mem_mb": int(math.ceil(mem_mb * attempt)),
+            "runtime": int(math.ceil(runtime * attempt)), "gpu": config["gpu"].get(dataset, 0)}
+
+
+# ---- the command -------------------------------------------------------------------------------------------
+def write_sweep(config: dict, dataset: str, out_dir) -> dict:
+    """Write a dataset's initialisations.tsv, summary.tsv and plan.json into ``out_dir``; returns the plan."""
+    from .records import atomic_write
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    drawn = sweep.table(config["sweep"], dataset, config["sweep"]["initialisations"][dataset])
+    atomic_write(out_dir / "initialisations.tsv", lambda tmp: drawn.to_csv(tmp, sep="\t", index=False))
+    summary = sweep.summary(config["sweep"], drawn)
+    atomic_write(out_dir / "summary.tsv", lambda tmp: summary.to_csv(tmp, sep="\t", index=False))
+    content = plan(config, dataset)
+    atomic_write(out_dir / "plan.json", lambda tmp: tmp.write_text(json.dumps(content, indent=1) + "\n"))
+    return content
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m onepass.study", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sweep", help="a dataset's initialisations.tsv, summary.tsv and plan.json")
+    s.add_argument("--config", required=True, help="the study config (or its dataset_config) as JSON")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--out-dir", required=True)
+    args = p.parse_args(argv)
+    try:
+        config = apply_defaults(normalise(json.loads(args.config)))
+        check(config)
+        content = write_sweep(config, args.dataset, args.out_dir)
+    except (StudyConfigError, ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    runs = sum(len(a["seeds"]) for a in content["algorithms"].values())
+    jobs = sum(len(a["chunks"]) for a in content["algorithms"].values())
+    print(f"{args.dataset}: {len(content['initialisations'])} initialisations, {runs} runs in {jobs} jobs "
+          f"-> {args.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
