@@ -26,27 +26,43 @@ Archives are never unpacked to disk by name: every member is first checked (no a
 link leaving the archive, no device file; plus :func:`tarfile.data_filter`), then the needed members are read
 into memory, verified and written under fixed names. A truncated or corrupt archive is an error.
 
-Preparing (deterministic; two preparations give byte-identical files). ``SPLIT_SEED`` = 0 seeds the legacy
-NumPy ``RandomState(0).permutation(n)``, whose stream NumPy keeps frozen across versions.
+Preparing (deterministic; two preparations give byte-identical files). One prepared file serves both choices
+of :func:`load`'s ``preprocessing`` (the run setting of that name): ``"paper"`` (default) cuts and normalises as
+the paper's code (github.com/rmclarke/OptimisingWeightUpdateHyperparameters at 8568f76) did, ``"corrected"``
+permutes with ``SPLIT_SEED`` = 0 (the legacy NumPy ``RandomState(0).permutation(n)``, whose stream NumPy keeps
+frozen across versions) and takes statistics from the training split alone.
 
 - UCI: whitespace-separated numbers; inputs all columns but the last, target the last (Naval: columns 1-16
-  inputs, 17 target, 18 dropped). Rows are permuted and cut into the paper's train/valid/test sizes
-  (``data.splits`` of its catalogue entry), in that order. Inputs and targets are standardised with the training split's mean and
-  population std; a (numerically) constant column gets std 1.
-- Fashion-MNIST: IDX ``.gz`` files; the official 60,000 training images are permuted, the first 50,000 are
-  train and the last 10,000 validation; the official 10,000 test images are the test set. Pixels are scaled
-  to [0, 1] and standardised with one scalar mean/std of the training split; inputs are flattened to 784.
-- CIFAR-10: pickled batches in ``cifar-10-python.tar.gz``; the 50,000 training images are permuted, the first
-  45,000 are train and the last 5,000 validation; ``test_batch`` is the test set. Pixels are scaled to
-  [0, 1] *before* the per-channel standardisation with training statistics. (The paper's code skipped the
-  scaling and normalised raw 0-255 values; we do it right.)
-- Penn Treebank: ``<eos>`` is appended to every line; the vocabulary (at most 10,000 tokens) is built from
-  the training text, sorted by frequency (descending) then token; words outside it map to ``<unk>``. The
-  study's validation/test are the official valid/test texts. Streams are 1-D int64.
+  inputs, 17 target, 18 dropped). The rows, taken in an order, are cut into the paper's train/valid/test sizes
+  (``data.splits`` of the catalogue entry), in that order. paper: the order of ``data.paper_order`` (the
+  paper's ``permutation_indices.txt``; it names a duplicated row by its first occurrence, so an index may
+  repeat); inputs and targets standardised with the mean and unbiased std of train+valid. corrected: the
+  seeded permutation; the training split's mean and population std. A (numerically) constant column gets
+  std 1.
+- Fashion-MNIST: IDX ``.gz`` files, inputs flattened to 784; the last 10,000 of the 60,000 official training
+  images validate, the first 50,000 train, the official 10,000 test images are the test set. paper: official
+  order; each pixel standardised with the mean and unbiased std of the raw 0-255 values of all 60,000
+  training images (a pixel with std 0 is only centred). corrected: the training images permuted first;
+  pixels scaled to [0, 1] and standardised with one scalar mean/std of the training split.
+- CIFAR-10: pickled batches in ``cifar-10-python.tar.gz``; the last 5,000 of the 50,000 training images
+  validate, ``test_batch`` is the test set. paper: official order; the fixed per-channel constants of
+  ``data.paper_normalisation`` applied to unscaled 0-255 pixels (the constants are statistics of [0, 1]
+  pixels: the paper's slip, kept by its authors). corrected: permuted first; pixels scaled to [0, 1] before
+  the per-channel standardisation with training statistics.
+- Penn Treebank (the same for both choices): ``<eos>`` is appended to every line; the vocabulary (at most
+  10,000 tokens) is built from the training text, sorted by frequency (descending) then token; words outside
+  it map to ``<unk>``. The study's validation/test are the official valid/test texts. Streams are 1-D int64.
 
-Prepared file: ``torch.save`` of a dict with ``format_version`` (``FORMAT_VERSION``). Image pixels are stored
-as uint8 and standardised by :func:`load` with the stored training statistics (4x smaller files);
-everything else is stored final. Loading another format version is an error asking to re-run ``prepare``.
+Prepared file: ``torch.save`` of a dict with ``format_version`` (``FORMAT_VERSION``), the dataset's
+description (``name``, ``family``, ``task``, ``input_shape``, ``num_classes``, ``vocab``, ``vocab_size``,
+``preprocessing``: the choices held, ``split_seed``, ``raw_sha256``) and its data: for UCI and the images,
+``examples`` (``inputs``/``targets`` of every example in file order: UCI rows as float64; images uint8, the
+official training images then the test images) and ``choices``, for each choice the int64 row indices of
+each split into ``examples`` (``splits``) and the ``normalisers`` (UCI float64 ``x_mean``/``x_std``/
+``y_mean``/``y_std``; images float32 ``x_mean``/``x_std`` and ``pixel_divisor``, 1 or 255); for Penn
+Treebank the final ``streams``. :func:`load` takes the chosen rows and standardises them (UCI in float64,
+images in float32; both returned as float32). Loading another format version is an error asking to re-run
+``prepare``.
 """
 
 from __future__ import annotations
@@ -74,8 +90,10 @@ import numpy as np
 import torch
 
 from . import catalog
+from .settings import SETTINGS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+PREPROCESSING = SETTINGS["preprocessing"].choices  # the choices load() offers (the run setting of that name)
 SPLIT_SEED = 0
 PREPARED_NAME = "prepared.pt"
 MIRRORS_ENV = "ONEPASS_DATA_MIRRORS"
@@ -448,15 +466,31 @@ def _permutation(n: int) -> np.ndarray:
     return np.random.RandomState(SPLIT_SEED).permutation(n)
 
 
-def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column mean and population std of ``x`` (float64); numerically constant columns get std 1."""
-    mean, std = x.mean(axis=0), x.std(axis=0)
+def _standardiser(x: np.ndarray, ddof: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and std of ``x`` (float64; ``ddof`` 0: population, 1: unbiased); numerically constant
+    columns get std 1."""
+    mean, std = x.mean(axis=0), x.std(axis=0, ddof=ddof)
     constant = std <= 1e-10 * np.maximum(np.abs(mean), 1.0)
     return mean, np.where(constant, 1.0, std)
 
 
 def _f32(a) -> torch.Tensor:
     return torch.from_numpy(np.array(a, dtype=np.float32))
+
+
+def _f64(a) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, dtype=np.float64))
+
+
+def _i64(a) -> torch.Tensor:
+    """An int64 tensor with its own storage (a view would save its whole base array)."""
+    return torch.from_numpy(np.array(a, dtype=np.int64))
+
+
+def _split_indices(order: np.ndarray, sizes: Iterable[int]) -> dict[str, torch.Tensor]:
+    """``order`` cut into consecutive train/valid/test pieces of ``sizes`` rows."""
+    bounds = np.cumsum((0, *sizes))
+    return {s: _i64(order[bounds[i] : bounds[i + 1]]) for i, s in enumerate(SPLITS)}
 
 
 def _parse_table(path: Path) -> np.ndarray:
@@ -474,6 +508,35 @@ def _parse_table(path: Path) -> np.ndarray:
     return np.array(rows, dtype=np.float64)
 
 
+def _read_row_order(path: Path, table: np.ndarray) -> np.ndarray:
+    """A row order of ``table`` (one 0-based row index a line) that reorders its rows. The paper's files
+    name a duplicated row (Concrete, Power, Wine) by its first occurrence, so an index may repeat; the rows
+    taken in this order must still be the table's rows, each used once."""
+    try:
+        order = np.array([int(line) for line in path.read_text(encoding="utf-8").split()], dtype=np.int64)
+    except ValueError:
+        raise DataError(f"{path}: not a list of row indices, one a line") from None
+    n = len(table)
+    if len(order) != n or order.min(initial=0) < 0 or order.max(initial=0) >= n:
+        raise DataError(f"{path}: expected {n} row indices in 0..{n - 1}, one a line")
+    if not np.array_equal(_sorted_rows(table[order]), _sorted_rows(table)):
+        raise DataError(f"{path}: the rows in this order are not a reordering of the {n} rows of data.txt")
+    return order
+
+
+def _sorted_rows(table: np.ndarray) -> np.ndarray:
+    return table[np.lexsort(table.T[::-1])]
+
+
+def _uci_choice(x, y, order, sizes, fit_rows: int, ddof: int) -> dict:
+    """Split indices and float64 normalisers (from the first ``fit_rows`` rows of ``order``) of one choice."""
+    fit = order[:fit_rows]
+    x_mean, x_std = _standardiser(x[fit], ddof)
+    y_mean, y_std = _standardiser(y[fit], ddof)
+    normalisers = {"x_mean": _f64(x_mean), "x_std": _f64(x_std), "y_mean": _f64(y_mean), "y_std": _f64(y_std)}
+    return {"splits": _split_indices(order, sizes), "normalisers": normalisers}
+
+
 def _prepare_uci(name: str, raw: dict[str, Path]) -> dict:
     table = _parse_table(raw["data.txt"])
     spec = catalog.dataset(name).data
@@ -485,18 +548,17 @@ def _prepare_uci(name: str, raw: dict[str, Path]) -> dict:
     sizes = uci_splits(name)
     if len(table) != sum(sizes):
         raise DataError(f"{raw['data.txt']}: {len(table)} rows, expected {sum(sizes)} for {name}")
-    order = _permutation(len(table))
-    bounds = np.cumsum((0,) + sizes)
-    index = {s: order[bounds[i] : bounds[i + 1]] for i, s in enumerate(SPLITS)}
-    x_mean, x_std = _standardiser(x[index["train"]])
-    y_mean, y_std = _standardiser(y[index["train"]])
-    splits = {
-        s: {"inputs": _f32((x[i] - x_mean) / x_std), "targets": _f32((y[i] - y_mean) / y_std)} for s, i in index.items()
-    }
+    if spec.get("paper_order") not in raw:
+        raise DataError(f"{name}: data.paper_order of its catalogue entry must name one of its raw files")
+    paper_order = _read_row_order(raw[spec["paper_order"]], table)
     return {
-        "splits": splits,
+        "examples": {"inputs": _f64(x), "targets": _f64(y)},
+        "choices": {
+            "paper": _uci_choice(x, y, paper_order, sizes, fit_rows=sizes[0] + sizes[1], ddof=1),
+            "corrected": _uci_choice(x, y, _permutation(len(table)), sizes, fit_rows=sizes[0], ddof=0),
+        },
+        "inputs_encoding": "float64",
         "input_shape": [x.shape[1]],
-        "normalisers": {"x_mean": _f32(x_mean), "x_std": _f32(x_std), "y_mean": _f32(y_mean), "y_std": _f32(y_std)},
     }
 
 
@@ -534,28 +596,55 @@ def _pixel_stats(pixels: np.ndarray, channel_axis: int | None) -> tuple[np.ndarr
     return squeeze(np.array(means)), squeeze(np.array(stds))
 
 
-def _image_splits(name: str, images, labels, test_images, test_labels, channel_axis) -> dict:
-    """Permute the official training set into train/valid, compute pixel statistics on train."""
-    n = len(images)
-    share = catalog.dataset(name).data["validation"]
-    n_valid = round(n * share["last"] / share["of"])
+def _per_pixel_stats(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel mean and unbiased std of raw 0-255 uint8 pixels (rows are images), from exact integer
+    sums; a pixel with zero std gets std 1 (it is then only centred)."""
+    n = len(pixels)
+    total, squares = np.zeros(pixels.shape[1], np.int64), np.zeros(pixels.shape[1], np.int64)
+    for start in range(0, n, 4096):
+        chunk = pixels[start : start + 4096].astype(np.int64)
+        total += chunk.sum(axis=0)
+        squares += (chunk * chunk).sum(axis=0)
+    spread = n * squares - total * total  # n (n - 1) times the unbiased variance, exactly
+    std = np.sqrt(spread / (n * (n - 1.0)))
+    return total / n, np.where(spread == 0, 1.0, std)
+
+
+def _image_content(name: str, images, labels, test_images, test_labels, channel_axis: int | None) -> dict:
+    """Official training images followed by the test images (uint8), and the split indices and pixel
+    normalisers of each choice: paper (official order, last images validate) and corrected (permuted)."""
+    n, spec = len(images), catalog.dataset(name).data
+    n_valid = round(n * spec["validation"]["last"] / spec["validation"]["of"])
+    test = np.arange(n, n + len(test_images))
+    if channel_axis is None:  # Fashion-MNIST: per-pixel statistics of all official training images
+        paper_mean, paper_std = _per_pixel_stats(images)
+    else:  # CIFAR-10: the paper's fixed per-channel constants
+        constants = spec.get("paper_normalisation") or {}
+        paper_mean, paper_std = np.asarray(constants.get("mean")), np.asarray(constants.get("std"))
+        if paper_mean.shape != (images.shape[channel_axis],) or paper_std.shape != paper_mean.shape:
+            raise DataError(f"{name}: data.paper_normalisation of its catalogue entry needs a mean and a std "
+                            f"per channel")
     order = _permutation(n)
-    train, valid = order[: n - n_valid], order[n - n_valid :]
-    mean, std = _pixel_stats(images[train], channel_axis)
-
-    def split(x, y):
-        return {
-            "inputs": torch.from_numpy(np.array(x, dtype=np.uint8)),
-            "targets": torch.from_numpy(y.astype(np.int64)),
-        }
-
+    mean, std = _pixel_stats(images[order[: n - n_valid]], channel_axis)
     return {
-        "splits": {
-            "train": split(images[train], labels[train]),
-            "valid": split(images[valid], labels[valid]),
-            "test": split(test_images, test_labels),
+        "examples": {
+            "inputs": torch.from_numpy(np.concatenate([images, test_images])),
+            "targets": torch.from_numpy(np.concatenate([labels, test_labels]).astype(np.int64)),
         },
-        "normalisers": {"x_mean": _f32(mean), "x_std": _f32(std)},
+        "choices": {
+            "paper": {
+                "splits": {"train": _i64(np.arange(n - n_valid)), "valid": _i64(np.arange(n - n_valid, n)),
+                           "test": _i64(test)},
+                "normalisers": {"x_mean": _f32(paper_mean), "x_std": _f32(paper_std)},
+                "pixel_divisor": 1.0,  # raw 0-255 values
+            },
+            "corrected": {
+                "splits": {"train": _i64(order[: n - n_valid]), "valid": _i64(order[n - n_valid :]),
+                           "test": _i64(test)},
+                "normalisers": {"x_mean": _f32(mean), "x_std": _f32(std)},
+                "pixel_divisor": 255.0,  # scaled to [0, 1]
+            },
+        },
         "inputs_encoding": "pixels_uint8",
         "num_classes": 10,
     }
@@ -569,7 +658,7 @@ def _prepare_fashion_mnist(name: str, raw: dict[str, Path]) -> dict:
     images, test_images = images.reshape(len(images), -1), test_images.reshape(len(test_images), -1)
     if len(images) != len(labels) or len(test_images) != len(test_labels):
         raise DataError("fashion_mnist: image and label files have different lengths")
-    content = _image_splits(name, images, labels, test_images, test_labels, channel_axis=None)
+    content = _image_content(name, images, labels, test_images, test_labels, channel_axis=None)
     return {**content, "input_shape": [images.shape[1]]}
 
 
@@ -610,7 +699,7 @@ def _prepare_cifar10(name: str, raw: dict[str, Path]) -> dict:
     batches = [_read_cifar_batch(members.pop(m), m) for m in CIFAR_MEMBERS]
     images = np.concatenate([b[0] for b in batches[:-1]])
     labels = np.concatenate([b[1] for b in batches[:-1]])
-    content = _image_splits(name, images, labels, *batches[-1], channel_axis=1)
+    content = _image_content(name, images, labels, *batches[-1], channel_axis=1)
     return {**content, "input_shape": [3, 32, 32]}
 
 
@@ -645,8 +734,9 @@ def _prepare_penn_treebank(name: str, raw: dict[str, Path]) -> dict:
     tokens = {s: _tokenise(raw[f"ptb.{s}.txt"]) for s in SPLITS}
     vocab = _build_vocab(tokens["train"], catalog.dataset(name).data["vocabulary"])
     index = {token: i for i, token in enumerate(vocab)}
-    splits = {s: {"inputs": _encode(tokens[s], index, str(raw[f"ptb.{s}.txt"])), "targets": None} for s in SPLITS}
-    return {"splits": splits, "input_shape": [], "vocab": vocab, "vocab_size": len(vocab)}
+    streams = {s: _encode(tokens[s], index, str(raw[f"ptb.{s}.txt"])) for s in SPLITS}
+    return {"streams": streams, "inputs_encoding": "tokens", "input_shape": [], "vocab": vocab,
+            "vocab_size": len(vocab)}
 
 
 PREPARERS = {
@@ -684,8 +774,10 @@ def prepare(
             "num_classes": None,
             "vocab_size": None,
             "vocab": None,
-            "normalisers": {},
-            "inputs_encoding": "final",
+            "preprocessing": list(PREPROCESSING),
+            "examples": None,  # UCI, images: every example in file order
+            "choices": None,  # UCI, images: {preprocessing: split indices and normalisers}
+            "streams": None,  # Penn Treebank: the final token streams (the same for every choice)
             "split_seed": SPLIT_SEED,
             "raw_sha256": {src.file: src.sha256 for src in _sources_for(name, sources)},
         }
@@ -714,6 +806,7 @@ class Dataset:
     vocab_size: int | None
     normalisers: dict[str, torch.Tensor] = field(default_factory=dict)
     vocab: list[str] | None = None  # Penn Treebank: token of each id
+    preprocessing: str = "paper"  # the choice the splits were made with (see PREPROCESSING)
 
     @property
     def target_scale(self) -> float:
@@ -745,23 +838,49 @@ def _read_prepared(path: Path, name: str, mmap: bool = False) -> dict:
     return content
 
 
-def _standardise_pixels(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels -> [0, 1] -> standardised float32; per-channel statistics broadcast over H, W."""
+def check_preprocessing(preprocessing: str) -> str:
+    """Return ``preprocessing`` if it is one of :data:`PREPROCESSING`, else raise a one-line DataError."""
+    if preprocessing not in PREPROCESSING:
+        raise DataError(f"unknown preprocessing {preprocessing!r}; known: {', '.join(PREPROCESSING)}")
+    return preprocessing
+
+
+def _standardise_pixels(pixels: torch.Tensor, divisor: float, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 divided by ``divisor`` -> standardised; statistics of shape () (overall),
+    (C,) (per channel, broadcast over H, W) or the image's own shape (per pixel)."""
     shape = mean.shape + (1,) * (pixels.dim() - 1 - mean.dim())
-    return (pixels.to(torch.float32) / 255.0 - mean.reshape(shape)) / std.reshape(shape)
+    return (pixels.to(torch.float32) / divisor - mean.reshape(shape)) / std.reshape(shape)
+
+
+def _choice_splits(content: dict, preprocessing: str) -> tuple[dict, dict]:
+    """The (inputs, targets) of each split and the float32 normalisers of one choice."""
+    examples, choice = content["examples"], content["choices"][preprocessing]
+    normalisers = {k: v.to(torch.float32) for k, v in choice["normalisers"].items()}
+    splits = {}
+    for s in SPLITS:
+        index = choice["splits"][s]
+        inputs, targets = examples["inputs"][index], examples["targets"][index]
+        if content["inputs_encoding"] == "pixels_uint8":
+            inputs = _standardise_pixels(inputs, choice["pixel_divisor"], normalisers["x_mean"],
+                                         normalisers["x_std"])
+        else:  # float64 table: standardised in float64, then float32
+            n = choice["normalisers"]
+            inputs = ((inputs - n["x_mean"]) / n["x_std"]).to(torch.float32)
+            targets = ((targets - n["y_mean"]) / n["y_std"]).to(torch.float32)
+        splits[s] = (inputs, targets)
+    return splits, normalisers
 
 
 def load(name: str, data_dir: str | os.PathLike, preprocessing: str = "paper") -> Dataset:
-    """The prepared dataset ``name`` from ``DATA_DIR/NAME/prepared.pt`` (see the module doc for the splits)."""
+    """The prepared dataset ``name`` from ``DATA_DIR/NAME/prepared.pt``, split and normalised as
+    ``preprocessing`` says: ``"paper"`` (as the paper's code) or ``"corrected"`` (see the module doc)."""
     check_name(name)
+    check_preprocessing(preprocessing)
     content = _read_prepared(prepared_path(name, data_dir), name)
-    normalisers = content["normalisers"]
-    splits = {}
-    for s in SPLITS:
-        inputs, targets = content["splits"][s]["inputs"], content["splits"][s]["targets"]
-        if content["inputs_encoding"] == "pixels_uint8":
-            inputs = _standardise_pixels(inputs, normalisers["x_mean"], normalisers["x_std"])
-        splits[s] = (inputs, targets)
+    if content["streams"] is not None:  # Penn Treebank: the same for every choice
+        splits, normalisers = {s: (content["streams"][s], None) for s in SPLITS}, {}
+    else:
+        splits, normalisers = _choice_splits(content, preprocessing)
     return Dataset(
         name=name,
         family=content["family"],
@@ -772,6 +891,7 @@ def load(name: str, data_dir: str | os.PathLike, preprocessing: str = "paper") -
         vocab_size=content["vocab_size"],
         normalisers=normalisers,
         vocab=content["vocab"],
+        preprocessing=preprocessing,
     )
 
 

@@ -30,6 +30,8 @@ class LSTMLanguageModel(nn.Module):
 
     ``forward(tokens, hidden)`` takes tokens of shape (sequence, batch) and returns logits of shape
     (sequence, batch, vocabulary) and the new hidden state, which the caller detaches between batches.
+    Every layer keeps PyTorch's default initialisation, as in the paper's code: embedding N(0, 1), LSTM and
+    decoder weights and biases U(-1/sqrt(hidden), 1/sqrt(hidden)).
     """
 
     def __init__(self, vocab_size: int, embedding_dim: int, hidden: int, layers: int):
@@ -38,9 +40,6 @@ class LSTMLanguageModel(nn.Module):
         self.lstm = nn.LSTM(embedding_dim, hidden, layers)
         self.decoder = nn.Linear(hidden, vocab_size)
         self.layers, self.hidden = layers, hidden
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
-        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
 
     def init_hidden(self, batch: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (self.layers, batch, self.hidden)

@@ -15,11 +15,12 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 FASHION_MNIST_FILE = "train-images-idx3-ubyte.gz"
+MIRRORS_AT_START = os.environ.get("ONEPASS_DATA_MIRRORS", "")  # before any test changes the environment
 
 
 def mirrors() -> list[Path]:
     """The mirror directories tests look in: ONEPASS_DATA_MIRRORS, then ../shared/datasets."""
-    found = [Path(d) for d in os.environ.get("ONEPASS_DATA_MIRRORS", "").split(":") if d]
+    found = [Path(d) for d in MIRRORS_AT_START.split(":") if d]
     return [d.resolve() for d in [*found, SHARED_DATASETS] if d.is_dir()]
 
 

@@ -1,12 +1,16 @@
-"""Tests of onepass.data: real UCI / Penn Treebank / Fashion-MNIST files where present, generated archives
-in the real formats (CIFAR-10 tar.gz of pickled batches, simple-examples.tgz) and the error paths."""
+"""Tests of onepass.data: real UCI / Penn Treebank / Fashion-MNIST files where present, generated files
+in the real formats (CIFAR-10 tar.gz of pickled batches, simple-examples.tgz, IDX .gz) and the error paths.
+Both preprocessing choices: ``paper`` (the default, as the paper's code) and ``corrected``; the expected
+numbers are recomputed here from the raw files, independently of the module."""
 
 import dataclasses
+import gzip
 import hashlib
 import http.server
 import io
 import pickle
 import random
+import struct
 import subprocess
 import sys
 import tarfile
@@ -32,8 +36,6 @@ UCI_INPUT_DIMS = {
     "uci_yacht": 6,
 }
 PTB_MEMBER = "simple-examples/data/ptb.{}.txt"
-
-
 @pytest.fixture(autouse=True)
 def _no_mirror_env(monkeypatch):
     """Tests pass their mirrors explicitly; the caller's environment must not leak in."""
@@ -194,38 +196,142 @@ def test_bad_sources_table(tmp_path):
 # ------------------------------------------------------------------------------------------------- UCI
 
 
+def uci_columns(table: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and target column of a UCI table (Naval: columns 1-16 and 17)."""
+    if name == "uci_naval":
+        return table[:, :16], table[:, 16:17]
+    return table[:, :-1], table[:, -1:]
+
+
+def unbiased_stats(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and unbiased std; a constant column gets std 1 (Naval has two)."""
+    std = rows.std(0, ddof=1)
+    return rows.mean(0), np.where(std < 1e-9 * np.maximum(np.abs(rows.mean(0)), 1), 1.0, std)
+
+
 @pytest.mark.parametrize("name", sorted(UCI_INPUT_DIMS))
 def test_uci_prepared_from_shared_copies(name, shared_datasets, tmp_path):
     path = data.prepare(name, tmp_path / "a", mirrors=[shared_datasets])
     assert path == tmp_path / "a" / name / "prepared.pt"
     raw = shared_datasets / name / "data.txt"
     assert (tmp_path / "a" / name / "data.txt").read_bytes() == raw.read_bytes()
+    table = np.loadtxt(raw)
+    for preprocessing in data.PREPROCESSING:
+        ds = data.load(name, tmp_path / "a", preprocessing)
+        assert (ds.family, ds.task, ds.num_classes, ds.vocab_size) == ("uci", "regression", None, None)
+        assert ds.input_shape == (UCI_INPUT_DIMS[name],) and ds.preprocessing == preprocessing
+        for (x, y), size in zip((ds.train, ds.valid, ds.test), data.uci_splits(name)):
+            assert x.shape == (size, UCI_INPUT_DIMS[name]) and x.dtype == torch.float32
+            assert y.shape == (size, 1) and y.dtype == torch.float32
+        # Unnormalised targets are the file's target column, each row used once.
+        target = uci_columns(table, name)[1].ravel()
+        all_y = torch.cat([ds.unnormalise_targets(y) for _, y in (ds.train, ds.valid, ds.test)]).double().flatten()
+        np.testing.assert_allclose(np.sort(all_y.numpy()), np.sort(target), rtol=1e-5, atol=1e-5 * np.abs(target).max())
+    # paper: train + valid together have mean 0 and unbiased std 1 (constant columns: 0).
     ds = data.load(name, tmp_path / "a")
-    assert (ds.family, ds.task, ds.num_classes, ds.vocab_size) == ("uci", "regression", None, None)
-    assert ds.input_shape == (UCI_INPUT_DIMS[name],)
-    for (x, y), size in zip((ds.train, ds.valid, ds.test), data.uci_splits(name)):
-        assert x.shape == (size, UCI_INPUT_DIMS[name]) and x.dtype == torch.float32
-        assert y.shape == (size, 1) and y.dtype == torch.float32
+    assert ds.preprocessing == "paper"
+    for column in range(2):
+        fit = torch.cat([ds.train[column], ds.valid[column]]).double()
+        assert torch.allclose(fit.mean(0), torch.zeros(()).double(), atol=1e-5)
+        std = fit.std(0, unbiased=True)
+        assert torch.all(((std - 1).abs() < 1e-5) | ((std < 1e-6) & (name == "uci_naval")))
+        assert not torch.allclose(ds.train[column].double().std(0, unbiased=False), torch.ones(()).double())
+    # corrected: the training split alone has mean 0 and population std 1.
+    ds = data.load(name, tmp_path / "a", "corrected")
     assert_standardised(ds.train[0])
     assert_standardised(ds.train[1])
-    # Unnormalised targets are the file's target column, each row used once.
-    table = np.loadtxt(raw)
-    target = table[:, 16] if name == "uci_naval" else table[:, -1]
-    all_y = torch.cat([ds.unnormalise_targets(y) for _, y in (ds.train, ds.valid, ds.test)]).double().flatten()
-    np.testing.assert_allclose(np.sort(all_y.numpy()), np.sort(target), rtol=1e-5, atol=1e-5 * np.abs(target).max())
     # Preparing again gives the same bytes.
     assert data.prepare(name, tmp_path / "b", mirrors=[shared_datasets]).read_bytes() == path.read_bytes()
 
 
-def test_uci_target_scale_is_train_std(shared_datasets, tmp_path):
+@pytest.fixture(scope="module")
+def energy(shared_datasets, tmp_path_factory):
+    """UCI Energy prepared once for the module: (data dir, data.txt table, the paper's row order)."""
+    root = tmp_path_factory.mktemp("energy")
+    data.prepare("uci_energy", root, mirrors=[shared_datasets])
+    table = np.loadtxt(shared_datasets / "uci_energy" / "data.txt")
+    order = np.loadtxt(shared_datasets / "uci_energy" / "permutation_indices.txt", dtype=np.int64)
+    return root, table, order
+
+
+def test_uci_energy_paper_split(energy):
+    """Default (paper): rows in permutation_indices.txt order, 614/78/76, normalised with train+valid's mean
+    and unbiased std: test rows 0 and 75 are data.txt's rows at the file's positions 692 and 767."""
+    root, table, order = energy
+    assert order.shape == (768,) and order[[0, 614, 692, 767]].tolist() == [526, 41, 117, 723]
+    mean, std = unbiased_stats(table[order[:692]])
+    expected = (table[order] - mean) / std
+    ds = data.load("uci_energy", root)
+    for (x, y), rows in zip((ds.train, ds.valid, ds.test), (slice(0, 614), slice(614, 692), slice(692, 768))):
+        np.testing.assert_allclose(x.numpy(), expected[rows, :8], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(y.numpy(), expected[rows, 8:], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ds.test[0][[0, -1]].numpy(), (table[[117, 723], :8] - mean[:8]) / std[:8], rtol=1e-5)
+    np.testing.assert_allclose(ds.test[1][[0, -1], 0].numpy(), (table[[117, 723], 8] - mean[8]) / std[8], rtol=1e-5)
+    np.testing.assert_allclose(ds.normalisers["y_std"].item(), table[order[:692], 8].std(ddof=1), rtol=1e-6)
+    assert ds.target_scale == pytest.approx(table[order[:692], 8].std(ddof=1), rel=1e-6)
+    assert ds.target_scale != pytest.approx(table[order[:614], 8].std(ddof=1), rel=1e-4)
+
+
+def test_uci_energy_corrected_split(energy):
+    """corrected (today's): RandomState(0) permutation, 614/78/76, training split's mean and population std."""
+    root, table, _ = energy
+    perm = np.random.RandomState(0).permutation(768)
+    assert perm[[0, 614, 692, 767]].tolist() == [661, 461, 324, 684]
+    train = table[perm[:614]]
+    expected = (table[perm] - train.mean(0)) / train.std(0)
+    ds = data.load("uci_energy", root, "corrected")
+    for (x, y), rows in zip((ds.train, ds.valid, ds.test), (slice(0, 614), slice(614, 692), slice(692, 768))):
+        np.testing.assert_allclose(x.numpy(), expected[rows, :8], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(y.numpy(), expected[rows, 8:], rtol=1e-5, atol=1e-5)
+    assert ds.target_scale == pytest.approx(train[:, 8].std(), rel=1e-6)
+
+
+@pytest.mark.parametrize("preprocessing", data.PREPROCESSING)
+def test_uci_target_scale_unnormalises_mse(preprocessing, shared_datasets, tmp_path):
     data.prepare("uci_yacht", tmp_path, mirrors=[shared_datasets])
-    ds = data.load("uci_yacht", tmp_path)
-    y = ds.unnormalise_targets(ds.train[1]).double()
-    assert ds.target_scale == pytest.approx(y.std(unbiased=False).item(), rel=1e-5)
+    ds = data.load("uci_yacht", tmp_path, preprocessing)
     prediction = torch.zeros_like(ds.valid[1])
     normalised_mse = ((prediction - ds.valid[1]) ** 2).mean().item()
     unnormalised_mse = ((ds.unnormalise_targets(prediction) - ds.unnormalise_targets(ds.valid[1])) ** 2).mean().item()
     assert unnormalised_mse == pytest.approx(normalised_mse * ds.target_scale**2, rel=1e-4)
+
+
+def test_paper_row_order_with_duplicate_rows(shared_datasets, tmp_path):
+    """Concrete's file names each of its 25 repeated rows by the first occurrence: the rows are still each
+    used once, and the paper's test split is data.txt's rows at the file's last 103 indices."""
+    table = np.loadtxt(shared_datasets / "uci_concrete" / "data.txt")
+    order = np.loadtxt(shared_datasets / "uci_concrete" / "permutation_indices.txt", dtype=np.int64)
+    assert len(order) == 1030 and len(set(order.tolist())) == 1005
+    data.prepare("uci_concrete", tmp_path, mirrors=[shared_datasets])
+    ds = data.load("uci_concrete", tmp_path)
+    mean, std = unbiased_stats(table[order[:927]])
+    np.testing.assert_allclose(ds.test[0].numpy(), (table[order[927:], :8] - mean[:8]) / std[:8], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda order: order[:-1], "expected 308 row indices in 0..307"),
+    (lambda order: np.where(order == 5, 308, order), "expected 308 row indices in 0..307"),
+    (lambda order: np.where(order == 5, 6, order), "not a reordering of the 308 rows"),
+])
+def test_bad_paper_row_order(change, message, shared_datasets, tmp_path):
+    mirror = tmp_path / "mirror" / "uci_yacht"
+    mirror.mkdir(parents=True)
+    (mirror / "data.txt").write_bytes((shared_datasets / "uci_yacht" / "data.txt").read_bytes())
+    order = np.loadtxt(shared_datasets / "uci_yacht" / "permutation_indices.txt", dtype=np.int64)
+    text = "".join(f"{i}\n" for i in change(order)).encode()
+    (mirror / "permutation_indices.txt").write_bytes(text)
+    changes = {("uci_yacht", "permutation_indices.txt"): {"sha256": sha256(text)}}
+    table = write_sources(tmp_path / "sources.tsv", changes)
+    with pytest.raises(DataError, match=message):
+        data.prepare("uci_yacht", tmp_path / "d", mirrors=[tmp_path / "mirror"], sources=table)
+    assert files_under(tmp_path / "d") == []
+
+
+def test_unknown_preprocessing(shared_datasets, tmp_path):
+    data.prepare("uci_yacht", tmp_path, mirrors=[shared_datasets])
+    with pytest.raises(DataError) as err:
+        data.load("uci_yacht", tmp_path, "papr")
+    assert str(err.value) == "unknown preprocessing 'papr'; known: paper, corrected"
 
 
 def test_prepared_raw_file_is_reused(shared_datasets, tmp_path):
@@ -237,31 +343,120 @@ def test_prepared_raw_file_is_reused(shared_datasets, tmp_path):
 # ------------------------------------------------------------------------------------------ Fashion-MNIST
 
 
+def read_idx_gz(path: Path, header: int) -> np.ndarray:
+    """The bytes of an IDX .gz file after its ``header`` bytes."""
+    with gzip.open(path, "rb") as f:
+        return np.frombuffer(f.read(), dtype=np.uint8, offset=header)
+
+
+def write_idx_gz(path: Path, array: np.ndarray) -> bytes:
+    """Write ``array`` (uint8) as an IDX .gz file; returns the file's bytes."""
+    header = b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes(), mtime=0))
+    return path.read_bytes()
+
+
 @pytest.fixture(scope="module")
 def fashion(fashion_mnist_dir, tmp_path_factory):
-    """Fashion-MNIST prepared once for the module: (prepared path, Dataset)."""
+    """Fashion-MNIST prepared once for the module: (prepared path, paper Dataset, corrected Dataset)."""
     root = tmp_path_factory.mktemp("fashion")
     path = data.prepare("fashion_mnist", root, mirrors=[fashion_mnist_dir])
-    return path, data.load("fashion_mnist", root)
+    return path, data.load("fashion_mnist", root), data.load("fashion_mnist", root, "corrected")
+
+
+@pytest.fixture(scope="module")
+def fashion_raw(fashion_mnist_dir):
+    """The official training and test images (uint8, flattened) read here, independently of onepass.data."""
+    train = read_idx_gz(fashion_mnist_dir / "train-images-idx3-ubyte.gz", 16).reshape(60_000, 784)
+    test = read_idx_gz(fashion_mnist_dir / "t10k-images-idx3-ubyte.gz", 16).reshape(10_000, 784)
+    labels = read_idx_gz(fashion_mnist_dir / "train-labels-idx1-ubyte.gz", 8)
+    return train, test, labels
 
 
 def test_fashion_mnist_splits(fashion):
-    _, ds = fashion
-    assert (ds.task, ds.num_classes, ds.input_shape) == ("classification", 10, (784,))
-    for (x, y), size in zip((ds.train, ds.valid, ds.test), (50_000, 10_000, 10_000)):
-        assert x.shape == (size, 784) and x.dtype == torch.float32
-        assert y.shape == (size,) and y.dtype == torch.int64
-    assert (torch.bincount(ds.train[1], minlength=10) + torch.bincount(ds.valid[1], minlength=10)).tolist() == [
-        6000
-    ] * 10
-    assert torch.bincount(ds.test[1], minlength=10).tolist() == [1000] * 10
+    _, *choices = fashion
+    for ds in choices:
+        assert (ds.task, ds.num_classes, ds.input_shape) == ("classification", 10, (784,))
+        for (x, y), size in zip((ds.train, ds.valid, ds.test), (50_000, 10_000, 10_000)):
+            assert x.shape == (size, 784) and x.dtype == torch.float32
+            assert y.shape == (size,) and y.dtype == torch.int64
+        counts = torch.bincount(ds.train[1], minlength=10) + torch.bincount(ds.valid[1], minlength=10)
+        assert counts.tolist() == [6000] * 10
+        assert torch.bincount(ds.test[1], minlength=10).tolist() == [1000] * 10
+
+
+def test_fashion_mnist_paper(fashion, fashion_raw):
+    """Official order (train = images 0-49,999, valid = 50,000-59,999); each pixel standardised with the mean
+    and unbiased std of the raw 0-255 values of all 60,000 training images."""
+    _, ds, _ = fashion
+    images, test_images, labels = fashion_raw
+    raw = images.astype(np.float64)
+    mean, std = raw.mean(0), raw.std(0, ddof=1)
+    assert std.min() > 0  # no constant pixel in the real files (see the generated files below)
+    np.testing.assert_allclose(ds.normalisers["x_mean"].double().numpy(), mean, rtol=1e-6)
+    np.testing.assert_allclose(ds.normalisers["x_std"].double().numpy(), std, rtol=1e-6)
+    for x, image in ((ds.train[0][0], images[0]), (ds.train[0][-1], images[49_999]),
+                     (ds.valid[0][0], images[50_000]), (ds.valid[0][-1], images[59_999]),
+                     (ds.test[0][0], test_images[0])):
+        np.testing.assert_allclose(x.double().numpy(), (image - mean) / std, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ds.train[1], torch.from_numpy(labels[:50_000].astype(np.int64)))
+    assert torch.equal(ds.valid[1], torch.from_numpy(labels[50_000:].astype(np.int64)))
+    both = torch.cat([ds.train[0], ds.valid[0]]).double()
+    assert both.mean(0).abs().max() < 1e-4 and (both.std(0) - 1).abs().max() < 1e-4
+
+
+def test_fashion_mnist_corrected(fashion, fashion_raw):
+    """corrected (today's): the training images permuted by RandomState(0); one mean/std of [0, 1] pixels."""
+    _, _, ds = fashion
+    images, test_images, labels = fashion_raw
+    perm = np.random.RandomState(0).permutation(60_000)
+    train = images[perm[:50_000]] / 255.0
+    mean, std = train.mean(), train.std()
+    assert ds.normalisers["x_mean"].dim() == 0
+    assert ds.normalisers["x_mean"].item() == pytest.approx(mean, rel=1e-6)
+    assert ds.normalisers["x_std"].item() == pytest.approx(std, rel=1e-6)
+    for x, image in ((ds.train[0][0], images[perm[0]]), (ds.valid[0][0], images[perm[50_000]]),
+                     (ds.test[0][0], test_images[0])):
+        np.testing.assert_allclose(x.double().numpy(), (image / 255.0 - mean) / std, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ds.valid[1], torch.from_numpy(labels[perm[50_000:]].astype(np.int64)))
     assert abs(ds.train[0].mean().item()) < 1e-4 and abs(ds.train[0].std().item() - 1) < 1e-4
-    assert 0 < ds.normalisers["x_mean"].item() < 1 and ds.normalisers["x_mean"].dim() == 0
 
 
 def test_fashion_mnist_is_deterministic(fashion, fashion_mnist_dir, tmp_path):
-    path, _ = fashion
+    path, *_ = fashion
     assert data.prepare("fashion_mnist", tmp_path, mirrors=[fashion_mnist_dir]).read_bytes() == path.read_bytes()
+
+
+def test_fashion_mnist_constant_pixel_is_only_centred(tmp_path):
+    """Generated IDX files (60 training, 10 test images): pixel 0 is 7 in every training image, so its
+    unbiased std is 0; paper then only centres it (std 1): 0 in training, value - 7 in the test images."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    images[:, 0, 0] = 7
+    test_images = rng.integers(0, 256, (10, 28, 28), dtype=np.uint8)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    contents = {
+        "train-images-idx3-ubyte.gz": write_idx_gz(mirror / "train-images-idx3-ubyte.gz", images),
+        "train-labels-idx1-ubyte.gz": write_idx_gz(mirror / "train-labels-idx1-ubyte.gz", np.arange(60) % 10),
+        "t10k-images-idx3-ubyte.gz": write_idx_gz(mirror / "t10k-images-idx3-ubyte.gz", test_images),
+        "t10k-labels-idx1-ubyte.gz": write_idx_gz(mirror / "t10k-labels-idx1-ubyte.gz", np.arange(10)),
+    }
+    changes = {("fashion_mnist", f): {"sha256": sha256(c)} for f, c in contents.items()}
+    table = write_sources(tmp_path / "sources.tsv", changes)
+    data.prepare("fashion_mnist", tmp_path / "d", mirrors=[mirror], sources=table)
+    ds = data.load("fashion_mnist", tmp_path / "d")
+    assert [len(ds.train[0]), len(ds.valid[0]), len(ds.test[0])] == [50, 10, 10]
+    raw = images.reshape(60, 784).astype(np.float64)
+    mean, std = raw.mean(0), raw.std(0, ddof=1)
+    assert std[0] == 0 and ds.normalisers["x_std"][0].item() == 1 and ds.normalisers["x_mean"][0].item() == 7
+    std[0] = 1
+    np.testing.assert_allclose(ds.train[0].double().numpy(), (raw[:50] - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ds.valid[0].double().numpy(), (raw[50:] - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ds.test[0].double().numpy(), (test_images.reshape(10, 784) - mean) / std,
+                               rtol=1e-5, atol=1e-5)
+    assert torch.all(ds.train[0][:, 0] == 0) and ds.test[0][:, 0].tolist() == (test_images[:, 0, 0] - 7.0).tolist()
+    assert torch.isfinite(ds.train[0]).all()
 
 
 # ------------------------------------------------------------------------------------------ Penn Treebank
@@ -287,6 +482,10 @@ def test_penn_treebank_from_shared_members(shared_datasets, tmp_path):
     for (x, y), text in zip((ds.train, ds.valid, ds.test), (train, valid, test)):
         assert y is None and x.dtype == torch.int64 and x.dim() == 1
         assert len(x) == len(text.split()) + text.count(b"\n")
+    corrected = data.load("penn_treebank", tmp_path / "a", "corrected")  # the same text pipeline
+    assert corrected.vocab == ds.vocab
+    for split in data.SPLITS:
+        assert torch.equal(getattr(corrected, split)[0], getattr(ds, split)[0])
     assert len(ds.valid[0]) == 73_760 and len(ds.test[0]) == 82_430  # the standard PTB token counts
     first = valid.decode().splitlines()[0].split() + ["<eos>"]
     assert [ds.vocab[i] for i in ds.valid[0][: len(first)]] == first
@@ -382,27 +581,62 @@ def test_bad_member_removes_files_of_the_same_run(shared_datasets, tmp_path):
 # ---------------------------------------------------------------------------------------------- CIFAR-10
 
 
-def test_cifar10_from_generated_archive(tmp_path):
-    mirror, table, archive = cifar_setup(tmp_path)
-    path = data.prepare("cifar10", tmp_path / "a", mirrors=[mirror], sources=table)
-    ds = data.load("cifar10", tmp_path / "a")
-    assert (ds.task, ds.num_classes, ds.input_shape) == ("classification", 10, (3, 32, 32))
-    for (x, y), size in zip((ds.train, ds.valid, ds.test), (90, 10, 20)):  # 10% of the training images validate
-        assert x.shape == (size, 3, 32, 32) and x.dtype == torch.float32
-        assert y.shape == (size,) and y.dtype == torch.int64
-    assert_standardised(ds.train[0].transpose(0, 1).reshape(3, -1), dims=1)
-    # Statistics are those of pixels scaled to [0, 1].
-    with tarfile.open(mirror / "cifar-10-python.tar.gz") as tar:
-        batches = [
+def cifar_batches(archive: Path) -> list[dict]:
+    """The six batches of a CIFAR-10 archive (data_batch_1..5, test_batch), read here."""
+    with tarfile.open(archive) as tar:
+        return [
             pickle.loads(tar.extractfile(f"cifar-10-batches-py/{m}").read(), encoding="bytes")
-            for m in ["data_batch_1", "test_batch"]
+            for m in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
         ]
+
+
+@pytest.fixture
+def cifar(tmp_path):
+    """A generated archive (5 x 20 training images, 20 test images) prepared: (data dir, official training
+    images (100, 3, 32, 32), their labels, test images, test labels, prepared path, mirror, sources)."""
+    mirror, table, _ = cifar_setup(tmp_path)
+    path = data.prepare("cifar10", tmp_path / "a", mirrors=[mirror], sources=table)
+    batches = cifar_batches(mirror / "cifar-10-python.tar.gz")
+    images = np.concatenate([b[b"data"] for b in batches[:5]]).reshape(100, 3, 32, 32)
+    labels = np.concatenate([b[b"labels"] for b in batches[:5]])
+    test = batches[5][b"data"].reshape(20, 3, 32, 32)
+    return tmp_path / "a", images, labels, test, np.array(batches[5][b"labels"]), path, mirror, table
+
+
+def test_cifar10_paper(cifar):
+    """Official order, the last 10% validate; the fixed constants applied to raw 0-255 pixels."""
+    root, images, labels, test, test_labels, *_ = cifar
+    ds = data.load("cifar10", root)
+    assert (ds.task, ds.num_classes, ds.input_shape) == ("classification", 10, (3, 32, 32))
+    mean = np.array([0.4914, 0.4822, 0.4465]).reshape(3, 1, 1)
+    std = np.array([0.247, 0.243, 0.261]).reshape(3, 1, 1)
+    for (x, y), rows, labs in zip((ds.train, ds.valid, ds.test), (images[:90], images[90:], test),
+                                  (labels[:90], labels[90:], test_labels)):
+        assert x.dtype == torch.float32 and y.dtype == torch.int64
+        np.testing.assert_allclose(x.double().numpy(), (rows - mean) / std, rtol=1e-5)
+        assert y.tolist() == labs.tolist()
+    assert ds.valid[0].max() > 900  # raw pixels: far outside a standardised range
+    torch.testing.assert_close(ds.normalisers["x_mean"], torch.tensor([0.4914, 0.4822, 0.4465]))
+    torch.testing.assert_close(ds.normalisers["x_std"], torch.tensor([0.247, 0.243, 0.261]))
+
+
+def test_cifar10_corrected(cifar):
+    """corrected (today's): RandomState(0) permutation, 90/10/20; pixels scaled to [0, 1] and standardised
+    per channel with the training split's statistics."""
+    root, images, labels, test, test_labels, path, mirror, table = cifar
+    ds = data.load("cifar10", root, "corrected")
+    perm = np.random.RandomState(0).permutation(100)
+    train = images[perm[:90]] / 255.0
+    mean, std = train.mean((0, 2, 3)).reshape(3, 1, 1), train.std((0, 2, 3)).reshape(3, 1, 1)
+    for (x, y), rows, labs in zip((ds.train, ds.valid, ds.test), (images[perm[:90]], images[perm[90:]], test),
+                                  (labels[perm[:90]], labels[perm[90:]], test_labels)):
+        assert x.dtype == torch.float32 and y.dtype == torch.int64
+        np.testing.assert_allclose(x.double().numpy(), (rows / 255.0 - mean) / std, rtol=1e-5, atol=1e-5)
+        assert y.tolist() == labs.tolist()
+    assert_standardised(ds.train[0].transpose(0, 1).reshape(3, -1), dims=1)
     assert torch.all((ds.normalisers["x_mean"] > 0.4) & (ds.normalisers["x_mean"] < 0.6))
-    assert ds.test[1].tolist() == batches[1][b"labels"]
-    first_test = torch.from_numpy(batches[1][b"data"][0].reshape(3, 32, 32)).float() / 255
-    mean, std = ds.normalisers["x_mean"].view(3, 1, 1), ds.normalisers["x_std"].view(3, 1, 1)
-    torch.testing.assert_close(ds.test[0][0], (first_test - mean) / std)
-    assert data.prepare("cifar10", tmp_path / "b", mirrors=[mirror], sources=table).read_bytes() == path.read_bytes()
+    np.testing.assert_allclose(ds.normalisers["x_std"].numpy(), std.ravel(), rtol=1e-6)
+    assert data.prepare("cifar10", root.parent / "b", mirrors=[mirror], sources=table).read_bytes() == path.read_bytes()
 
 
 def test_cifar10_checksum_mismatch_of_truncated_archive(tmp_path):
@@ -510,7 +744,8 @@ def test_format_version_mismatch(shared_datasets, tmp_path):
     content = torch.load(path, weights_only=True)
     content["format_version"] = data.FORMAT_VERSION - 1
     torch.save(content, path)
-    with pytest.raises(DataError, match="format version 0 .*re-run `python -m onepass.data prepare uci_yacht"):
+    old = data.FORMAT_VERSION - 1
+    with pytest.raises(DataError, match=f"format version {old} .*re-run `python -m onepass.data prepare uci_yacht"):
         data.load("uci_yacht", tmp_path)
     assert data.status("uci_yacht", tmp_path).startswith("stale")
 
