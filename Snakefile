@@ -1,7 +1,7 @@
-# onepass: the paper's population study as a Snakemake workflow.
+# onepass: the paper's population study as a Snakemake workflow (config/README.md describes the config).
 #   quick study:  snakemake --profile profiles/local --configfile config/quick.yaml
 #   full study:   snakemake --profile profiles/slurm all
-#   report:       snakemake --report results/report.html  (with the run's --configfile)
+#   report:       snakemake --report results/<study>/report.html  (with the study's --configfile)
 from snakemake.utils import min_version
 
 min_version("8.20")
@@ -23,8 +23,12 @@ include: "workflow/rules/figures.smk"
 include: "workflow/rules/analysis.smk"
 
 
+# Per-dataset outputs (each depends on the dataset's runs), and the runs deleted since they were collected.
 rule all:
-    input:
-        all_targets(),
     default_target: True
+    input:
+        deleted_runs,
+        rules.paper_tables.output,
+        expand(rules.analysis_page.output, dataset=DATASETS),
+        expand(rules.figure.output.svg, dataset=DATASETS, figure=figures.KINDS),
     localrule: True

@@ -91,12 +91,13 @@ import torch
 
 from . import catalog
 from .settings import SETTINGS
+from .study import MIRRORS_ENV
 
 FORMAT_VERSION = 2
 PREPROCESSING = SETTINGS["preprocessing"].choices  # the choices load() offers (the run setting of that name)
 SPLIT_SEED = 0
 PREPARED_NAME = "prepared.pt"
-MIRRORS_ENV = "ONEPASS_DATA_MIRRORS"
+
 DEFAULT_SOURCES = Path(__file__).resolve().parents[1] / "config" / "sources.tsv"
 DEFAULT_DATA_DIR = "results/data"  # where the pipeline prepares them
 

@@ -1,4 +1,8 @@
-"""Figures of a population study (PNG + SVG), one fixed colour per algorithm."""
+"""Figures of a population study (PNG + SVG), each algorithm in its catalogue colour and line style.
+
+Every figure kind is registered once, with its title and caption (:data:`FIGURES`): the analysis pages
+and the Snakemake report read them from here.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,37 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from onepass import catalog, tables  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 
-KINDS = ("edf", "test_vs_step", "test_vs_time", "trajectories", "error_vs_hyperparameter",
-         "best_worst")
+from onepass import catalog, tables  # noqa: E402
+from onepass.collection import counted, load_histories, run_dir  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure kind: how it is drawn, its heading and its caption (``{dataset}`` stands for the dataset)."""
+
+    kind: str
+    draw: object
+    title: str
+    caption: str
+
+
+FIGURES: dict[str, Figure] = {}
+
+
+def figure(kind: str, title: str, caption: str):
+    """Register a drawing function as figure ``kind`` (in the order of the analysis page)."""
+    def register(draw):
+        FIGURES[kind] = Figure(kind, draw, title, " ".join(caption.split()))
+        return draw
+    return register
+
+
+def caption(kind: str, dataset: str) -> str:
+    """The caption of figure ``kind`` for a dataset (its label)."""
+    return FIGURES[kind].caption.format(dataset=dataset)
+
 HYPERPARAMETERS = ("lr", "weight_decay", "momentum")
 HP_LABELS = {"lr": "learning rate", "weight_decay": "weight decay", "momentum": "momentum",
              "lr_step_factor": "LR step factor"}
@@ -24,21 +55,6 @@ SAMPLE_RUNS = 8
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 10, "legend.fontsize": 8,
                      "svg.fonttype": "none", "figure.dpi": 100})
-
-
-def load_histories(runs: pd.DataFrame, runs_dir, per_algorithm: int | None = None) -> pd.DataFrame:
-    """history.csv of every run that has one, with algorithm and seed columns added."""
-    frames = []
-    for algorithm, group in runs[runs["status"] != "missing"].groupby("algorithm"):
-        seeds = sorted(group["seed"])[:per_algorithm]
-        for seed in seeds:
-            path = Path(runs_dir) / algorithm / f"seed{seed}" / "history.csv"
-            if path.exists():
-                frames.append(pd.read_csv(path).assign(algorithm=algorithm, seed=seed))
-    if not frames:
-        return pd.DataFrame(columns=["algorithm", "seed", "step", "time_s", "test_metric",
-                                     *HYPERPARAMETERS])
-    return pd.concat(frames, ignore_index=True)
 
 
 def _positive(values) -> bool:
@@ -65,10 +81,12 @@ def _metric(runs: pd.DataFrame) -> str:
     return catalog.metric_name(str(runs["dataset"].iloc[0])) if len(runs) else "test metric"
 
 
+@figure('edf', 'Empirical distribution of the final test metric',
+        'Empirical distribution (EDF) of the final test metric on {dataset}: for each algorithm, the fraction of its runs whose final test metric is at most x. Curves further left and higher are better; diverged runs keep a curve below 1.')
 def edf(runs: pd.DataFrame, runs_dir) -> plt.Figure:
     """Empirical CDF of the final test metric; diverged runs keep the curve below 1."""
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    present = runs[runs["status"] != "missing"]
+    present = counted(runs)
     populations = {a: g for a, g in present.groupby("algorithm")}
     populations.update(tables.derived_populations(runs))
     drawn = False
@@ -187,11 +205,15 @@ def _progress(runs: pd.DataFrame, runs_dir, x: str) -> plt.Figure:
     return fig
 
 
+@figure('test_vs_step', 'Test metric during training (by step)',
+        "Median (left) and best (right) test metric over each algorithm's runs on {dataset}, against the weight step. For the black-box searches (dashed), a run is one repetition of the whole search and its curve is the test metric of the best-by-validation evaluation so far, against the search's cumulative weight steps.")
 def test_vs_step(runs, runs_dir):
     """Median and best test metric against weight step."""
     return _progress(runs, runs_dir, "step")
 
 
+@figure('test_vs_time', 'Test metric against training time (the time comparison)',
+        "The time comparison on {dataset}: median (left) and best (right) test metric over each algorithm's runs against training time, each run's curve held from one logged time to the next on a common grid. For the black-box searches (dashed), a run is one repetition of the whole search and its curve is the test metric of the evaluation with the lowest validation loss so far, against cumulative search time.")
 def test_vs_time(runs, runs_dir):
     """Median and best test metric against wall time: the paper's time comparison (for a search,
     the best-so-far-by-validation test metric against cumulative search time)."""
@@ -209,6 +231,8 @@ def _tight(fig) -> None:
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
 
 
+@figure('trajectories', 'Hyperparameter trajectories',
+        'Learning rate, weight decay and momentum during training on {dataset}, for a sample of runs of each algorithm (one row per algorithm).')
 def trajectories(runs: pd.DataFrame, runs_dir) -> plt.Figure:
     """Learning rate, weight decay and momentum during training, for a sample of runs."""
     algorithms = _algorithms(runs) or ["none"]
@@ -233,6 +257,8 @@ def trajectories(runs: pd.DataFrame, runs_dir) -> plt.Figure:
     return fig
 
 
+@figure('error_vs_hyperparameter', 'Final test metric against each initial hyperparameter',
+        'Final test metric on {dataset} against each initial hyperparameter (one point per run, crosses for diverged runs). A flat cloud means the algorithm does not depend on its initialisation.')
 def error_vs_hyperparameter(runs: pd.DataFrame, runs_dir) -> plt.Figure:
     """Final test metric against each initial hyperparameter; diverged runs as crosses on top."""
     algorithms = _algorithms(runs) or ["none"]
@@ -268,6 +294,8 @@ def error_vs_hyperparameter(runs: pd.DataFrame, runs_dir) -> plt.Figure:
     return fig
 
 
+@figure('best_worst', 'Best and worst runs',
+        "Test metric curves of each algorithm's best (solid) and worst (dashed) finished run on {dataset}.")
 def best_worst(runs: pd.DataFrame, runs_dir) -> plt.Figure:
     """Test metric curves of each algorithm's best (solid) and worst (dashed) finished run."""
     algorithms = _algorithms(runs) or ["none"]
@@ -284,7 +312,7 @@ def best_worst(runs: pd.DataFrame, runs_dir) -> plt.Figure:
             order = done.assign(m=metric[done.index]).sort_values("m")
             picks = {"best": order.iloc[0], "worst": order.iloc[-1]}
             for name, run in picks.items():
-                path = Path(runs_dir) / algorithm / f"seed{int(run['seed'])}" / "history.csv"
+                path = run_dir(runs_dir, algorithm, int(run["seed"])) / "history.csv"
                 if not path.exists():
                     continue
                 h = pd.read_csv(path)
@@ -307,10 +335,13 @@ def best_worst(runs: pd.DataFrame, runs_dir) -> plt.Figure:
 
 def make(kind: str, runs: pd.DataFrame, runs_dir, out_paths) -> None:
     """Draw figure ``kind`` and save it to every path in ``out_paths`` (format from suffix)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown figure kind {kind!r}; choose from {KINDS}")
-    fig = globals()[kind](runs, runs_dir)
+    if kind not in FIGURES:
+        raise ValueError(f"unknown figure kind {kind!r}; choose from {', '.join(FIGURES)}")
+    fig = FIGURES[kind].draw(runs, runs_dir)
     for path in out_paths:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+KINDS = tuple(FIGURES)

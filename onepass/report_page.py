@@ -1,7 +1,9 @@
-"""Self-contained HTML population-analysis page of one dataset (images embedded as base64).
+"""A self-contained HTML population-analysis page of one dataset (images embedded as base64).
 
-Sections follow pycls's analysis notebooks: configuration, summary, EDF, progress,
-error against each hyperparameter, best and worst runs, trajectories, all runs.
+Sections follow pycls's analysis notebooks: configuration, summary, then every figure of
+:data:`onepass.figures.FIGURES` with its caption, and the best and worst runs. The table of all runs is
+``runs.tsv`` beside it, not in the page, so that the page stays small at the full study's size (the
+Snakemake report embeds it as a data URL, which browsers cap at 2 MB).
 """
 
 from __future__ import annotations
@@ -14,27 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from onepass import catalog
-from onepass.analysis import read_runs, status_line
+from onepass import catalog, study
+from onepass.collection import read_runs, status_line
+from onepass.figures import FIGURES
+from onepass.tables import html_table, with_se
 
-SECTIONS = [
-    ("edf", "Empirical distribution of the final test metric",
-     "Fraction of runs whose final test metric is at most x. Curves further left and higher "
-     "are better; diverged runs keep a curve below 1."),
-    ("test_vs_step", "Test metric during training (by step)",
-     "Median and best test metric over the runs of each algorithm at each logged step."),
-    ("test_vs_time", "Test metric against training time (the time comparison)",
-     "Median and best test metric over the runs of each algorithm against training time, each run's "
-     "curve held between its logged points. For BayesOpt, ASHA and PBT (dashed) a curve is the test "
-     "metric of the best evaluation so far by validation loss, against the search's cumulative time."),
-    ("error_vs_hyperparameter", "Final test metric against each initial hyperparameter",
-     "Each point is one run; crosses mark diverged runs. A flat cloud means the algorithm is "
-     "robust to its initialisation."),
-    ("best_worst", "Best and worst runs",
-     "Test metric curves of each algorithm's best (solid) and worst (dashed) finished run."),
-    ("trajectories", "Hyperparameter trajectories",
-     "Learning rate, weight decay and momentum during training for a sample of runs."),
-]
 TOP = 5
 STYLE = """
 body { font-family: sans-serif; max-width: 1200px; margin: 2em auto; color: #222; }
@@ -50,31 +36,20 @@ def _img(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
-def _table(frame: pd.DataFrame, digits: int = 4) -> str:
+def _fmt(frame: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """Numbers to four significant digits (NaN as NaN), for display."""
     def fmt(v):
         if isinstance(v, (float, np.floating)):
             return "NaN" if not np.isfinite(v) else f"{v:.{digits}g}"
-        return html.escape(str(v))
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    rows = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>"
-                   for row in frame.itertuples(index=False))
-    return f"<table><tr>{head}</tr>{rows}</table>"
+        return v
+    return frame.apply(lambda col: col.map(fmt))
 
 
-def _settings(runs: pd.DataFrame, runs_dir: Path | None) -> pd.DataFrame:
-    """Settings of the first finished run of each algorithm, one column per algorithm."""
-    columns = {}
-    for algorithm in catalog.order(runs["algorithm"].unique()):
-        done = runs[(runs["algorithm"] == algorithm) & (runs["status"] != "missing")]
-        if done.empty or runs_dir is None:
-            continue
-        path = runs_dir / algorithm / f"seed{int(done['seed'].iloc[0])}" / "metrics.json"
-        if path.exists():
-            settings = json.loads(path.read_text()).get("settings") or {}
-            columns[catalog.label(algorithm)] = {k: json.dumps(v) if isinstance(v, (dict, list))
-                                                else v for k, v in settings.items()}
-    if not columns:
-        return pd.DataFrame()
+def _settings(plan: dict) -> pd.DataFrame:
+    """Every algorithm's resolved settings (from the plan), one column per algorithm."""
+    columns = {catalog.label(a): {k: json.dumps(v) if isinstance(v, (dict, list)) else v
+                                  for k, v in entry["settings"].items()}
+               for a, entry in plan["algorithms"].items()}
     frame = pd.DataFrame(columns)
     frame.index.name = "setting"
     return frame.reset_index()
@@ -91,49 +66,57 @@ def _extremes(runs: pd.DataFrame) -> pd.DataFrame:
     return picked[["rank", *[c for c in cols if c in picked]]]
 
 
+def _summary(summary: pd.DataFrame) -> pd.DataFrame:
+    shown = pd.DataFrame({"algorithm": summary["label"]})
+    for col in ("runs", "done", "diverged", "stale", "missing"):
+        shown[col] = summary[col].astype(int)
+    shown["mean ± SE"] = [with_se(m, s) for m, s in zip(summary["mean"], summary["mean_se"])]
+    shown["median ± SE"] = [with_se(m, s) for m, s in zip(summary["median"], summary["median_se"])]
+    shown["best"] = [f"{b:.4g}" if np.isfinite(b) else "NaN" for b in summary["best"]]
+    return shown
+
+
 def render(dataset: str, runs: pd.DataFrame, summary: pd.DataFrame, sweep_summary: pd.DataFrame,
-           figures: dict, runs_dir: Path | None = None) -> str:
+           plan: dict, figures: dict) -> str:
     """The page's HTML."""
     title = f"{catalog.dataset_label(dataset)}: population analysis"
-    shown = summary.assign(algorithm=summary["label"]).drop(columns=["label", "dataset", "metric"])
+    stale = runs[runs["status"] == "stale"]
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
              f"</title><style>{STYLE}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>",
-             f"<p>{html.escape(status_line(runs).lstrip('# '))}. Final metric: "
-             f"{html.escape(catalog.metric_name(dataset))} (lower is better).</p>",
-             "<h2>Configuration</h2>",
-             "<p class='note'>Initial hyperparameters are drawn once per seed from these samplers; "
-             "seed s is the same initialisation for every algorithm.</p>",
-             _table(sweep_summary)]
-    settings = _settings(runs, runs_dir)
-    if not settings.empty:
-        parts += ["<details><summary>Settings of each algorithm</summary>",
-                  _table(settings), "</details>"]
-    parts += ["<h2>Summary</h2>",
-              "<p class='note'>Mean and median with standard errors (median: 1000 bootstrap "
-              "resamples), NaNs (diverged runs) ignored. "
-              + " ".join(f"{html.escape(a.label)}: best validation loss out of each group of "
-                         f"{a.derived['best_of']} {html.escape(a.derived['from'])} seeds."
+             f"<p>Study <b>{html.escape(plan['study'])}</b>. {html.escape(status_line(runs).lstrip('# '))}. "
+             f"Final metric: {html.escape(catalog.metric_name(dataset))} (lower is better).</p>"]
+    if len(stale):
+        parts.append(f"<p class='note'>{len(stale)} stale runs (recorded under other settings than this "
+                     "study's) are left out of every statistic: rerun the study to retrain them.</p>")
+    parts += ["<h2>Configuration</h2>",
+              "<p class='note'>Initial hyperparameters are drawn once per seed from these samplers; "
+              "seed s is the same initialisation for every algorithm.</p>",
+              html_table(_fmt(sweep_summary.fillna(""))),
+              "<details><summary>Settings of each algorithm</summary>", html_table(_settings(plan)), "</details>",
+              "<h2>Summary</h2>",
+              "<p class='note'>Mean and median with standard errors (median: 1000 bootstrap resamples) of the "
+              "finished runs, rounded to the precision their standard error supports. "
+              + " ".join(f"{html.escape(a.label)}: the best validation loss of each group of "
+                         f"{a.derived['best_of']} {html.escape(catalog.label(a.derived['from']))} seeds."
                          for a in catalog.derived_algorithms().values()) + "</p>",
-              _table(shown)]
-    for key, heading, note in SECTIONS:
-        parts.append(f"<h2>{html.escape(heading)}</h2><p class='note'>{html.escape(note)}</p>")
-        if key == "best_worst" and (runs["status"] == "done").any():
-            parts.append(_table(_extremes(runs)))
-        parts.append(_img(figures[key]) if key in figures else "<p>(figure not made)</p>")
-    parts += ["<h2>All runs</h2><details><summary>One row per run</summary>",
-              _table(runs), "</details></body></html>"]
+              html_table(_summary(summary))]
+    for kind, fig in FIGURES.items():
+        parts.append(f"<h2>{html.escape(fig.title)}</h2>"
+                     f"<p class='note'>{html.escape(fig.caption.format(dataset=catalog.dataset_label(dataset)))}</p>")
+        if kind == "best_worst" and (runs["status"] == "done").any():
+            parts.append(html_table(_fmt(_extremes(runs))))
+        parts.append(_img(figures[kind]) if kind in figures else "<p>(figure not made)</p>")
+    parts.append(f"<p class='note'>One row per run: runs.tsv ({len(runs)} runs).</p></body></html>")
     return "\n".join(parts)
 
 
-def write(dataset: str, runs_path, summary_path, sweep_summary_path, figure_paths, out,
-          runs_dir=None) -> None:
-    """Read the dataset's tables and figures and write its analysis page."""
+def write(runs_path, summary_path, sweep_summary_path, plan_path, figure_paths, out) -> None:
+    """Read the dataset's tables, plan and figures and write its analysis page."""
     runs = read_runs(runs_path)
-    summary = pd.read_csv(summary_path, sep="\t")
-    sweep_summary = pd.read_csv(sweep_summary_path, sep="\t")
+    plan = study.read_plan(plan_path)
     figures = {Path(p).stem: Path(p) for p in figure_paths if str(p).endswith(".png")}
+    page = render(plan["dataset"], runs, pd.read_csv(summary_path, sep="\t"),
+                  pd.read_csv(sweep_summary_path, sep="\t"), plan, figures)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    page = render(dataset, runs, summary, sweep_summary, figures,
-                  Path(runs_dir) if runs_dir else None)
     Path(out).write_text(page)

@@ -527,23 +527,19 @@ def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float,
     return _finish(out, rows, base, task, recorded, search_time, wall_start, str(dev), extra_versions)
 
 
-def run_chunk(plan_path, algorithm: str, seeds: list[int], data_dir, runs_dir, device: str | None = None,
-              overrides=None, quiet: bool = True, mem_mb: float | None = None, threads: int | None = None) -> list:
-    """Run a chunk of a study's repetitions of a search, one after another, from the dataset's plan (seed s is
+def run_chunk(plan_path, data_dir, runs_dir, device: str | None = None, overrides=None, quiet: bool = True,
+              mem_mb: float | None = None, threads: int | None = None) -> list:
+    """Run a chunk of a study's repetitions of a search, one after another, from its chunk plan (seed s is
     repetition s, written into ``runs_dir/seed<s>``); ``mem_mb`` is not used (a search trains one network at
     a time)."""
     from . import study
 
     content = study.read_plan(plan_path)
-    entry = study.planned(content, algorithm)
-    extra = {**entry["overrides"], **(overrides or {})}
-    out = []
-    for seed in seeds:
-        m = study.member(content, algorithm, seed)
-        out.append(run(content["dataset"], algorithm, seed, m["lr"], m["weight_decay"], m["momentum"], data_dir,
-                       study.run_dir(runs_dir, seed), device or content["device"], extra, quiet=quiet,
-                       threads=threads))
-    return out
+    extra = {**content["overrides"], **(overrides or {})}
+    return [run(content["dataset"], content["algorithm"], m["seed"], m["lr"], m["weight_decay"], m["momentum"],
+                data_dir, study.run_dir(runs_dir, m["seed"]), device or content["device"], extra, quiet=quiet,
+                threads=threads)
+            for m in content["members"]]
 
 
 _TERMINATED: list = []

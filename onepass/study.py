@@ -24,6 +24,7 @@ from . import catalog, memory, sweep
 from .settings import SETTINGS, ConfigError, check_value, identity, load_settings
 
 INITIAL = ("lr", "weight_decay", "momentum")
+MIRRORS_ENV = "ONEPASS_DATA_MIRRORS"  # directories holding dataset files, ':'-separated (see onepass.data)
 RESULTS = "results"
 DEFAULT_STUDY = "main"
 PLAN_FORMAT = 1
@@ -129,14 +130,18 @@ def check(config: dict, sources=None) -> None:
             if name != "default" and name not in known_datasets:
                 _fail(f"{table}.{name}", f"unknown dataset {name!r}", sources)
     for key, spec in config["sweep"]["samplers"].items():
-        _check_sampler(key, spec, sources)
+        _check_sampler(key, {k: v for k, v in spec.items() if k != "by_dataset"}, sources)
+        for dataset, variant in (spec.get("by_dataset") or {}).items():
+            if dataset not in known_datasets:
+                _fail(f"sweep.samplers.{key}.by_dataset.{dataset}", f"unknown dataset {dataset!r}", sources)
+            _check_sampler(key, sweep.for_dataset(spec, dataset), sources, f"sweep.samplers.{key}.by_dataset.{dataset}")
     for dataset, per_algorithm in config["overrides"].items():
         if dataset != "all" and dataset not in known_datasets:
             _fail(f"overrides.{dataset}", f"unknown dataset {dataset!r}", sources)
-        for algorithm, settings in per_algorithm.items():
+        for algorithm, changed in (per_algorithm or {}).items():
             if algorithm != "all" and algorithm not in known_algorithms:
                 _fail(f"overrides.{dataset}.{algorithm}", f"unknown algorithm {algorithm!r}", sources)
-            for key, value in (settings or {}).items():
+            for key, value in (changed or {}).items():
                 try:
                     check_value(key, value, "")
                 except ConfigError as err:
@@ -146,11 +151,19 @@ def check(config: dict, sources=None) -> None:
             try:
                 settings(config, dataset, algorithm)
             except ConfigError as err:
-                _fail(f"overrides.{dataset}.{algorithm}", f"the merged run settings are invalid: {err}", sources)
+                # name the most specific override that sets a setting the error names (else the most
+                # specific that applies), in the merge order of onepass.study.overrides
+                named = set(re.findall(r"'(\w+)'", str(err)))
+                keys = [(f"overrides.{d}.{a}", (config["overrides"].get(d) or {}).get(a) or {})
+                        for d in (dataset, "all") for a in (algorithm, "all")
+                        if a in (config["overrides"].get(d) or {})]
+                culprits = [k for k, changed in keys if named & set(changed)] or [k for k, _ in keys]
+                _fail(culprits[0] if culprits else f"algorithms.{dataset}",
+                      f"the merged run settings of {algorithm} on {dataset} are invalid: {err}", sources)
 
 
-def _check_sampler(key: str, spec: dict, sources) -> None:
-    where_key = f"sweep.samplers.{key}"
+def _check_sampler(key: str, spec: dict, sources, where_key: str | None = None) -> None:
+    where_key = where_key or f"sweep.samplers.{key}"
     try:
         sweep.check_sampler(key, spec)
     except ValueError as err:
@@ -195,7 +208,7 @@ def overrides(config: dict, dataset: str, algorithm: str) -> dict:
     merged = {}
     for d in ("all", dataset):
         for a in ("all", algorithm):
-            merged.update(config["overrides"].get(d, {}).get(a) or {})
+            merged.update((config["overrides"].get(d) or {}).get(a) or {})
     return merged
 
 
@@ -209,6 +222,24 @@ def member_settings(config: dict, algorithm: str) -> list[str]:
 def settings(config: dict, dataset: str, algorithm: str) -> dict:
     """The resolved run settings of (dataset, algorithm), per-member settings at their defaults."""
     return load_settings(dataset, algorithm, overrides(config, dataset, algorithm))
+
+
+def settings_identity(config: dict, dataset: str, algorithm: str) -> dict:
+    """The settings that determine the results of (dataset, algorithm)'s runs (bookkeeping left out)."""
+    return identity(settings(config, dataset, algorithm))
+
+
+def member_of(config: dict, dataset: str, algorithm: str, seed: int) -> dict:
+    """A seed's member of (dataset, algorithm): its drawn initial hyperparameters and per-member settings."""
+    drawn = sweep.draw(config["sweep"], dataset, seed)
+    return {"seed": seed, **{k: float(drawn[k]) for k in INITIAL},
+            "settings": {k: drawn[k] for k in member_settings(config, algorithm)}}
+
+
+def mirrors_variable(config: dict, current: str = "") -> str:
+    """The value of ``ONEPASS_DATA_MIRRORS`` with the config's ``data_mirrors`` (absolute) in front."""
+    given = [str(Path(d).expanduser().resolve()) for d in config.get("data_mirrors", [])]
+    return ":".join(d for d in [*given, current] if d)
 
 
 def initialisations(config: dict, dataset: str) -> list[dict]:
@@ -293,8 +324,19 @@ def plan(config: dict, dataset: str) -> dict:
     return out
 
 
+def chunk_plan(config: dict, dataset: str, algorithm: str, chunk: list[int]) -> dict:
+    """Everything one job needs, and nothing else: the (dataset, algorithm), the settings it changes and
+    their resolved identity, and every member of the chunk. Written per chunk, so that a change elsewhere in
+    the config leaves the chunk's plan, and so its runs, alone."""
+    return {"format": PLAN_FORMAT, "study": config["study"], "dataset": dataset, "algorithm": algorithm,
+            "device": device(config, dataset), "search": catalog.algorithm(algorithm).search,
+            "overrides": overrides(config, dataset, algorithm),
+            "settings": settings_identity(config, dataset, algorithm),
+            "members": [member_of(config, dataset, algorithm, s) for s in chunk]}
+
+
 def read_plan(path) -> dict:
-    """A plan written by :func:`write_plan` (a ConfigError if it is not one)."""
+    """A plan (a dataset's, or a chunk's) written by this module (a ConfigError if it is not one)."""
     try:
         content = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
@@ -328,17 +370,6 @@ def expected_settings(plan_: dict, algorithm: str, seed: int) -> dict:
     return {**planned(plan_, algorithm)["settings"], **member(plan_, algorithm, seed)["settings"]}
 
 
-def parse_seeds(text: str) -> list[int]:
-    """Seeds from ``A-B`` (inclusive), ``N`` or a comma-separated list."""
-    try:
-        if re.fullmatch(r"\d+-\d+", text):
-            first, last = map(int, text.split("-"))
-            return list(range(first, last + 1))
-        return [int(s) for s in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"--seeds expects A-B, N or a list like 0,3,7; got {text!r}") from None
-
-
 # ---- resources of a job ---------------------------------------------------------------------------------
 def resources(config: dict, dataset: str, algorithm: str, n_members: int, attempt: int = 1) -> dict:
     """threads, mem_mb, runtime (minutes) and gpu of one job training ``n_members`` seeds: estimated from the
@@ -365,7 +396,7 @@ def write_sweep(config: dict, dataset: str, out_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     drawn = sweep.table(config["sweep"], dataset, config["sweep"]["initialisations"][dataset])
     atomic_write(out_dir / "initialisations.tsv", lambda tmp: drawn.to_csv(tmp, sep="\t", index=False))
-    summary = sweep.summary(config["sweep"], drawn)
+    summary = sweep.summary(config["sweep"], drawn, dataset)
     atomic_write(out_dir / "summary.tsv", lambda tmp: summary.to_csv(tmp, sep="\t", index=False))
     content = plan(config, dataset)
     atomic_write(out_dir / "plan.json", lambda tmp: tmp.write_text(json.dumps(content, indent=1) + "\n"))

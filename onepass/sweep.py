@@ -6,8 +6,9 @@ A sweep spec (the ``sweep`` section of the workflow config) looks like::
     samplers:
       lr: {type: log_uniform, range: [1.0e-6, 1.0e-1]}
       momentum: {type: uniform, range: [0.0, 1.0], quantize: 0.01}
-      lr_step_factor: {type: uniform, range: [0.95, 1.01], algorithms: [Random_SteppedLR]}
-      model.width: {type: choice, values: [64, 128]}
+      lr_step_factor: {type: uniform, range: [0.95, 1.01], algorithms: [Random_SteppedLR],
+                       by_dataset: {cifar10: {range: [0.995, 1.001]}}}
+      hidden_units: {type: choice, values: [64, 128]}
 
 Every (sweep seed, dataset, run seed, key) has its own random stream, so a run's
 initialisation does not depend on how many runs are drawn or on the other keys:
@@ -98,11 +99,17 @@ def sample(key: str, spec: dict, rng: random.Random):
     return _quantize(v, spec.get("quantize"))
 
 
+def for_dataset(spec: dict, dataset: str) -> dict:
+    """A sampler as it applies to ``dataset``: its ``by_dataset`` entry for it replacing its own fields."""
+    own = {k: v for k, v in spec.items() if k != "by_dataset"}
+    return {**own, **(spec.get("by_dataset") or {}).get(dataset, {})}
+
+
 def draw(sweep: dict, dataset: str, seed: int) -> dict:
     """Initial values of every sampled key for run ``seed`` of ``dataset``."""
     samplers = sweep["samplers"]
     return {
-        key: sample(key, spec, _stream(sweep["seed"], dataset, seed, key))
+        key: sample(key, for_dataset(spec, dataset), _stream(sweep["seed"], dataset, seed, key))
         for key, spec in samplers.items()
     }
 
@@ -121,12 +128,14 @@ def table(sweep: dict, dataset: str, n: int):
     return pd.DataFrame(rows, columns=["seed", *sweep["samplers"]])
 
 
-def summary(sweep: dict, drawn):
-    """One row per sampled key: its sampler and the spread of the drawn values (a DataFrame)."""
+def summary(sweep: dict, drawn, dataset: str | None = None):
+    """One row per sampled key: its sampler (as it applies to ``dataset``) and the spread of the drawn values
+    (a DataFrame)."""
     import pandas as pd
 
     rows = []
     for key, spec in sweep["samplers"].items():
+        spec = for_dataset(spec, dataset) if dataset else spec
         col = drawn[key]
         numeric = pd.api.types.is_numeric_dtype(col)
         rows.append({
@@ -156,7 +165,7 @@ def main(argv=None) -> None:
     sweep = json.loads(args.spec)
     drawn = table(sweep, args.dataset, args.initialisations)
     drawn.to_csv(args.table, sep="\t", index=False)
-    summary(sweep, drawn).to_csv(args.summary, sep="\t", index=False)
+    summary(sweep, drawn, args.dataset).to_csv(args.summary, sep="\t", index=False)
     print(f"{args.dataset}: {len(drawn)} initialisations -> {args.table}")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import pandas as pd
 from onepass import catalog
 
 N_BOOT = 1000
-COLUMNS = ["dataset", "algorithm", "label", "metric", "runs", "done", "diverged", "missing",
+COLUMNS = ["dataset", "algorithm", "label", "metric", "runs", "done", "diverged", "stale", "missing",
            "mean", "mean_se", "median", "median_se", "best"]
 
 
@@ -55,7 +57,7 @@ def best_of_groups(runs: pd.DataFrame, source: str, size: int) -> pd.DataFrame:
     rv["group"] = rv["seed"] // size
     rows = []
     for group, members in rv.groupby("group"):
-        if len(members) < size or (members["status"] == "missing").any():
+        if len(members) < size or members["status"].isin(("missing", "stale")).any():
             continue
         valid = pd.to_numeric(members["valid_loss"], errors="coerce").fillna(np.inf)
         chosen = members.loc[valid.idxmin()]
@@ -75,15 +77,16 @@ def derived_populations(runs: pd.DataFrame) -> dict:
 
 
 def _row(dataset, algorithm, metric, runs: pd.DataFrame, n_boot: int) -> dict:
-    values = pd.to_numeric(runs["test_metric"], errors="coerce")
+    """An algorithm's statistics over its finished runs (stale, missing and diverged runs left out)."""
+    values = pd.to_numeric(runs["test_metric"].where(runs["status"] == "done"), errors="coerce")
     mean, mse = mean_se(values)
     median, mdse = median_se(values, n_boot)
     status = runs["status"].value_counts()
     return {"dataset": dataset, "algorithm": algorithm, "label": catalog.label(algorithm),
             "metric": metric, "runs": len(runs), "done": int(status.get("done", 0)),
-            "diverged": int(status.get("diverged", 0)), "missing": int(status.get("missing", 0)),
-            "mean": mean, "mean_se": mse, "median": median, "median_se": mdse,
-            "best": best(values)}
+            "diverged": int(status.get("diverged", 0)), "stale": int(status.get("stale", 0)),
+            "missing": int(status.get("missing", 0)),
+            "mean": mean, "mean_se": mse, "median": median, "median_se": mdse, "best": best(values)}
 
 
 def summarise(runs: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
@@ -104,16 +107,38 @@ def _fmt(x: float, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def _cells(summary: pd.DataFrame) -> pd.DataFrame:
-    """Formatted 'mean ± SE', 'median ± SE', 'best' cells, the lowest of each in bold."""
+def _fixed(x: float, decimals: int) -> str:
+    """``x`` rounded to ``decimals`` places (negative: to tens, hundreds, ...)."""
+    if decimals >= 0:
+        return f"{x:.{decimals}f}"
+    return f"{round(x, decimals):.0f}"
+
+
+def with_se(value: float, se: float) -> str:
+    """'value ± SE' with the SE to two significant digits and the value to the same decimal place, the
+    precision the SE supports (a zero or unknown SE: four significant digits)."""
+    if value is None or not np.isfinite(value):
+        return "NaN"
+    if se is None or not np.isfinite(se) or se <= 0:
+        return f"{_fmt(value)} ± {'0' if se == 0 else 'NaN'}"
+    decimals = 1 - math.floor(math.log10(se))
+    se_text = _fixed(se, decimals)
+    if float(se_text) >= 10 ** (2 - decimals):  # rounding went up a digit (9.96 -> 10.0): one place fewer
+        decimals -= 1
+        se_text = _fixed(se, decimals)
+    return f"{_fixed(value, decimals)} ± {se_text}"
+
+
+def _cells(summary: pd.DataFrame, bold=("**", "**")) -> pd.DataFrame:
+    """Formatted 'mean ± SE', 'median ± SE', 'best' cells, the lowest of each marked ``bold``."""
     out = pd.DataFrame({"Method": summary["label"]})
     for col, se in (("mean", "mean_se"), ("median", "median_se"), ("best", None)):
         values = pd.to_numeric(summary[col], errors="coerce")
         low = values.min()
         cells = []
         for v, e in zip(values, summary[se] if se else [None] * len(values)):
-            text = _fmt(v) if se is None else f"{_fmt(v)} ± {_fmt(e, 2)}"
-            cells.append(f"**{text}**" if np.isfinite(v) and v == low else text)
+            text = _fmt(v) if se is None else with_se(v, e)
+            cells.append(f"{bold[0]}{text}{bold[1]}" if np.isfinite(v) and v == low else text)
         out[{"mean": "Mean ± SE", "median": "Median ± SE", "best": "Best"}[col]] = cells
     out["Runs (diverged)"] = [f"{r} ({d})" for r, d in zip(summary["runs"], summary["diverged"])]
     return out
@@ -127,34 +152,90 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
-def paper_markdown(summaries: pd.DataFrame) -> str:
-    """All datasets laid out like the paper: Table 1 for UCI, Table 2 for the rest."""
+INTRODUCTION = ("Mean ± standard error, median ± standard error (1000 bootstrap resamples) and best final "
+                "test metric over the initialisations of each algorithm, each rounded to the precision its "
+                "standard error supports; diverged runs (NaN) are left out. Lower is better; the lowest value "
+                "is bold.")
+STYLE = ("body{font-family:sans-serif;margin:1em;color:#222}"
+         "table{border-collapse:collapse;font-size:.9em;margin:.5em 0 1.2em}"
+         "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}"
+         "td:first-child,th:first-child{text-align:left}")
+
+
+def _layout(summaries: pd.DataFrame):
+    """The paper's layout: [(table title, [(dataset heading, its summary rows)])], Table 1 the UCI sets."""
     sources = {a.derived["from"] for a in catalog.derived_algorithms().values()}
     shown = summaries[~summaries["algorithm"].isin(sources)]  # the paper shows the derived rows instead
     datasets = catalog.dataset_order(dict.fromkeys(shown["dataset"]))
-    parts = ["# Final test metrics of the population study", "",
-             "Mean ± standard error, median ± standard error (1000 bootstrap resamples) "
-             "and best final test metric over the initialisations of each algorithm; "
-             "diverged runs (NaN) are left out. Lower is better; the lowest value is bold."]
     tables = (("Table 1: UCI regression (unnormalised test MSE)",
                [d for d in datasets if catalog.family(d) == "uci"]),
               ("Table 2: Fashion-MNIST, Penn Treebank and CIFAR-10",
                [d for d in datasets if catalog.family(d) != "uci"]))
-    for title, members in tables:
-        if not members:
-            continue
+    return [(title, [(f"{catalog.dataset_label(d)} ({shown[shown['dataset'] == d]['metric'].iloc[0]})",
+                      shown[shown["dataset"] == d].reset_index(drop=True)) for d in members])
+            for title, members in tables if members]
+
+
+def paper_markdown(summaries: pd.DataFrame) -> str:
+    """All datasets laid out like the paper: Table 1 for UCI, Table 2 for the rest."""
+    parts = ["# Final test metrics of the population study", "", INTRODUCTION]
+    for title, sections in _layout(summaries):
         parts += ["", f"## {title}"]
-        for d in members:
-            part = shown[shown["dataset"] == d]
-            parts += ["", f"### {catalog.dataset_label(d)} ({part['metric'].iloc[0]})", "",
-                      markdown_table(_cells(part.reset_index(drop=True)))]
+        for heading, part in sections:
+            parts += ["", f"### {heading}", "", markdown_table(_cells(part))]
     return "\n".join(parts) + "\n"
 
 
-def write_paper_tables(summary_paths, markdown_path, tsv_path) -> None:
-    """Combine per-dataset summary.tsv files into the paper's tables (Markdown + TSV)."""
+def html_table(frame: pd.DataFrame, raw=()) -> str:
+    """A DataFrame as an HTML table (cells escaped, except the columns named in ``raw``)."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = "".join("<tr>" + "".join(f"<td>{v if c in raw else html.escape(str(v))}</td>"
+                                    for c, v in zip(frame.columns, row)) + "</tr>"
+                   for row in frame.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _page(title: str, body: list[str]) -> str:
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+
+
+def paper_html(summaries: pd.DataFrame) -> str:
+    """The paper's tables as one HTML page (for the report)."""
+    body = ["<h1>Final test metrics of the population study</h1>", f"<p>{html.escape(INTRODUCTION)}</p>"]
+    for title, sections in _layout(summaries):
+        body.append(f"<h2>{html.escape(title)}</h2>")
+        for heading, part in sections:
+            body += [f"<h3>{html.escape(heading)}</h3>",
+                     html_table(_cells(part, ("<b>", "</b>")), raw=("Mean ± SE", "Median ± SE", "Best"))]
+    return _page("Paper tables", body)
+
+
+def summary_html(summary: pd.DataFrame) -> str:
+    """One dataset's summary as an HTML page: the formatted statistics and the run counts."""
+    if summary.empty:
+        return _page("Summary", ["<p>No runs.</p>"])
+    dataset = str(summary["dataset"].iloc[0])
+    cells = _cells(summary, ("<b>", "</b>")).drop(columns=["Runs (diverged)"])
+    for col in ("runs", "done", "diverged", "stale", "missing"):
+        cells[col.capitalize()] = summary[col].astype(int).tolist()
+    title = f"{catalog.dataset_label(dataset)}: final {summary['metric'].iloc[0]}"
+    return _page(title, [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(INTRODUCTION)}</p>",
+                         html_table(cells, raw=("Mean ± SE", "Median ± SE", "Best"))])
+
+
+def write_summary_html(summary: pd.DataFrame, path) -> None:
+    """Write :func:`summary_html` to ``path``."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(summary_html(summary))
+
+
+def write_paper_tables(summary_paths, markdown_path, tsv_path, html_path=None) -> None:
+    """Combine per-dataset summary.tsv files into the paper's tables (Markdown, TSV and HTML)."""
     frames = [pd.read_csv(p, sep="\t") for p in summary_paths]
     summaries = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
     Path(markdown_path).parent.mkdir(parents=True, exist_ok=True)
     Path(markdown_path).write_text(paper_markdown(summaries))
     summaries.to_csv(tsv_path, sep="\t", index=False, na_rep="NaN")
+    if html_path:
+        Path(html_path).write_text(paper_html(summaries))

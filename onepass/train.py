@@ -4,8 +4,8 @@
     python -m onepass.train --dataset uci_energy --algorithm Ours_LR_Momentum --seed 0 \\
         --lr 1e-3 --weight-decay 1e-4 --momentum 0.5 --data-dir results/data --out runs/x
     # a chunk of a study's seeds, as one population (what the workflow runs)
-    python -m onepass.train --plan results/quick/sweep/uci_energy/plan.json --algorithm Ours_LR \\
-        --seeds 0-49 --data-dir results/data --runs-dir results/quick/runs/uci_energy/Ours_LR [--mem-mb 4000]
+    python -m onepass.train --plan results/quick/sweep/uci_energy/chunks/Ours_LR/seeds0-24.json \\
+        --data-dir results/data --runs-dir results/quick/runs/uci_energy/Ours_LR [--mem-mb 4000]
 
 Every member writes its own run directory: ``metrics.json``, ``history.csv`` and TensorBoard events under
 ``tb/`` (written when the population finishes). A population is trained in groups that fit the memory
@@ -244,17 +244,17 @@ def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float,
                  checkpoint_name="checkpoint.pt")[0]
 
 
-def train_chunk(plan_path, algorithm: str, seeds: list[int], data_dir, runs_dir, device: str | None = None,
-                overrides=None, quiet: bool = True, mem_mb: float | None = None) -> list[dict]:
-    """Train a chunk of a study's seeds as one population, from the dataset's plan (see onepass.study)."""
+def train_chunk(plan_path, data_dir, runs_dir, device: str | None = None, overrides=None, quiet: bool = True,
+                mem_mb: float | None = None) -> list[dict]:
+    """Train a chunk of a study's seeds as one population, from its chunk plan (onepass.study.chunk_plan)."""
     from . import study
 
     content = study.read_plan(plan_path)
-    entry = study.planned(content, algorithm)
-    members = [Member(**study.member(content, algorithm, s)) for s in seeds]
-    extra = {**entry["overrides"], **(overrides or {})}
+    members = [Member(**m) for m in content["members"]]
+    seeds = [m.seed for m in members]
+    extra = {**content["overrides"], **(overrides or {})}
     runs_dir = Path(runs_dir)
-    return train(content["dataset"], algorithm, members, data_dir,
+    return train(content["dataset"], content["algorithm"], members, data_dir,
                  [Path(study.run_dir(runs_dir, s)) for s in seeds],
                  runs_dir / ".checkpoints" / study.chunk_name(seeds), device or content["device"], extra,
                  quiet=quiet, mem_mb=mem_mb)
@@ -262,8 +262,8 @@ def train_chunk(plan_path, algorithm: str, seeds: list[int], data_dir, runs_dir,
 
 # ---- the command line ------------------------------------------------------------------------------------
 def run_arguments(prog: str, description: str, **help) -> argparse.ArgumentParser:
-    """The command line shared by ``onepass.train`` and ``onepass.search``: one run (--dataset ... --out) or
-    a chunk of a study's seeds (--plan --seeds --runs-dir); ``help`` replaces an option's help text."""
+    """The command line shared by ``onepass.train`` and ``onepass.search``: one run (--dataset --algorithm
+    ... --out) or a chunk of a study's seeds (--plan --runs-dir); ``help`` replaces an option's help text."""
     text = {"seed": "seed of the run", "lr": "initial learning rate", "weight_decay": "initial weight decay",
             "momentum": "initial momentum", "out": "output directory of this run",
             "overrides": "override a setting of config/datasets/*.yaml or config/algorithms/*.yaml",
@@ -271,14 +271,13 @@ def run_arguments(prog: str, description: str, **help) -> argparse.ArgumentParse
             "quiet": "no progress bar", **help}
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--dataset", help="one run: the dataset")
-    p.add_argument("--algorithm", required=True, help=text.get("algorithm"))
+    p.add_argument("--algorithm", help=text.get("algorithm"))
     p.add_argument("--seed", type=int, help=text["seed"])
     p.add_argument("--lr", type=float, help=text["lr"])
     p.add_argument("--weight-decay", type=float, help=text["weight_decay"])
     p.add_argument("--momentum", type=float, help=text["momentum"])
     p.add_argument("--out", help=text["out"])
-    p.add_argument("--plan", help="a study's plan of the dataset (results/<study>/sweep/<dataset>/plan.json)")
-    p.add_argument("--seeds", help="with --plan: the seeds of the chunk, A-B or a list")
+    p.add_argument("--plan", help="a chunk's plan (results/<study>/sweep/<dataset>/chunks/<algorithm>/seeds<A>-<B>.json)")
     p.add_argument("--runs-dir", help="with --plan: the algorithm's runs directory (one seed<S>/ per seed)")
     p.add_argument("--data-dir", required=True, help="where `python -m onepass.data prepare` wrote the data")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the plan's, else cpu)")
@@ -293,8 +292,8 @@ def run_arguments(prog: str, description: str, **help) -> argparse.ArgumentParse
 
 def check_arguments(args) -> None:
     """One of the two forms, complete (a ConfigError naming what is missing or extra)."""
-    single = ("dataset", "seed", "lr", "weight_decay", "momentum", "out")
-    chunk = ("plan", "seeds", "runs_dir")
+    single = ("dataset", "algorithm", "seed", "lr", "weight_decay", "momentum", "out")
+    chunk = ("plan", "runs_dir")
     if args.plan is not None:
         missing = [k for k in chunk if getattr(args, k) is None]
         extra = [k for k in single if getattr(args, k) is not None]
@@ -323,10 +322,8 @@ def run_from_arguments(single, chunk, args, **kwargs):
             return 0, [single(args.dataset, args.algorithm, args.seed, args.lr, args.weight_decay, args.momentum,
                               args.data_dir, args.out, args.device or "cpu", args.overrides, quiet=args.quiet,
                               **kwargs)]
-        from .study import parse_seeds
-        return 0, chunk(args.plan, args.algorithm, parse_seeds(args.seeds), args.data_dir, args.runs_dir,
-                        args.device, parse_overrides(args.overrides), quiet=args.quiet, mem_mb=args.mem_mb,
-                        **kwargs)
+        return 0, chunk(args.plan, args.data_dir, args.runs_dir, args.device, parse_overrides(args.overrides),
+                        quiet=args.quiet, mem_mb=args.mem_mb, **kwargs)
     except (ConfigError, catalog.CatalogError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2, None

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh), run the quick study on the local profile and build its report:
 # UCI Energy and Fashion-MNIST, every gradient-based algorithm plus Random and Random_Validation.
-# Outputs: results/tables, results/figures, results/analysis, results/report.html.
+# Outputs: results/quick/ (tables, figures, analysis pages, report.html); prepared data in results/data.
 # Extra arguments go to snakemake, e.g. `--cores 8`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -9,5 +9,5 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$root/scripts/setup.sh"
 cd "$root"
 python -m snakemake --profile profiles/local --configfile config/quick.yaml "$@"
-python -m snakemake --profile profiles/local --configfile config/quick.yaml --report results/report.html
-echo "done: results/tables/paper_tables.md, results/analysis/*.html, results/report.html"
+python -m snakemake --profile profiles/local --report results/quick/report.html --configfile config/quick.yaml
+echo "done: results/quick/tables/paper_tables.md, results/quick/analysis/*.html, results/quick/report.html"

@@ -9,17 +9,43 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from onepass import analysis, catalog, figures, report_page, tables
+from onepass import analysis, catalog, collection, figures, report_page, tables
+from onepass.study import PLAN_FORMAT
 
 HISTORY_COLUMNS = ["step", "hyper_step", "time_s", "train_loss", "valid_loss", "test_loss",
                    "test_metric", "lr", "weight_decay", "momentum"]
 
 
+SETTINGS = {"hyperparameter_steps": 5, "optimise": ["lr"]}  # what the fake runs record, and their plan expects
+
+
+def initial(seed):
+    """The fake initialisation of a seed: (lr, weight decay, momentum)."""
+    return 10 ** -(1 + seed % 5), 10 ** -(2 + seed % 4), (seed % 10) / 10
+
+
+def fake_plan(algorithms, seeds, repetitions=None) -> dict:
+    """A dataset's plan (as onepass.study writes it) of these algorithms and seeds."""
+    n, repetitions = len(seeds), repetitions or {}
+    inits = [{"seed": s, **dict(zip(("lr", "weight_decay", "momentum"), initial(s))), "lr_step_factor": 0.99}
+             for s in range(n)]
+    return {"format": PLAN_FORMAT, "study": "t", "dataset": "uci_energy", "device": "cpu",
+            "initialisations": inits,
+            "algorithms": {a: {"search": catalog.algorithm(a).search,
+                               "seeds": list(range(min(n, repetitions.get(a, n)))), "overrides": {},
+                               "member_settings": ["lr_step_factor"] if a == "Random_SteppedLR" else [],
+                               "settings": SETTINGS} for a in algorithms}}
+
+
+def collect(runs_dir, algorithms, seeds, repetitions=None):
+    return collection.collect(fake_plan(algorithms, seeds, repetitions), runs_dir)
+
+
 def fake_run(runs_dir, algorithm, seed, final, valid=None, diverged=False, steps=5):
-    """Write metrics.json + history.csv as onepass.train does (see CONTRACTS.md)."""
+    """Write metrics.json + history.csv as onepass.train does."""
     out = runs_dir / algorithm / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
-    lr0, wd0, m0 = 10 ** -(1 + seed % 5), 10 ** -(2 + seed % 4), (seed % 10) / 10
+    lr0, wd0, m0 = initial(seed)
     nan = float("nan")
     curve = np.linspace(final * 3, final, steps + 1)
     step = np.arange(steps + 1) * 10
@@ -45,7 +71,7 @@ def fake_run(runs_dir, algorithm, seed, final, valid=None, diverged=False, steps
         "test_perplexity": None, "weight_steps": steps * 10, "hyperparameter_steps": steps,
         "wall_time_s": 1.5, "device": "cpu", "diverged": diverged, "slurm_job_id": None,
         "versions": {"onepass": "0.1.0"},
-        "settings": {"hyperparameter_steps": steps, "lr_step_factor": 0.99, "optimise": ["lr"]},
+        "settings": {**SETTINGS, **({"lr_step_factor": 0.99} if algorithm == "Random_SteppedLR" else {})},
     }
     (out / "metrics.json").write_text(json.dumps(metrics))
     return out
@@ -65,25 +91,25 @@ def study(tmp_path):
     for seed, (final, v) in enumerate(zip([9.0, 8.0, 7.0, 6.0, 5.0, 4.0], valid)):
         fake_run(runs, "Random_Validation", seed, final, valid=v)
     algorithms = ["Random", "Random_SteppedLR", "Random_Validation", "Ours_LR"]
-    collected = analysis.collect("uci_energy", runs, algorithms, range(6))
+    collected = collect(runs, algorithms, range(6))
     return runs, collected
 
 
 def test_collect_marks_done_diverged_missing(study, tmp_path):
     runs_dir, runs = study
     assert len(runs) == 4 * 6
-    counts = analysis.status_counts(runs)
-    assert counts == {"done": 13, "diverged": 1, "missing": 10, "total": 24}
+    counts = collection.status_counts(runs)
+    assert counts == {"done": 13, "diverged": 1, "stale": 0, "missing": 10, "total": 24}
     r = runs.set_index(["algorithm", "seed"])
     assert r.loc[("Random", 2), "status"] == "diverged"
     assert r.loc[("Random_SteppedLR", 2), "status"] == "missing"
     assert r.loc[("Ours_LR", 1), "test_metric"] == 5.0
     assert r.loc[("Random_SteppedLR", 0), "lr_step_factor"] == 0.99
     path = tmp_path / "tables" / "runs.tsv"
-    analysis.write_runs(runs, path)
+    collection.write_runs(runs, path)
     first = path.read_text().splitlines()[0]
-    assert first == "# status: 13 done, 1 diverged, 10 missing of 24 runs"
-    back = analysis.read_runs(path)
+    assert first == "# status: 13 done, 1 diverged, 0 stale, 10 missing of 24 runs"
+    back = collection.read_runs(path)
     assert len(back) == 24 and back["status"].tolist() == runs["status"].tolist()
     assert math.isnan(back.set_index(["algorithm", "seed"]).loc[("Random", 2), "test_metric"])
 
@@ -148,8 +174,9 @@ def test_paper_tables(study, tmp_path):
     assert text.index("## Table 2") < text.index("### Fashion-MNIST (test cross-entropy)")
     assert "| Method | Mean ± SE | Median ± SE | Best | Runs (diverged) |" in text
     assert "Random (3-batched)" in text and "Random (validation)" not in text
-    assert re.search(r"\| Ours \(WD\+LR\) \| \*\*5 ± 1\.4\*\* \| \*\*5 ± [0-9.]+\*\* \| \*\*2\.5\*\* \|", text)
-    assert "| Random | 15 ± 5 |" in text
+    # each number to the precision its standard error supports (SE to two significant digits)
+    assert re.search(r"\| Ours \(WD\+LR\) \| \*\*5\.0 ± 1\.4\*\* \| \*\*5\.0 ± [0-9]\.[0-9]\*\* \| \*\*2\.5\*\* \|", text)
+    assert "| Random | 15.0 ± 5.0 |" in text
     assert len(pd.read_csv(tsv, sep="\t")) == 10
 
 
@@ -189,7 +216,7 @@ def test_each_figure_is_written_as_png_and_svg(study, tmp_path, kind):
 
 
 def test_figures_cope_with_no_finished_runs(tmp_path):
-    runs = analysis.collect("uci_energy", tmp_path / "none", ["Random", "Ours_LR"], range(2))
+    runs = collect(tmp_path / "none", ["Random", "Ours_LR"], range(2))
     for kind in figures.KINDS:
         figures.make(kind, runs, tmp_path / "none", [tmp_path / f"{kind}.png"])
         assert (tmp_path / f"{kind}.png").stat().st_size > 1000
@@ -198,8 +225,11 @@ def test_figures_cope_with_no_finished_runs(tmp_path):
 def test_analysis_page_is_self_contained(study, tmp_path):
     runs_dir, runs = study
     runs_path, summary_path = tmp_path / "runs.tsv", tmp_path / "summary.tsv"
-    analysis.write_runs(runs, runs_path)
+    collection.write_runs(runs, runs_path)
     tables.summarise(runs).to_csv(summary_path, sep="\t", index=False)
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps(fake_plan(["Random", "Random_SteppedLR", "Random_Validation", "Ours_LR"],
+                                              range(6))))
     sweep_path = tmp_path / "sweep.tsv"
     pd.DataFrame([{"key": "lr", "type": "log_uniform", "range": "[1e-06, 0.1]"}]).to_csv(
         sweep_path, sep="\t", index=False)
@@ -208,29 +238,29 @@ def test_analysis_page_is_self_contained(study, tmp_path):
         pngs.append(tmp_path / f"{kind}.png")
         figures.make(kind, runs, runs_dir, [pngs[-1]])
     out = tmp_path / "page" / "uci_energy.html"
-    report_page.write("uci_energy", runs_path, summary_path, sweep_path, pngs, out, runs_dir)
+    report_page.write(runs_path, summary_path, sweep_path, plan_path, pngs, out)
     page = out.read_text()
     assert page.count("data:image/png;base64,") == len(figures.KINDS)
     assert not re.search(r'src="(?!data:)', page)
-    for heading in ("Configuration", "Summary", "Empirical distribution",
-                    "against each initial hyperparameter", "Best and worst runs",
-                    "Hyperparameter trajectories", "All runs"):
+    for heading in ("Configuration", "Summary", *(f.title for f in figures.FIGURES.values())):
         assert heading in page
-    assert "13 done, 1 diverged, 10 missing of 24 runs" in page
+    assert "13 done, 1 diverged, 0 stale, 10 missing of 24 runs" in page
     assert "log_uniform" in page and "Random (3-batched)" in page
 
 
 def test_cli_chain(study, tmp_path):
     runs_dir, _ = study
     t = tmp_path / "t"
-    analysis.main(["collect", "--dataset", "uci_energy", "--runs-dir", str(runs_dir),
-                   "--algorithms", "Random", "Ours_LR", "--seeds", "3", "--out", str(t / "runs.tsv")])
+    t.mkdir()
+    (t / "plan.json").write_text(json.dumps(fake_plan(["Random", "Ours_LR"], range(3))))
+    analysis.main(["collect", "--plan", str(t / "plan.json"), "--runs-dir", str(runs_dir), "--out",
+                   str(t / "runs.tsv")])
     analysis.main(["summary", "--runs", str(t / "runs.tsv"), "--out", str(t / "summary.tsv")])
     analysis.main(["paper-tables", "--summaries", str(t / "summary.tsv"),
                    "--markdown", str(t / "paper.md"), "--tsv", str(t / "paper.tsv")])
     analysis.main(["figure", "--kind", "edf", "--runs", str(t / "runs.tsv"),
                    "--runs-dir", str(runs_dir), "--out", str(t / "edf.png"), str(t / "edf.svg")])
-    assert (t / "runs.tsv").read_text().startswith("# status: 5 done, 1 diverged, 0 missing")
+    assert (t / "runs.tsv").read_text().startswith("# status: 5 done, 1 diverged, 0 stale, 0 missing")
     assert "Ours (WD+LR)" in (t / "paper.md").read_text()
     assert (t / "edf.svg").exists()
 
@@ -269,30 +299,41 @@ def test_collect_takes_each_algorithms_repetitions(study, tmp_path):
     for seed in range(2):
         fake_search(runs_dir, "BayesOpt", seed, [9.0, 5.0, 4.0 + seed])
     algorithms = ["Random", "Ours_LR", "BayesOpt"]
-    runs = analysis.collect("uci_energy", runs_dir, algorithms, range(3), {"BayesOpt": 2})
+    runs = collect(runs_dir, algorithms, range(3), {"BayesOpt": 2})
     assert runs.groupby("algorithm").size().to_dict() == {"BayesOpt": 2, "Ours_LR": 3, "Random": 3}
-    assert analysis.status_counts(runs) == {"done": 7, "diverged": 1, "missing": 0, "total": 8}
+    assert collection.status_counts(runs) == {"done": 7, "diverged": 1, "stale": 0, "missing": 0, "total": 8}
     # without the repetitions, BayesOpt's third seed would count as missing
-    assert analysis.status_counts(analysis.collect("uci_energy", runs_dir, algorithms, range(3)))[
-        "missing"] == 1
-    # repetitions beyond the seeds are capped by them
-    capped = analysis.collect("uci_energy", runs_dir, algorithms, range(3), {"BayesOpt": 32})
-    assert (capped["algorithm"] == "BayesOpt").sum() == 3
-    with pytest.raises(ValueError, match="PBT"):
-        analysis.collect("uci_energy", runs_dir, algorithms, range(3), {"PBT": 2})
+    assert collection.status_counts(collect(runs_dir, algorithms, range(3)))["missing"] == 1
     out = tmp_path / "t" / "runs.tsv"
-    analysis.main(["collect", "--dataset", "uci_energy", "--runs-dir", str(runs_dir),
-                   "--algorithms", *algorithms, "--seeds", "3", "--repetitions", "BayesOpt=2",
+    out.parent.mkdir()
+    (out.parent / "plan.json").write_text(json.dumps(fake_plan(algorithms, range(3), {"BayesOpt": 2})))
+    analysis.main(["collect", "--plan", str(out.parent / "plan.json"), "--runs-dir", str(runs_dir),
                    "--out", str(out)])
-    assert out.read_text().startswith("# status: 7 done, 1 diverged, 0 missing of 8 runs")
-    summary = tables.summarise(analysis.read_runs(out)).set_index("algorithm")
+    assert out.read_text().startswith("# status: 7 done, 1 diverged, 0 stale, 0 missing of 8 runs")
+    summary = tables.summarise(collection.read_runs(out)).set_index("algorithm")
     assert summary.loc["BayesOpt", "label"] == "Bayesian Optimisation"
     assert summary.loc["BayesOpt", "runs"] == 2 and summary.loc["BayesOpt", "missing"] == 0
     assert summary.loc["BayesOpt", "best"] == 4.0
-    with pytest.raises(SystemExit):
-        analysis.main(["collect", "--dataset", "uci_energy", "--runs-dir", str(runs_dir),
-                       "--algorithms", "BayesOpt", "--seeds", "3", "--repetitions", "BayesOpt=0",
-                       "--out", str(out)])
+
+
+def test_a_run_recorded_under_other_settings_is_stale_and_never_counted(study):
+    runs_dir, _ = study
+    metrics_path = runs_dir / "Ours_LR" / "seed1" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["settings"]["hyperparameter_steps"] = 7
+    metrics_path.write_text(json.dumps(metrics))
+    (runs_dir / "Ours_LR" / "seed2" / "metrics.json").write_text(json.dumps(
+        {**json.loads((runs_dir / "Ours_LR" / "seed2" / "metrics.json").read_text()), "init_lr": 0.5}))
+    runs = collect(runs_dir, ["Random", "Ours_LR"], range(3))
+    r = runs.set_index(["algorithm", "seed"])
+    assert r.loc[("Ours_LR", 1), "status"] == "stale" and "hyperparameter_steps" in r.loc[("Ours_LR", 1),
+                                                                                          "stale_reason"]
+    assert r.loc[("Ours_LR", 2), "status"] == "stale" and r.loc[("Ours_LR", 2), "stale_reason"] == \
+        "initial lr differs"
+    assert collection.status_line(runs) == "# status: 3 done, 1 diverged, 2 stale, 0 missing of 6 runs"
+    s = tables.summarise(runs).set_index("algorithm")
+    assert s.loc["Ours_LR", "stale"] == 2 and s.loc["Ours_LR", "done"] == 1
+    assert s.loc["Ours_LR", "mean"] == 2.5 and s.loc["Ours_LR", "best"] == 2.5   # only seed 0 counts
 
 
 def test_searches_are_named_and_match_their_configs():
@@ -313,8 +354,7 @@ def test_time_comparison_with_searches(study, tmp_path):
     fake_search(runs_dir, "BayesOpt", 0, [9.0, 5.0, 5.0, 2.0])
     fake_search(runs_dir, "BayesOpt", 1, [8.0, 8.0, 3.0, 3.0])
     fake_search(runs_dir, "PBT", 0, [7.0, 6.0], per_evaluation_s=4.0)
-    runs = analysis.collect("uci_energy", runs_dir, ["Random", "Ours_LR", "BayesOpt", "PBT"],
-                            range(3), {"BayesOpt": 2, "PBT": 1})
+    runs = collect(runs_dir, ["Random", "Ours_LR", "BayesOpt", "PBT"], range(3), {"BayesOpt": 2, "PBT": 1})
     fig = figures.test_vs_time(runs, runs_dir)
     median, best = fig.axes[:2]
     assert median.get_xscale() == best.get_xscale() == "log"  # 80 s of search against 0.5 s runs
@@ -343,6 +383,16 @@ def test_time_comparison_with_searches(study, tmp_path):
 
 
 def test_time_figure_caption_describes_searches():
-    caption = (Path(__file__).resolve().parents[1] / "workflow" / "report" / "figure.rst").read_text()
-    block = caption.split('f == "test_vs_time"')[1].split("{%- elif")[0]
-    assert "best-so-far-by-validation test metric" in block and "cumulative search time" in block
+    """The caption lives with the figure (the report's caption template shows it)."""
+    text = figures.caption("test_vs_time", "UCI Energy")
+    assert "UCI Energy" in text and "lowest validation loss so far" in text and "cumulative search time" in text
+    template = (Path(__file__).resolve().parents[1] / "workflow" / "report" / "figure.rst").read_text()
+    assert template.strip() == "{{ snakemake.params.caption }}"
+
+
+def test_numbers_are_rounded_to_what_their_standard_error_supports():
+    assert tables.with_se(7.434, 8.1) == "7.4 ± 8.1"
+    assert tables.with_se(7.434, 0.0123) == "7.434 ± 0.012"
+    assert tables.with_se(1234.5, 123) == "1230 ± 120"
+    assert tables.with_se(0.5271, 0.0996) == "0.53 ± 0.10"
+    assert tables.with_se(float("nan"), 1.0) == "NaN"

@@ -1,15 +1,15 @@
-"""The Snakemake workflow: lint, the full study's DAG, a tiny end-to-end study, rebuilding one
-run, config validation, the profiles and the conda environment.
+"""The Snakemake workflow: lint and format, the full study's plan, config checks, a tiny end-to-end study,
+reruns (a changed setting, a deleted run, one seed's chunk), stale runs, two studies side by side, a new
+algorithm added as one file, the profiles and the conda environments.
 
-Snakemake runs in a temporary copy of the workflow, so the repository's results/ stays clean.
+Snakemake runs in temporary copies of the workflow, so the repository's results/ stays clean.
 """
 
+import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -17,30 +17,25 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import require_mirror
+from onepass import catalog, figures, study
+
 ROOT = Path(__file__).resolve().parents[1]
-# the one-pass study (19,600 runs) + 32 repetitions of BayesOpt on 4 datasets and of ASHA, ASHA (Ours),
-# PBT and PBT (Ours) on UCI Energy
-FULL_TRAINING_JOBS = 8 * 11 * 200 + 11 * 100 + 9 * 50 + 9 * 50 + 32 * (4 + 4)  # = 19,856
+pytestmark = pytest.mark.pipeline
+CPU = {"gpu": {"uci_energy": 0, "fashion_mnist": 0}}
 TINY = {
+    "study": "tiny",
     "datasets": ["uci_energy"],
     "algorithms": {"uci_energy": ["Random", "Random_Validation", "Ours_LR"]},
     "sweep": {"initialisations": {"uci_energy": 3}},
-    "overrides": {"all": {"all": {"hyperparameter_steps": 5, "log_every": 1}}},
+    "members_per_job": {"default": 3},
+    "overrides": {"all": {"all": {"hyperparameter_steps": 5, "log_every": 10}}},
+    **CPU,
 }
 
 
-def uci_mirror():
-    """A directory holding uci_energy/data.txt: ONEPASS_DATA_MIRRORS or ../shared/datasets."""
-    candidates = os.environ.get("ONEPASS_DATA_MIRRORS", "").split(":")
-    candidates.append(str(ROOT.parent / "shared" / "datasets"))
-    for d in candidates:
-        if d and (Path(d) / "uci_energy" / "data.txt").exists():
-            return str(Path(d).resolve())
-    return None
-
-
 def snakemake(workdir, *args, check=True):
-    """Run Snakemake in ``workdir``; return the completed process (stdout + stderr)."""
+    """Run Snakemake in ``workdir`` (targets first, then options); return the completed process."""
     proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if check and proc.returncode != 0:
@@ -50,14 +45,45 @@ def snakemake(workdir, *args, check=True):
 
 def job_counts(output):
     """The 'Job stats' table of a Snakemake run or dry run as {rule: count}."""
-    block = output.split("Job stats:", 1)[1]
+    if "Job stats:" not in output:
+        return {}
     counts = {}
-    for line in block.splitlines()[3:]:
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+    for line in output.split("Job stats:", 1)[1].splitlines()[3:]:
+        m = re.match(r"^(\S+)\s+(\d+)$", line.strip())
         if not m:
             break
         counts[m.group(1)] = int(m.group(2))
     return counts
+
+
+def trained(counts):
+    """{rule: count} of the training jobs of a job table."""
+    return {rule: n for rule, n in counts.items() if rule.startswith("train_")}
+
+
+def report_text(path: Path) -> str:
+    """The report's own HTML with every HTML file it embeds (as base64 data URLs) decoded and appended."""
+    import base64
+    text = path.read_text()
+    embedded = re.findall(r"data:text/html[^,\"]*,([A-Za-z0-9+/=]+)", text)
+    return "\n".join([text, *(base64.b64decode(e).decode("utf-8", "replace") for e in embedded)])
+
+
+def digests(directory: Path) -> dict:
+    """{relative path: (SHA-256, mtime)} of every file under ``directory``."""
+    return {str(p.relative_to(directory)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def local(*config_files, options=()):
+    """The local profile's arguments, the config files last (--configfile takes several: anything after
+    them would be read as one)."""
+    return ["--profile", "profiles/local", "--cores", "2", *options, "--configfile", *config_files]
+
+
+@pytest.fixture(scope="module")
+def mirror():
+    return str(require_mirror("uci_energy/data.txt"))
 
 
 @pytest.fixture(scope="module")
@@ -67,87 +93,271 @@ def workflow_copy(tmp_path_factory, copy_workflow):
 
 
 @pytest.fixture(scope="module")
-def tiny_study(workflow_copy):
-    """The tiny study run once to completion: uci_energy, 3 algorithms x 3 seeds, 5 hypersteps."""
-    mirror = uci_mirror()
-    if mirror is None:
-        pytest.skip("no offline copy of uci_energy (set ONEPASS_DATA_MIRRORS)")
-    config = {**TINY, "data_mirrors": [mirror]}
-    (workflow_copy / "tiny.yaml").write_text(yaml.safe_dump(config))
-    start = time.time()
-    proc = snakemake(workflow_copy, "--profile", "profiles/local", "--configfile", "tiny.yaml",
-                     "--cores", "2")
-    return workflow_copy, proc.stdout, time.time() - start
+def tiny_study(tmp_path_factory, copy_workflow, mirror):
+    """The tiny study run once to completion: uci_energy, 3 algorithms x 3 seeds, 5 hyperparameter steps."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("tiny"), {**TINY, "data_mirrors": [mirror]})
+    proc = snakemake(workdir, *local("tiny.yaml"))
+    return workdir, proc.stdout
 
 
-# ---- static checks ----------------------------------------------------------------------
-
-
-@pytest.mark.pipeline
+# ---- static checks ----------------------------------------------------------------------------------------
 def test_lint_is_clean(workflow_copy):
     proc = snakemake(workflow_copy, "--lint", check=False)
     assert proc.returncode == 0, proc.stdout
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout
 
 
-@pytest.mark.pipeline
-def test_full_study_dry_run_plans_every_training_run(workflow_copy):
-    proc = snakemake(workflow_copy, "-n", "--quiet", "rules", "all")
+def test_snakefmt_is_clean():
+    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_full_study_dry_run_plans_population_jobs(workflow_copy):
+    proc = snakemake(workflow_copy, "all", "-n", "--quiet", "rules")
     counts = job_counts(proc.stdout)
-    assert counts["train"] + counts["train_gpu"] == FULL_TRAINING_JOBS
-    assert counts["train_gpu"] == 2 * 9 * 50  # Penn Treebank and CIFAR-10 (config key gpu)
+    config = study.validate(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()),
+                            yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text()))
+    runs = sum(len(study.seeds(config, d, a)) for d in config["datasets"] for a in study.algorithms(config, d))
+    # the one-pass study (8 UCI sets x 11 algorithms x 200, Fashion-MNIST 11 x 100, Penn Treebank and
+    # CIFAR-10 9 x 50) and 32 repetitions of BayesOpt on 4 datasets and of ASHA, ASHA (Ours), PBT, PBT (Ours)
+    assert runs == 8 * 11 * 200 + 11 * 100 + 2 * 9 * 50 + 32 * (4 + 4) == 19856
+    jobs = trained(counts)
+    # a few hundred population jobs, not one per run: all seeds of a UCI or Fashion-MNIST algorithm at
+    # once, Penn Treebank and CIFAR-10 5 seeds a job, each search's repetitions in one job
+    assert sum(jobs.values()) == 8 * 11 + 11 + 2 * 9 * 10 + 4 + 4 == 287
+    assert all(n == 1 for n in jobs.values())
     assert counts["prepare_data"] == counts["sweep"] == counts["collect"] == 11
-    assert counts["figure"] == 11 * 6 and counts["analysis_page"] == 11
+    assert counts["figure"] == 11 * len(figures.KINDS) and counts["analysis_page"] == 11
 
 
-@pytest.mark.pipeline
-def test_quick_study_and_slurm_profile_plan(workflow_copy):
-    proc = snakemake(workflow_copy, "-n", "--profile", "profiles/slurm", "--configfile",
-                     "config/quick.yaml")
-    counts = job_counts(proc.stdout)
-    quick = yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
-    repetitions = quick["repetitions"]
-    expected = sum(min(repetitions.get(a, n), n)
-                   for d in quick["datasets"]
-                   for n in [quick["sweep"]["initialisations"][d]]
-                   for a in quick["algorithms"][d])
-    assert counts["train"] == expected
-    assert "Group job train_uci" in proc.stdout  # tiny UCI runs bundled per submission
-    assert "--device cpu" in proc.stdout
-    # the searches: 2 repetitions each, run by onepass.search, each a job of its own
-    for search in ("BayesOpt", "ASHA", "PBT"):
-        assert repetitions[search] == 2
-        for seed in range(2):
-            assert (f"python -m onepass.search --dataset uci_energy --algorithm {search} --seed {seed} "
-                    in proc.stdout)
-        assert f"--algorithm {search} --seed 2 " not in proc.stdout
-        # not inside the group job train_uci, whose members are printed indented
-        assert re.search(rf"^    wildcards: dataset=uci_energy, algorithm={search},", proc.stdout, re.M)
-        assert not re.search(rf"^ {{5,}}wildcards: dataset=uci_energy, algorithm={search},", proc.stdout,
-                             re.M)
-    assert "python -m onepass.train --dataset uci_energy --algorithm Random --seed 11 " in proc.stdout
-    assert "--repetitions BayesOpt=2 ASHA=2 PBT=2 --out results/tables/uci_energy/runs.tsv" in proc.stdout
+def test_quick_study_plan_with_the_slurm_profile(workflow_copy):
+    proc = snakemake(workflow_copy, "-n", "--profile", "profiles/slurm", "--configfile", "config/quick.yaml")
+    jobs = trained(job_counts(proc.stdout))
+    assert jobs["train_uci_energy_Ours_LR_0_24"] == jobs["train_uci_energy_Ours_LR_25_49"] == 1
+    assert "train_uci_energy_BayesOpt_0_1" in jobs and "train_fashion_mnist_Random_0_5" in jobs
+    assert ("python -m onepass.search --plan results/quick/sweep/uci_energy/chunks/BayesOpt/seeds0-1.json"
+            " --runs-dir results/quick/runs/uci_energy/BayesOpt") in proc.stdout
+    assert ("python -m onepass.train --plan results/quick/sweep/uci_energy/chunks/Ours_LR/seeds25-49.json"
+            " --runs-dir results/quick/runs/uci_energy/Ours_LR") in proc.stdout
+    assert "--device cpu" in proc.stdout and "--device cuda" not in proc.stdout
 
 
-@pytest.mark.pipeline
-@pytest.mark.parametrize("override,needle", [
-    ("bogus_key=1", "'bogus_key' was unexpected"),
-    ("datasets=[uci_nope]", "'uci_nope' is not one of"),
-    ("algorithms={uci_energy: [Nope]}", "'Nope' is not one of"),
-    ("sweep={seed: abc}", "instance['sweep']['seed']"),
-    ("overrides={all: {all: {bogus_setting: 1}}}", "overrides.all.all.bogus_setting"),
-    ("gpu={uci_energy: many}", "instance['gpu']['uci_energy']"),
-])
-def test_invalid_config_is_rejected_naming_the_key(workflow_copy, tmp_path, override, needle):
-    proc = snakemake(workflow_copy, "-n", "-s", str(workflow_copy / "Snakefile"),
-                     "--directory", str(tmp_path), "--configfile",
-                     str(workflow_copy / "config" / "config.yaml"), "--config", override,
-                     check=False)
+# ---- config checks: one short message naming the key and the file ----------------------------------------
+BAD = [
+    ("bogus_key: 1", "config key 'bogus_key' in bad.yaml: unknown key"),
+    ("datasets: [uci_nope]", "config key 'datasets.0' in bad.yaml: unknown dataset 'uci_nope'"),
+    ("algorithms: {uci_energy: [Nope]}", "config key 'algorithms.uci_energy.0' in bad.yaml: unknown algorithm"),
+    ("sweep: {seed: abc}", "config key 'sweep.seed' in bad.yaml"),
+    ("overrides: {all: {all: {bogus_setting: 1}}}",
+     "config key 'overrides.all.all.bogus_setting' in bad.yaml: unknown setting 'bogus_setting'"),
+    ("gpu: {uci_energy: many}", "config key 'gpu.uci_energy' in bad.yaml"),
+    ("overrides: {uci_energy: {Ours_LR: {weight_steps: many}}}",
+     "config key 'overrides.uci_energy.Ours_LR.weight_steps' in bad.yaml: setting 'weight_steps' must be integer"),
+    ("sweep: {samplers: {momentum: {type: uniform, range: [0, 1.5]}}}",
+     "config key 'sweep.samplers.momentum' in bad.yaml: 1.5 is outside the domain of momentum (within [0, 1])"),
+    ("sweep: {samplers: {lr: {type: uniform, range: [0, 0.1]}}}",
+     "config key 'sweep.samplers.lr' in bad.yaml: 0 is outside the domain of lr (> 0)"),
+    ("overrides: {all: {DiffThroughOpt: {unroll_steps: 20}}}",
+     "config key 'overrides.all.DiffThroughOpt' in bad.yaml: the merged run settings of DiffThroughOpt on "
+     "uci_energy are invalid: setting 'unroll_steps' must not exceed 'update_interval'"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD, ids=[b[0].split(":")[0] + str(i) for i, b in enumerate(BAD)])
+def test_bad_config_stops_the_dry_run_with_a_short_message(workflow_copy, tmp_path, text, message):
+    (workflow_copy / "bad.yaml").write_text(text + "\n")
+    proc = snakemake(workflow_copy, "-n", "--configfile", "config/quick.yaml", "bad.yaml",
+                     "--directory", str(workflow_copy), check=False)
     assert proc.returncode != 0
-    assert needle in proc.stdout, proc.stdout[-3000:]
-    assert not (tmp_path / "results").exists()
+    assert message in proc.stdout, proc.stdout[-3000:]
+    error = proc.stdout[proc.stdout.index("StudyConfigError"):]
+    assert len(error.splitlines()) <= 8, error       # a few lines: no schema or config dump
+    assert "$schema" not in proc.stdout and "additionalProperties" not in proc.stdout
 
 
+def test_numbers_written_as_1e_minus_6_are_numbers(workflow_copy):
+    (workflow_copy / "exp.yaml").write_text(
+        "sweep: {samplers: {lr: {type: log_uniform, range: [1e-6, 1e-1]}}}\n"
+        "overrides: {uci_energy: {Ours_LR: {hyper_lr: 3e-2}}}\n")
+    proc = snakemake(workflow_copy, "-n", "--configfile", "config/quick.yaml", "exp.yaml")
+    assert "train_uci_energy_Ours_LR_0_24" in proc.stdout
+
+
+# ---- the tiny study end to end -----------------------------------------------------------------------------
+def test_tiny_study_produces_runs_tables_figures_pages(tiny_study):
+    wd, output = tiny_study
+    assert sum(trained(job_counts(output)).values()) == 3   # one population job per algorithm
+    res = wd / "results" / "tiny"
+    runs_tsv = (res / "tables" / "uci_energy" / "runs.tsv").read_text()
+    assert runs_tsv.splitlines()[0] == "# status: 9 done, 0 diverged, 0 stale, 0 missing of 9 runs"
+    runs = pd.read_csv(res / "tables" / "uci_energy" / "runs.tsv", sep="\t", comment="#")
+    assert len(runs) == 9 and set(runs["population_size"]) == {3}
+    summary = pd.read_csv(res / "tables" / "uci_energy" / "summary.tsv", sep="\t")
+    assert {"Random", "Random_3Batched", "Ours_LR"} <= set(summary["algorithm"])
+    paper = (res / "tables" / "paper_tables.md").read_text()
+    assert "### UCI Energy" in paper and "Ours (WD+LR)" in paper
+    assert "Ours (WD+LR)" in (res / "tables" / "paper_tables.html").read_text()
+    for fig in figures.KINDS:
+        for ext in ("png", "svg"):
+            assert (res / "figures" / "uci_energy" / f"{fig}.{ext}").stat().st_size > 1000
+    page = (res / "analysis" / "uci_energy.html").read_text()
+    assert page.count("data:image/png;base64,") == len(figures.KINDS)
+    assert list((res / "benchmarks" / "train" / "uci_energy").glob("*/seeds0-2.tsv"))
+    assert (res / "logs" / "train" / "uci_energy" / "Ours_LR" / "seeds0-2.log").exists()
+    assert not (wd / "results" / "runs").exists() and (wd / "results" / "data" / "uci_energy").is_dir()
+
+
+def test_seed_is_the_same_initialisation_for_every_algorithm(tiny_study):
+    wd, _ = tiny_study
+    init = pd.read_csv(wd / "results" / "tiny" / "sweep" / "uci_energy" / "initialisations.tsv", sep="\t")
+    for algorithm in TINY["algorithms"]["uci_energy"]:
+        for row in init.to_dict("records"):
+            path = wd / "results" / "tiny" / "runs" / "uci_energy" / algorithm / f"seed{int(row['seed'])}"
+            metrics = json.loads((path / "metrics.json").read_text())
+            assert metrics["init_lr"] == row["lr"]
+            assert metrics["init_weight_decay"] == row["weight_decay"]
+            assert metrics["init_momentum"] == row["momentum"]
+            assert metrics["hyperparameter_steps"] == 5
+
+
+def test_report_holds_the_tables_and_pages(tiny_study):
+    wd, _ = tiny_study
+    snakemake(wd, "--report", "results/tiny/report.html", "--configfile", "tiny.yaml")
+    report = report_text(wd / "results" / "tiny" / "report.html")
+    for needle in ("summary.html", "paper_tables.html", "uci_energy.html", "error_vs_hyperparameter.png",
+                   "Population study of", "Table 1: UCI regression", "population analysis",
+                   catalog.algorithm("Ours_LR").label):
+        assert needle in report, needle
+
+
+# ---- reruns ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def study_copy(tmp_path, copy_workflow, mirror):
+    """A fresh copy with the tiny study (2 seeds a job, so that chunks are visible) run to completion."""
+    config = {**TINY, "sweep": {"initialisations": {"uci_energy": 4}}, "members_per_job": {"default": 2},
+              "data_mirrors": [mirror]}
+    workdir = copy_workflow(tmp_path / "wf", config)
+    snakemake(workdir, *local("tiny.yaml"))
+    return workdir
+
+
+def test_changed_override_retrains_exactly_its_runs(study_copy):
+    wd = study_copy
+    runs = wd / "results" / "tiny" / "runs" / "uci_energy"
+    before = {a: digests(runs / a) for a in TINY["algorithms"]["uci_energy"]}
+    (wd / "change.yaml").write_text(yaml.safe_dump({"overrides": {"uci_energy": {"Ours_LR": {"hyper_lr": 0.02}}}}))
+    planned = trained(job_counts(snakemake(wd, "-n", *local("tiny.yaml", "change.yaml")).stdout))
+    assert planned == {"train_uci_energy_Ours_LR_0_1": 1, "train_uci_energy_Ours_LR_2_3": 1}
+    snakemake(wd, *local("tiny.yaml", "change.yaml"))
+    for seed in range(4):
+        metrics = json.loads((runs / "Ours_LR" / f"seed{seed}" / "metrics.json").read_text())
+        assert metrics["settings"]["hyper_lr"] == 0.02 and not metrics["diverged"]
+    for algorithm in ("Random", "Random_Validation"):
+        assert digests(runs / algorithm) == before[algorithm]
+    runs_tsv = wd / "results" / "tiny" / "tables" / "uci_energy" / "runs.tsv"
+    assert runs_tsv.read_text().startswith("# status: 12 done, 0 diverged, 0 stale")
+    assert "Nothing to be done" in snakemake(wd, "-n", *local("tiny.yaml", "change.yaml")).stdout
+
+
+def test_deleted_metrics_retrain_the_run_from_scratch_and_only_its_chunk(study_copy):
+    """A plain rerun notices the deleted run (rule all asks for it by name), retrains its chunk from
+    scratch, and everything after it follows."""
+    wd = study_copy
+    victim = wd / "results" / "tiny" / "runs" / "uci_energy" / "Ours_LR" / "seed3" / "metrics.json"
+    old = json.loads(victim.read_text())
+    res = wd / "results" / "tiny"
+    outputs = [res / "tables" / "uci_energy" / "runs.tsv", res / "tables" / "paper_tables.md",
+               res / "analysis" / "uci_energy.html"]
+    before = {p: p.stat().st_mtime for p in outputs}
+    victim.unlink()
+    proc = snakemake(wd, *local("tiny.yaml"))
+    assert trained(job_counts(proc.stdout)) == {"train_uci_energy_Ours_LR_2_3": 1}
+    log = (res / "logs" / "train" / "uci_energy" / "Ours_LR" / "seeds2-3.log").read_text()
+    assert "resumed" not in log                      # from scratch: the finished checkpoint was deleted
+    new = json.loads(victim.read_text())
+    assert new["test_metric"] == pytest.approx(old["test_metric"], rel=1e-6)
+    for p in outputs:
+        assert p.stat().st_mtime > before[p], p
+
+
+def test_asking_for_one_seed_runs_only_its_chunk(study_copy):
+    wd = study_copy
+    target = "results/tiny/runs/uci_energy/Random/seed2/metrics.json"
+    (wd / target).unlink()
+    proc = snakemake(wd, target, *local("tiny.yaml"))  # the target first
+    counts = job_counts(proc.stdout)
+    assert trained(counts) == {"train_uci_energy_Random_2_3": 1} and "collect" not in counts
+    assert (wd / target).exists()
+
+
+def test_stale_run_is_reported_and_left_out_of_the_tables(study_copy):
+    wd = study_copy
+    res = wd / "results" / "tiny"
+    # the override changes, but Snakemake is told to look at file times only: the runs are kept as they are;
+    # the dataset's plan is remade from the new config, and collection finds the runs recorded under other
+    # settings than the plan's
+    (wd / "change.yaml").write_text(yaml.safe_dump({"overrides": {"uci_energy": {"Ours_LR": {"hyper_lr": 0.02}}}}))
+    proc = snakemake(wd, *local("tiny.yaml", "change.yaml", options=("--rerun-triggers", "mtime",
+                                                                      "--forcerun", "sweep")))
+    assert not trained(job_counts(proc.stdout))
+    status = (res / "tables" / "uci_energy" / "runs.tsv").read_text().splitlines()[0]
+    assert status == "# status: 8 done, 0 diverged, 4 stale, 0 missing of 12 runs"
+    runs = pd.read_csv(res / "tables" / "uci_energy" / "runs.tsv", sep="\t", comment="#")
+    assert set(runs[runs["status"] == "stale"]["algorithm"]) == {"Ours_LR"}
+    assert runs[runs["status"] == "stale"]["stale_reason"].str.contains("hyper_lr").all()
+    summary = pd.read_csv(res / "tables" / "uci_energy" / "summary.tsv", sep="\t").set_index("algorithm")
+    assert summary.loc["Ours_LR", "stale"] == 4 and summary.loc["Ours_LR", "done"] == 0
+    assert pd.isna(summary.loc["Ours_LR", "mean"])
+    assert "4 stale" in (res / "analysis" / "uci_energy.html").read_text()
+
+
+def test_two_studies_never_touch_each_others_files(tiny_study, mirror):
+    wd, _ = tiny_study
+    first = digests(wd / "results" / "tiny")
+    data = digests(wd / "results" / "data")
+    other = {**TINY, "study": "other", "overrides": {"all": {"all": {"hyperparameter_steps": 3, "log_every": 10}}},
+             "data_mirrors": [mirror]}
+    (wd / "other.yaml").write_text(yaml.safe_dump(other))
+    proc = snakemake(wd, *local("other.yaml"))
+    assert sum(trained(job_counts(proc.stdout)).values()) == 3
+    assert digests(wd / "results" / "tiny") == first           # not a byte or a time changed
+    assert digests(wd / "results" / "data") == data            # the prepared data are shared, not redone
+    assert (wd / "results" / "other" / "tables" / "uci_energy" / "runs.tsv").exists()
+    metrics = json.loads((wd / "results" / "other" / "runs" / "uci_energy" / "Random" / "seed0" /
+                          "metrics.json").read_text())
+    assert metrics["hyperparameter_steps"] == 3
+    # and the first study is still complete and up to date
+    assert "Nothing to be done" in snakemake(wd, "-n", *local("tiny.yaml")).stdout
+
+
+def test_a_new_algorithm_is_one_yaml_file(tmp_path, copy_workflow, mirror):
+    """A copy of Ours_LR with another hyper_lr and label, added as config/algorithms/<name>.yaml, runs
+    through the whole study and shows its label everywhere; no code is edited."""
+    config = {**TINY, "algorithms": {"uci_energy": ["Random", "Ours_LR", "Ours_LR_Fast"]},
+              "data_mirrors": [mirror]}
+    wd = copy_workflow(tmp_path / "wf", config)
+    entry = yaml.safe_load((wd / "config" / "algorithms" / "Ours_LR.yaml").read_text())
+    entry.update(label="Ours (WD+LR, fast)", rank=99, style={"colour": "#00ff00", "linestyle": "-."})
+    entry["settings"]["hyper_lr"] = 0.2
+    (wd / "config" / "algorithms" / "Ours_LR_Fast.yaml").write_text(yaml.safe_dump(entry))
+    snakemake(wd, *local("tiny.yaml"))
+    snakemake(wd, "--report", "results/tiny/report.html", "--configfile", "tiny.yaml")
+    res = wd / "results" / "tiny"
+    metrics = json.loads((res / "runs" / "uci_energy" / "Ours_LR_Fast" / "seed0" / "metrics.json").read_text())
+    assert metrics["settings"]["hyper_lr"] == 0.2
+    label = "Ours (WD+LR, fast)"
+    assert label in (res / "tables" / "paper_tables.md").read_text()
+    assert label in (res / "tables" / "uci_energy" / "summary.html").read_text()
+    assert label in (res / "analysis" / "uci_energy.html").read_text()
+    assert label.encode() in (res / "figures" / "uci_energy" / "edf.svg").read_bytes()
+    assert label in report_text(res / "report.html")
+    changed = subprocess.run(["diff", "-rq", str(ROOT / "onepass"), str(wd / "onepass"), "-x", "__pycache__"],
+                             capture_output=True, text=True)
+    assert changed.returncode == 0, changed.stdout
+
+
+# ---- environments -------------------------------------------------------------------------------------------
 def test_conda_env_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     deps = project["dependencies"] + project["optional-dependencies"]["cifar"]
@@ -157,79 +367,11 @@ def test_conda_env_matches_pyproject():
     assert norm(pip) == norm(deps)
 
 
-def test_figure_list_matches_figures_module():
-    text = (ROOT / "workflow" / "rules" / "common.smk").read_text()
-    listed = re.search(r"FIGURES = \[(.*?)\]", text, re.S).group(1)
-    from onepass import figures
-    assert re.findall(r'"(\w+)"', listed) == list(figures.KINDS)
-
-
-# ---- the tiny end-to-end study ----------------------------------------------------------
-
-
-@pytest.mark.pipeline
-def test_tiny_study_produces_runs_tables_figures_pages(tiny_study):
-    wd, output, seconds = tiny_study
-    assert job_counts(output)["train"] == 9
-    res = wd / "results"
-    runs_tsv = (res / "tables" / "uci_energy" / "runs.tsv").read_text()
-    assert runs_tsv.startswith("# status: ") and "missing of 9 runs" in runs_tsv.splitlines()[0]
-    runs = pd.read_csv(res / "tables" / "uci_energy" / "runs.tsv", sep="\t", comment="#")
-    assert len(runs) == 9 and set(runs["status"]) <= {"done", "diverged"}
-    summary = pd.read_csv(res / "tables" / "uci_energy" / "summary.tsv", sep="\t")
-    assert {"Random", "Random_3Batched", "Ours_LR"} <= set(summary["algorithm"])
-    paper = (res / "tables" / "paper_tables.md").read_text()
-    assert "### UCI Energy" in paper and "Ours (WD+LR)" in paper
-    for fig in ("edf", "test_vs_step", "test_vs_time", "trajectories",
-                "error_vs_hyperparameter", "best_worst"):
-        for ext in ("png", "svg"):
-            assert (res / "figures" / "uci_energy" / f"{fig}.{ext}").stat().st_size > 1000
-    page = (res / "analysis" / "uci_energy.html").read_text()
-    assert page.count("data:image/png;base64,") == 6
-    assert list((res / "benchmarks" / "train" / "uci_energy").glob("*/seed*.tsv"))
-    assert (res / "logs" / "train" / "uci_energy" / "Ours_LR" / "seed0.log").exists()
-
-
-@pytest.mark.pipeline
-def test_seed_is_the_same_initialisation_for_every_algorithm(tiny_study):
-    wd, _, _ = tiny_study
-    init = pd.read_csv(wd / "results" / "sweep" / "uci_energy" / "initialisations.tsv", sep="\t")
-    for algorithm in TINY["algorithms"]["uci_energy"]:
-        for row in init.to_dict("records"):
-            path = wd / "results" / "runs" / "uci_energy" / algorithm / f"seed{int(row['seed'])}"
-            metrics = json.loads((path / "metrics.json").read_text())
-            assert metrics["init_lr"] == row["lr"]
-            assert metrics["init_weight_decay"] == row["weight_decay"]
-            assert metrics["init_momentum"] == row["momentum"]
-            assert metrics["hyperparameter_steps"] == 5
-
-
-@pytest.mark.pipeline
-def test_report(tiny_study):
-    wd, _, _ = tiny_study
-    snakemake(wd, "--report", "results/report.html", "--configfile", "tiny.yaml")
-    report = (wd / "results" / "report.html").read_text()
-    for needle in ("Empirical distribution", "paper_tables.md", "uci_energy.html",
-                   "error_vs_hyperparameter.png", "Population study of"):
-        assert needle in report
-
-
-@pytest.mark.pipeline
-def test_deleted_run_is_rebuilt_alone_and_tables_follow(tiny_study):
-    wd, _, _ = tiny_study
-    res = wd / "results"
-    victim = res / "runs" / "uci_energy" / "Ours_LR" / "seed1" / "metrics.json"
-    tables = [res / "tables" / "uci_energy" / "runs.tsv", res / "tables" / "uci_energy" / "summary.tsv",
-              res / "tables" / "paper_tables.md", res / "analysis" / "uci_energy.html"]
-    before = {p: p.stat().st_mtime for p in tables}
-    victim.unlink()
-    args = ["--profile", "profiles/local", "--configfile", "tiny.yaml", "--cores", "2"]
-    planned = job_counts(snakemake(wd, "-n", *args).stdout)
-    assert planned["train"] == 1
-    proc = snakemake(wd, *args)
-    assert job_counts(proc.stdout)["train"] == 1
-    assert "results/runs/uci_energy/Ours_LR/seed1/metrics.json" in proc.stdout
-    assert victim.exists()
-    for p in tables:
-        assert p.stat().st_mtime > before[p], p
-    assert "Nothing to be done" in snakemake(wd, "-n", *args).stdout
+def test_readme_commands_put_targets_first():
+    """`--configfile` takes several files: a target after it would be read as a config file."""
+    text = (ROOT / "README.md").read_text()
+    for line in text.splitlines():
+        if "snakemake" in line and "--configfile" in line:
+            after = line.split("--configfile", 1)[1].split()
+            for before, token in zip(after[1:], after[2:]):   # a path after the config files is an option's
+                assert not token.startswith("results/") or before.startswith("-"), line

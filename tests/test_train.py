@@ -322,21 +322,22 @@ def test_diverging_member_is_frozen_and_recorded_while_the_others_finish(data_di
         same_run(result[i], alone, rel=2e-4)
 
 
-def tiny_plan(tmp_path, initialisations=4, algorithms=("Ours_LR_Momentum",)) -> Path:
-    """A study plan of UCI Energy written by onepass.study (as the workflow's sweep rule does)."""
+def tiny_plan(tmp_path, algorithm="Ours_LR_Momentum", seeds=range(4)) -> Path:
+    """The plan of a chunk of a UCI Energy study, as onepass.study makes it (the workflow writes it)."""
     config = study.apply_defaults({
-        "study": "t", "datasets": ["uci_energy"], "algorithms": {"uci_energy": list(algorithms)},
-        "sweep": {"seed": 1, "initialisations": {"uci_energy": initialisations},
+        "study": "t", "datasets": ["uci_energy"], "algorithms": {"uci_energy": [algorithm]},
+        "sweep": {"seed": 1, "initialisations": {"uci_energy": len(seeds)},
                   "samplers": {"lr": {"type": "log_uniform", "range": [1e-4, 1e-2]},
                                "weight_decay": {"type": "log_uniform", "range": [1e-6, 1e-3]},
                                "momentum": {"type": "uniform", "range": [0.1, 0.9]}}}})
-    study.write_sweep(config, "uci_energy", tmp_path / "sweep")
-    return tmp_path / "sweep" / "plan.json"
+    path = tmp_path / f"{algorithm}.json"
+    path.write_text(json.dumps(study.chunk_plan(config, "uci_energy", algorithm, list(seeds))))
+    return path
 
 
 def test_killed_population_resumes_to_the_same_metrics(data_dir, tmp_path):
     plan = tiny_plan(tmp_path)
-    args = ["--plan", str(plan), "--algorithm", "Ours_LR_Momentum", "--seeds", "0-3", "--data-dir", str(data_dir),
+    args = ["--plan", str(plan), "--data-dir", str(data_dir),
             "--set", "weight_steps=3000", "--set", "checkpoint_every=7", "--set", "log_every=500"]
     reference = cli(args + ["--runs-dir", str(tmp_path / "ref")])
     assert reference.wait(300) == 0, reference.stderr.read()
@@ -371,9 +372,9 @@ def test_population_is_trained_in_groups_that_fit_the_memory_budget(data_dir, tm
         assert len(sizes) == math.ceil(n / members_fit) and max(sizes) - min(sizes) <= 1
     assert memory.groups(4, per_member, None) == [4]
     # the engine follows the plan: a budget for two members trains four in two groups, checkpointed apart
-    plan = tiny_plan(tmp_path, algorithms=("DiffThroughOpt",))
+    plan = tiny_plan(tmp_path, "DiffThroughOpt")
     budget_mb = (base + 2 * per_member + per_member // 2) / 2 ** 20
-    proc = cli(["--plan", str(plan), "--algorithm", "DiffThroughOpt", "--seeds", "0-3", "--data-dir", str(data_dir),
+    proc = cli(["--plan", str(plan), "--data-dir", str(data_dir),
                 "--runs-dir", str(tmp_path / "runs"), "--mem-mb", str(budget_mb), "--set", "weight_steps=20",
                 "--set", "keep_checkpoint=true"])
     assert proc.wait(300) == 0, proc.stderr.read()

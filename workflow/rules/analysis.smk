@@ -1,25 +1,28 @@
+# A self-contained population-analysis page per dataset (pycls style): the sweep, the settings, the summary,
+# every figure, the best and worst runs.
 rule analysis_page:
     input:
-        runs="results/tables/{dataset}/runs.tsv",
-        summary="results/tables/{dataset}/summary.tsv",
-        sweep="results/sweep/{dataset}/summary.tsv",
-        figures=dataset_figures,
+        runs=rules.collect.output[0],
+        summary=rules.summary_table.output.tsv,
+        sweep=rules.sweep.output.summary,
+        plan=rules.sweep.output.plan,
+        figures=expand(
+            rules.figure.output.png, figure=figures.KINDS, allow_missing=True
+        ),
     output:
         report(
-            "results/analysis/{dataset}.html",
+            f"{STUDY}/analysis/{{dataset}}.html",
             caption="../report/analysis.rst",
             category="{dataset}",
             subcategory="Analysis page",
-            labels={"dataset": "{dataset}", "algorithm": "all", "figure": "analysis page"},
+            labels={"dataset": "{dataset}", "item": "analysis page"},
         ),
-    params:
-        runs_dir=runs_dir,
     log:
-        "results/logs/analysis/{dataset}.log",
+        f"{STUDY}/logs/analysis/{{dataset}}.log",
     localrule: True
     conda:
         "../../envs/onepass.yaml"
     shell:
-        "python -m onepass.analysis page --dataset {wildcards.dataset} --runs {input.runs}"
-        " --summary {input.summary} --sweep-summary {input.sweep} --figures {input.figures}"
-        " --runs-dir {params.runs_dir} --out {output} > {log} 2>&1"
+        "python -m onepass.analysis page --runs {input.runs} --summary {input.summary}"
+        " --sweep-summary {input.sweep} --plan {input.plan} --figures {input.figures} --out {output}"
+        " > {log} 2>&1"

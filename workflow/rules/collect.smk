@@ -1,21 +1,19 @@
-# runs.tsv of a dataset: every algorithm's seeds, fewer for those capped by the config key
-# repetitions (the black-box searches), which are then not counted as missing beyond them.
+# runs.tsv of a dataset: one row per planned run (its status: done, diverged, stale or missing) after a
+# status line. A run whose recorded settings or initialisation differ from the plan is stale: reported,
+# and left out of every statistic.
 rule collect:
     input:
-        run_metrics,
+        plan=rules.sweep.output.plan,
+        runs=dataset_runs("metrics.json"),
     output:
-        "results/tables/{dataset}/runs.tsv",
-    params:
-        runs_dir=runs_dir,
-        algorithms=dataset_algorithms,
-        seeds=n_initialisations,
-        repetitions=dataset_repetitions,
+        f"{STUDY}/tables/{{dataset}}/runs.tsv",
     log:
-        "results/logs/collect/{dataset}.log",
+        f"{STUDY}/logs/collect/{{dataset}}.log",
     localrule: True
     conda:
         "../../envs/onepass.yaml"
+    params:
+        runs_dir=runs_dir,
     shell:
-        "python -m onepass.analysis collect --dataset {wildcards.dataset}"
-        " --runs-dir {params.runs_dir} --algorithms {params.algorithms} --seeds {params.seeds}"
-        " {params.repetitions} --out {output} > {log} 2>&1"
+        "python -m onepass.analysis collect --plan {input.plan} --runs-dir {params.runs_dir}"
+        " --out {output} > {log} 2>&1"

@@ -1,22 +1,26 @@
+# Every figure kind of onepass.figures for every dataset, as PNG (in the report, with the caption the
+# figures module gives it) and SVG. A figure reads runs.tsv and the runs' histories.
 rule figure:
     input:
-        "results/tables/{dataset}/runs.tsv",
+        runs=rules.collect.output[0],
+        histories=dataset_runs("history.csv"),
     output:
         png=report(
-            "results/figures/{dataset}/{figure}.png",
+            f"{STUDY}/figures/{{dataset}}/{{figure}}.png",
             caption="../report/figure.rst",
             category="{dataset}",
             subcategory="Figures",
-            labels={"dataset": "{dataset}", "algorithm": "all", "figure": "{figure}"},
+            labels={"dataset": "{dataset}", "item": "{figure}"},
         ),
-        svg="results/figures/{dataset}/{figure}.svg",
-    params:
-        runs_dir=runs_dir,
+        svg=f"{STUDY}/figures/{{dataset}}/{{figure}}.svg",
     log:
-        "results/logs/figures/{dataset}/{figure}.log",
+        f"{STUDY}/logs/figures/{{dataset}}/{{figure}}.log",
     localrule: True
     conda:
         "../../envs/onepass.yaml"
+    params:
+        runs_dir=runs_dir,
+        caption=figure_caption,
     shell:
-        "python -m onepass.analysis figure --kind {wildcards.figure} --runs {input}"
+        "python -m onepass.analysis figure --kind {wildcards.figure} --runs {input.runs}"
         " --runs-dir {params.runs_dir} --out {output.png} {output.svg} > {log} 2>&1"

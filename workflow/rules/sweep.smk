@@ -1,16 +1,47 @@
+# The sweep as data: per dataset, the initialisation of every seed, a summary of what was drawn, and the
+# plan of its runs (every algorithm's seeds, chunks, settings and per-seed initialisations), which the
+# training jobs read and collection checks the runs against.
 rule sweep:
     output:
-        table="results/sweep/{dataset}/initialisations.tsv",
-        summary="results/sweep/{dataset}/summary.tsv",
-    params:
-        spec=sweep_spec,
-        n=n_initialisations,
+        table=f"{STUDY}/sweep/{{dataset}}/initialisations.tsv",
+        summary=f"{STUDY}/sweep/{{dataset}}/summary.tsv",
+        plan=f"{STUDY}/sweep/{{dataset}}/plan.json",
     log:
-        "results/logs/sweep/{dataset}.log",
+        f"{STUDY}/logs/sweep/{{dataset}}.log",
     localrule: True
     conda:
         "../../envs/onepass.yaml"
+    params:
+        config=lambda wildcards: json.dumps(
+            study.dataset_config(config, wildcards.dataset), sort_keys=True
+        ),
+        out_dir=lambda wildcards, output: str(Path(output.plan).parent),
     shell:
-        "python -m onepass.sweep --spec {params.spec:q} --dataset {wildcards.dataset}"
-        " --initialisations {params.n} --table {output.table} --summary {output.summary}"
-        " > {log} 2>&1"
+        "python -m onepass.study sweep --config {params.config:q} --dataset {wildcards.dataset}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
+
+
+# The plan of one training job: its (dataset, algorithm), settings and members. Its params are exactly
+# that content, so a change of a chunk's settings or members rewrites its plan and retrains it, and a change
+# elsewhere leaves it alone. (A job is not made to depend on the dataset's plan above: Snakemake would then
+# not look at a chunk's own changes whenever that plan is rewritten.)
+rule chunk_plan:
+    output:
+        f"{STUDY}/sweep/{{dataset}}/chunks/{{algorithm}}/seeds{{first}}-{{last}}.json",
+    log:
+        f"{STUDY}/logs/sweep/{{dataset}}/{{algorithm}}/seeds{{first}}-{{last}}.log",
+    localrule: True
+    params:
+        plan=lambda wildcards: json.dumps(
+            study.chunk_plan(
+                config,
+                wildcards.dataset,
+                wildcards.algorithm,
+                list(range(int(wildcards.first), int(wildcards.last) + 1)),
+            ),
+            indent=1,
+            sort_keys=True,
+        ),
+    run:
+        Path(output[0]).write_text(params.plan + "\n")
+        Path(log[0]).write_text(f"wrote {output[0]}\n")

@@ -1,39 +1,44 @@
+# Per dataset: mean, median (bootstrap SE) and best final test metric of every algorithm, as TSV and as the
+# HTML table the report shows; across datasets: the paper's Tables 1 and 2.
 rule summary_table:
     input:
-        "results/tables/{dataset}/runs.tsv",
+        rules.collect.output[0],
     output:
-        report(
-            "results/tables/{dataset}/summary.tsv",
+        tsv=f"{STUDY}/tables/{{dataset}}/summary.tsv",
+        html=report(
+            f"{STUDY}/tables/{{dataset}}/summary.html",
             caption="../report/summary.rst",
             category="{dataset}",
             subcategory="Tables",
-            labels={"dataset": "{dataset}", "algorithm": "all", "figure": "summary table"},
+            labels={"dataset": "{dataset}", "item": "summary table"},
         ),
     log:
-        "results/logs/tables/{dataset}.log",
+        f"{STUDY}/logs/tables/{{dataset}}.log",
     localrule: True
     conda:
         "../../envs/onepass.yaml"
     shell:
-        "python -m onepass.analysis summary --runs {input} --out {output} > {log} 2>&1"
+        "python -m onepass.analysis summary --runs {input} --out {output.tsv} --html {output.html}"
+        " > {log} 2>&1"
 
 
 rule paper_tables:
     input:
-        all_summaries,
+        expand(rules.summary_table.output.tsv, dataset=DATASETS),
     output:
-        markdown=report(
-            "results/tables/paper_tables.md",
+        markdown=f"{STUDY}/tables/paper_tables.md",
+        tsv=f"{STUDY}/tables/paper_tables.tsv",
+        html=report(
+            f"{STUDY}/tables/paper_tables.html",
             caption="../report/paper_tables.rst",
             category="Paper tables",
-            labels={"dataset": "all", "algorithm": "all", "figure": "paper tables"},
+            labels={"dataset": "all", "item": "paper tables"},
         ),
-        tsv="results/tables/paper_tables.tsv",
     log:
-        "results/logs/tables/paper_tables.log",
+        f"{STUDY}/logs/tables/paper_tables.log",
     localrule: True
     conda:
         "../../envs/onepass.yaml"
     shell:
-        "python -m onepass.analysis paper-tables --summaries {input}"
-        " --markdown {output.markdown} --tsv {output.tsv} > {log} 2>&1"
+        "python -m onepass.analysis paper-tables --summaries {input} --markdown {output.markdown}"
+        " --tsv {output.tsv} --html {output.html} > {log} 2>&1"

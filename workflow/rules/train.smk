@@ -1,51 +1,50 @@
-# One training run per (dataset, algorithm, seed). Seed s starts from row s of the dataset's
-# initialisations.tsv (drawn by onepass.sweep from the config's sweep section), so every
-# algorithm of a dataset starts from the same initialisations. A black-box search (BayesOpt, ASHA,
-# PBT: config/algorithms/*.yaml with `search`) is run the same way by python -m onepass.search, which
-# takes the same arguments; its seed is one repetition of the whole search (it draws its own
-# hyperparameters and only records the initialisation's).
-rule train:
-    input:
-        data="results/data/{dataset}/prepared.pt",
-        sweep=ancient("results/sweep/{dataset}/initialisations.tsv"),
-    output:
-        metrics="results/runs/{dataset}/{algorithm}/seed{seed}/metrics.json",
-        history="results/runs/{dataset}/{algorithm}/seed{seed}/history.csv",
-    params:
-        initial=initial_args,
-        settings=run_settings,
-        device="cpu",
-        module=train_module,
-    log:
-        "results/logs/train/{dataset}/{algorithm}/seed{seed}.log",
-    benchmark:
-        "results/benchmarks/train/{dataset}/{algorithm}/seed{seed}.tsv"
-    wildcard_constraints:
-        dataset=alternatives(CPU_DATASETS),
-    threads: train_threads
-    resources:
-        mem_mb=train_mem_mb,
-        runtime=train_runtime,
-    group:
-        train_group
-    conda:
-        train_env
-    shell:
-        "python -m {params.module}"
-        " --dataset {wildcards.dataset} --algorithm {wildcards.algorithm} --seed {wildcards.seed}"
-        " {params.initial} --data-dir results/data"
-        " --out results/runs/{wildcards.dataset}/{wildcards.algorithm}/seed{wildcards.seed}"
-        " --device {params.device} --threads {threads} {params.settings} > {log} 2>&1"
+# One job per chunk of seeds of a (dataset, algorithm): the chunk trains as one population
+# (python -m onepass.train) or, for a black-box search, runs its repetitions one after another
+# (python -m onepass.search), and writes every seed's run directory. A job's rule is named after its
+# chunk (train_<dataset>_<algorithm>_<first>_<last>), so asking for one seed's metrics.json runs only the
+# chunk that holds it. Its input is the chunk's plan (rule chunk_plan): a change of the runs' settings or
+# members rewrites it and reruns exactly the chunks it touches. Resources come from the problem's size
+# (onepass.study.resources); memory and time grow with each retry.
+for dataset, algorithm, chunk in chunks():
+    search = catalog.is_search(algorithm)
+    resources_of = job_resources(dataset, algorithm, chunk)
+    name = study.chunk_name(chunk)
 
-
-# The same run on a GPU, for the datasets the config's gpu key names (the SLURM profile
-# sends these to a GPU partition via set-resources).
-use rule train as train_gpu with:
-    params:
-        device="cuda",
-    wildcard_constraints:
-        dataset=alternatives(GPU_DATASETS),
-    resources:
-        mem_mb=train_mem_mb,
-        runtime=train_runtime,
-        gpu=train_gpu,
+    rule:
+        name:
+            f"train_{dataset}_{algorithm}_{chunk[0]}_{chunk[-1]}"
+        input:
+            data=ancient(expand(rules.prepare_data.output[0], dataset=dataset)),
+            plan=expand(
+                rules.chunk_plan.output[0],
+                dataset=dataset,
+                algorithm=algorithm,
+                first=chunk[0],
+                last=chunk[-1],
+            ),
+        output:
+            metrics=run_outputs(dataset, algorithm, chunk, "metrics.json"),
+            history=run_outputs(dataset, algorithm, chunk, "history.csv"),
+        log:
+            f"{STUDY}/logs/train/{dataset}/{algorithm}/{name}.log",
+        benchmark:
+            f"{STUDY}/benchmarks/train/{dataset}/{algorithm}/{name}.tsv"
+        conda:
+            "../../envs/baselines.yaml" if search else "../../envs/onepass.yaml"
+        threads: resources_of["threads"]
+        resources:
+            mem_mb=resources_of["mem_mb"],
+            runtime=resources_of["runtime"],
+            gpu=resources_of["gpu"],
+        params:
+            module="onepass.search" if search else "onepass.train",
+            runs_dir=lambda wildcards, output: str(
+                Path(output.metrics[0]).parent.parent
+            ),
+            data_dir=lambda wildcards, input: str(Path(input.data[0]).parent.parent),
+            device=study.device(config, dataset),
+        shell:
+            "python -m {params.module} --plan {input.plan}"
+            " --runs-dir {params.runs_dir} --data-dir {params.data_dir}"
+            " --device {params.device} --threads {threads} --mem-mb {resources.mem_mb} --quiet"
+            " > {log} 2>&1"

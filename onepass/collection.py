@@ -1,0 +1,132 @@
+"""The model of a collected study: every planned run of a dataset read into one table (``runs.tsv``), with
+its status, and the run directories behind it.
+
+A run is ``done``, ``diverged``, ``missing`` (no metrics.json) or ``stale``: its metrics.json records other
+settings or another initialisation than the plan (say, left over from an earlier config). Stale runs are
+reported in the status line and never enter a statistic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from . import study
+
+# metrics.json fields copied into runs.tsv, in this order.
+FIELDS = [
+    "init_lr", "init_weight_decay", "init_momentum",
+    "final_lr", "final_weight_decay", "final_momentum",
+    "train_loss", "valid_loss", "test_loss", "test_metric",
+    "test_mse_unnormalised", "test_accuracy", "test_perplexity",
+    "weight_steps", "hyperparameter_steps", "train_time_s", "wall_time_s", "population_size", "device",
+    "slurm_job_id",
+]
+STATUSES = ("done", "diverged", "stale", "missing")
+INITIAL = ("lr", "weight_decay", "momentum")
+
+
+def run_dir(runs_dir, algorithm: str, seed: int) -> Path:
+    """Directory of one run inside a dataset's runs directory."""
+    return Path(study.run_dir(Path(runs_dir) / algorithm, seed))
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def stale_reason(metrics: dict, expected_settings: dict, member: dict) -> str | None:
+    """Why a run's record does not match its plan entry (None if it does)."""
+    recorded = {k: v for k, v in (metrics.get("settings") or {}).items() if k in expected_settings}
+    differing = sorted(k for k in expected_settings if recorded.get(k, object()) != expected_settings[k])
+    if differing:
+        return "settings differ: " + ", ".join(differing[:5])
+    for name in INITIAL:
+        if metrics.get(f"init_{name}") != member[name]:
+            return f"initial {name} differs"
+    return None
+
+
+def read_run(path: Path, expected_settings: dict | None = None, member: dict | None = None) -> dict:
+    """One row of runs.tsv from a run's metrics.json, checked against its plan entry when given."""
+    if not path.exists():
+        return {"status": "missing", "diverged": None, "stale_reason": None}
+    metrics = json.loads(path.read_text())
+    row = {k: metrics.get(k) for k in FIELDS}
+    diverged = bool(metrics.get("diverged")) or not _finite(metrics.get("test_metric"))
+    reason = stale_reason(metrics, expected_settings, member) if expected_settings is not None else None
+    row["status"] = "stale" if reason else ("diverged" if diverged else "done")
+    row["diverged"] = diverged
+    row["stale_reason"] = reason
+    for key, value in (member or {}).get("settings", {}).items():
+        row[key] = (metrics.get("settings") or {}).get(key, value)
+    return row
+
+
+def collect(plan: dict, runs_dir) -> pd.DataFrame:
+    """One row per planned (algorithm, seed) of the plan's dataset: its record and status."""
+    rows = []
+    for algorithm, entry in plan["algorithms"].items():
+        for seed in entry["seeds"]:
+            member = study.member(plan, algorithm, seed)
+            expected = study.expected_settings(plan, algorithm, seed)
+            rows.append({"dataset": plan["dataset"], "algorithm": algorithm, "seed": seed,
+                         **read_run(run_dir(runs_dir, algorithm, seed) / "metrics.json", expected, member)})
+    cols = ["dataset", "algorithm", "seed", "status", "diverged", *FIELDS, "stale_reason"]
+    frame = pd.DataFrame(rows)
+    extra = [c for c in frame.columns if c not in cols]
+    return frame.reindex(columns=cols + extra)
+
+
+def status_counts(runs: pd.DataFrame) -> dict:
+    """Number of runs per status and in total."""
+    counts = {s: int((runs["status"] == s).sum()) for s in STATUSES}
+    counts["total"] = len(runs)
+    return counts
+
+
+def status_line(runs: pd.DataFrame) -> str:
+    """One line saying how many runs are done, diverged, stale and missing."""
+    c = status_counts(runs)
+    return (f"# status: {c['done']} done, {c['diverged']} diverged, {c['stale']} stale, "
+            f"{c['missing']} missing of {c['total']} runs")
+
+
+def write_runs(runs: pd.DataFrame, path) -> None:
+    """Write runs.tsv: the status line, then one tab-separated row per run."""
+    from .records import atomic_write
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(status_line(runs) + "\n")
+            runs.to_csv(f, sep="\t", index=False, na_rep="NaN")
+    atomic_write(path, write)
+
+
+def read_runs(path) -> pd.DataFrame:
+    """Read a runs.tsv written by :func:`write_runs`."""
+    return pd.read_csv(path, sep="\t", comment="#")
+
+
+def counted(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that enter statistics: done or diverged (stale and missing runs do not)."""
+    return runs[runs["status"].isin(("done", "diverged"))]
+
+
+def load_histories(runs: pd.DataFrame, runs_dir, per_algorithm: int | None = None) -> pd.DataFrame:
+    """history.csv of every counted run that has one, with algorithm and seed columns added."""
+    frames = []
+    for algorithm, group in counted(runs).groupby("algorithm"):
+        for seed in sorted(group["seed"])[:per_algorithm]:
+            path = run_dir(runs_dir, algorithm, seed) / "history.csv"
+            if path.exists():
+                frames.append(pd.read_csv(path).assign(algorithm=algorithm, seed=seed))
+    if not frames:
+        return pd.DataFrame(columns=["algorithm", "seed", "step", "time_s", "test_metric", *INITIAL])
+    return pd.concat(frames, ignore_index=True)
