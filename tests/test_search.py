@@ -23,7 +23,9 @@ import pytest
 
 from onepass.catalog import is_search
 from onepass.settings import ConfigError
-from onepass.search import EVALUATION_COLUMNS, add_evaluation, main, perturb, run, search_settings
+from onepass.search import main, run, search_settings
+from onepass.search.ray_tune import perturb
+from onepass.search.record import EVALUATION_COLUMNS, add_evaluation
 from onepass.records import HISTORY_COLUMNS
 from onepass.train import run as train_run
 from onepass import data as datasets
@@ -111,11 +113,13 @@ def test_bayesopt_end_to_end_and_replay(data_dir, tmp_path):
         inner = json.loads((tmp_path / "bo" / "evaluations" / f"{i:03d}" / "metrics.json").read_text())
         assert inner["algorithm"] == "Random_Validation" and inner["valid_loss"] == r["valid_loss"]
         assert inner["init_lr"] == r["lr"] and inner["test_metric"] == r["test_metric"]
-    # started again (as after a kill), the search replays the same points and scores
+    # started again (as after a kill), the search replays the same points and scores, without retraining
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "bo" / "evaluations").glob("*/metrics.json")}
     again = run("uci_energy", "BayesOpt", 3, 1e-3, 1e-4, 0.5, data_dir, tmp_path / "bo", overrides=TINY_BO)
     keys = ("lr", "weight_decay", "momentum", "valid_loss", "test_metric")
     assert [[r[k] for k in keys] for r in evaluations(tmp_path / "bo")] == [[r[k] for k in keys] for r in rows]
     assert again["test_metric"] == m["test_metric"]
+    assert {p: p.stat().st_mtime_ns for p in written} == written
 
 
 def test_bayesopt_whose_every_evaluation_diverges_reports_nan(data_dir, tmp_path, capsys):

@@ -1,0 +1,75 @@
+"""BayesOpt: Gaussian-process Bayesian optimisation with scikit-optimize's ask/tell ``Optimizer`` over the search
+space; each evaluation is a full run of the search's inner algorithm (a population of one)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from .record import add_evaluation, number, write_evaluations
+
+
+def finished(where: Path, seed: int, lr: float, weight_decay: float, momentum: float) -> dict | None:
+    """The metrics of an evaluation already run (a search killed and started again replays its finished
+    evaluations: the optimiser asks for the same points again, for the same seed), else None."""
+    path = where / "metrics.json"
+    if not path.exists():
+        return None
+    metrics = json.loads(path.read_text())
+    same = (metrics.get("seed"), metrics.get("init_lr"), metrics.get("init_weight_decay"),
+            metrics.get("init_momentum")) == (seed, lr, weight_decay, momentum)
+    return metrics if same else None
+
+
+def bayesopt(dataset: str, seed: int, settings: dict, inner_overrides: dict, data, data_dir, out: Path,
+             device: str, quiet: bool = True) -> tuple[list[dict], float]:
+    """Gaussian-process Bayesian optimisation with scikit-optimize's ask/tell ``Optimizer``; returns the
+    evaluation rows and the search's duration in seconds."""
+    from skopt import Optimizer
+    from skopt.space import Real
+
+    from ..train import run as train_run
+
+    space = [Real(*map(float, settings["search_log10_lr"]), name="log10_lr"),
+             Real(*map(float, settings["search_log10_weight_decay"]), name="log10_weight_decay"),
+             Real(*map(float, settings["search_momentum"]), name="momentum")]
+    opt = Optimizer(space, base_estimator="GP", n_initial_points=settings["search_initial_points"],
+                    initial_point_generator="random", random_state=seed)
+    total = settings["search_initial_points"] + settings["search_guided_points"]
+    penalty = float(settings["search_diverged_penalty"])
+    rows: list[dict] = []
+    start = time.perf_counter()
+    for i in range(total):
+        with warnings.catch_warnings():  # a GP fitted to few or constant scores warns; it is still usable
+            warnings.simplefilter("ignore")
+            x = opt.ask()
+        lr, wd, mom = 10.0 ** float(x[0]), 10.0 ** float(x[1]), min(max(float(x[2]), 0.0), 1.0)
+        run_seed = 1000 * seed + i
+        tick = time.perf_counter()
+        where = out / "evaluations" / f"{i:03d}"
+        m = finished(where, run_seed, lr, wd, mom)
+        if m is None:
+            m = train_run(dataset, settings["search_inner_algorithm"], run_seed, lr, wd, mom, data_dir, where,
+                          device, inner_overrides, data=data)
+        score = penalty if m["diverged"] or not math.isfinite(m["valid_loss"]) else m["valid_loss"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt.tell(x, float(score))
+        row = add_evaluation(rows, {
+            "trial": i, "run_seed": run_seed, "hyper_step": m["hyperparameter_steps"],
+            "weight_steps": m["weight_steps"], "lr": lr, "weight_decay": wd, "momentum": mom,
+            **{k: m[k] for k in ("train_loss", "valid_loss", "test_loss", "test_metric")},
+            "test_accuracy": number(m["test_accuracy"]), "test_perplexity": number(m["test_perplexity"]),
+            "diverged": m["diverged"], "score": score, "wall_time_s": time.perf_counter() - tick,
+            "cumulative_time_s": time.perf_counter() - start, "new_weight_steps": m["weight_steps"],
+            "new_hyper_steps": m["hyperparameter_steps"]})
+        write_evaluations(out / "evaluations.csv", rows)
+        if not quiet:
+            print(f"evaluation {i}: lr={lr:.3g} wd={wd:.3g} momentum={mom:.3g} valid_loss={row['valid_loss']:.4g}"
+                  f"{' (diverged)' if m['diverged'] else ''} best={row['best_valid_loss']:.4g}",
+                  file=sys.stderr, flush=True)
+    return rows, time.perf_counter() - start

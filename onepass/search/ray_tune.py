@@ -1,0 +1,262 @@
+"""ASHA and PBT with Ray Tune (``ASHAScheduler``, ``PopulationBasedTraining``) on a local Ray instance that lives
+only inside the search's job; every trial is a population of one of the search's inner algorithm, driven
+through the population's public interface (step, report, hyperparameters, state)."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from ..population import Member, Population
+from ..problems import to_device
+from .record import add_evaluation
+from .space import space_point
+
+
+_DATA_CACHE: dict = {}
+
+
+def _trial_data(ctx: dict):
+    """The dataset on the trial's device, loaded once per Ray worker process."""
+    key = (ctx["dataset"], ctx["data_dir"], ctx["device"], ctx["inner"]["preprocessing"])
+    if key not in _DATA_CACHE:
+        from ..data import load
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = to_device(load(ctx["dataset"], ctx["data_dir"], ctx["inner"]["preprocessing"]),
+                                     torch.device(ctx["device"]))
+    return _DATA_CACHE[key]
+
+
+@torch.no_grad()
+def perturb(population: Population, rng: random.Random, settings: dict) -> None:
+    """PBT's explore on a trial's current hyperparameters (a population of one, in place): each one is
+    resampled from the search space with probability ``pbt_resample_probability``, else multiplied by a random
+    choice of ``pbt_perturbation_factors``; momentum is then clipped to the space."""
+    current = {k: v[0] for k, v in population.hyperparameters().items()}
+    point = space_point(settings, rng)
+    lo, hi = settings["search_momentum"]
+    for name in ("lr", "weight_decay", "momentum"):
+        if rng.random() < settings["pbt_resample_probability"]:
+            population.set_hyperparameter(0, name, point[name])
+            continue
+        factor = float(rng.choice(settings["pbt_perturbation_factors"]))
+        if name == "momentum":
+            population.set_hyperparameter(0, name, min(max(current[name] * factor, lo), hi))
+        else:  # log-parametrised: multiplying is a shift (keeps per-weight learning rates' spread)
+            population.scale_hyperparameter(0, name, factor)
+
+
+def ray_trial(config: dict, ctx: dict) -> None:
+    """One ASHA/PBT trial: a population of one (:class:`onepass.population.Population`) reporting to Ray Tune
+    (runs in a Ray worker)."""
+    from ray import tune
+
+    torch.set_num_threads(1)
+    data = _trial_data(ctx)
+    point = ctx["points"][config["trial"]]
+    trial = Population(ctx["inner"], data, [Member(point["run_seed"], point["lr"], point["weight_decay"],
+                                                   point["momentum"])], torch.device(ctx["device"]))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / "trial.pt", map_location=ctx["device"], weights_only=True)
+        trial.load_state_dict(state["run"])
+        if state["explore"] != config["explore"]:  # PBT's exploit copied this state: explore from it
+            perturb(trial, random.Random(config["explore"]), ctx["settings"])
+    total, every = ctx["inner"]["hyperparameter_steps"], ctx["settings"]["search_report_every"]
+    interval = ctx["settings"]["pbt_perturbation_interval"] if ctx["search"] == "pbt" else None
+    steps_at_report, trained = trial.weight_step, 0
+    while trial.hyper_step < total:
+        just_diverged = False
+        if not bool(trial.alive[0]):  # PBT: idle (no training) until exploit replaces this state
+            trial.hyper_step += 1
+        else:
+            just_diverged = bool(trial.step())
+            trained += 1
+        diverged = not bool(trial.alive[0])
+        due = trial.hyper_step % every == 0 or trial.hyper_step == total
+        if not (due or (just_diverged and ctx["search"] == "asha")):
+            continue
+        report = trial.report()[0]
+        result = {**{k: report[k] for k in ("train_loss", "valid_loss", "test_loss", "test_metric", "test_accuracy",
+                                            "test_perplexity", "lr", "weight_decay", "momentum", "diverged")},
+                  "score": ctx["penalty"] if diverged or not math.isfinite(report["valid_loss"])
+                  else report["valid_loss"],
+                  "hyper_step": trial.hyper_step, "weight_step": trial.weight_step,
+                  "new_weight_steps": trial.weight_step - steps_at_report, "new_hyper_steps": trained,
+                  "run_seed": point["run_seed"], "train_time_s": trial.train_time}
+        steps_at_report, trained = trial.weight_step, 0
+        if interval is not None and (trial.hyper_step % interval == 0 or trial.hyper_step == total):
+            with tempfile.TemporaryDirectory(prefix="onepass-trial-") as d:
+                torch.save({"run": trial.state_dict(), "explore": config["explore"]}, Path(d) / "trial.pt")
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+        else:
+            tune.report(result)
+        if diverged and ctx["search"] == "asha":
+            return
+
+
+def ray_environment() -> None:
+    """Ray's process-wide settings, before Ray is first imported (it reads some of them only then): no
+    usage statistics, Tune's own loggers off (evaluations.csv is the record), and token authentication
+    with a token of this process held in its environment (none is written to ~/.ray); the single-node
+    mode, in which Ray listens on the loopback address only."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # single node: bind to the loopback address
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ["RAY_AUTH_MODE"] == "token" and not os.environ.get("RAY_AUTH_TOKEN"):
+        import secrets
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+
+
+def _ray_cpus(threads: int | None) -> int:
+    for value in (threads, os.environ.get("SLURM_CPUS_PER_TASK"), os.environ.get("OMP_NUM_THREADS")):
+        try:
+            if value is not None and int(value) >= 1:
+                return int(value)
+        except ValueError:
+            pass
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def ray_search(dataset: str, seed: int, settings: dict, inner: dict, data_dir, out: Path, device: str,
+               threads: int | None = None, quiet: bool = True) -> tuple[list[dict], float]:
+    """ASHA or PBT (``settings['search']``) with Ray Tune on a local Ray instance that lives only inside
+    this call; returns the trial reports as evaluation rows and the search's duration in seconds."""
+    import psutil
+
+    num_cpus = _ray_cpus(threads)
+    num_gpus = torch.cuda.device_count() if device == "cuda" else 0
+    rng = random.Random(seed)
+    n = settings["search_trials"]
+    points = [{**space_point(settings, rng), "run_seed": 1000 * seed + i} for i in range(n)]
+    ctx = {"dataset": dataset, "data_dir": str(Path(data_dir).resolve()), "device": device, "inner": inner,
+           "settings": settings, "search": settings["search"], "points": points,
+           "penalty": float(settings["search_diverged_penalty"])}
+    storage = out.resolve() / "ray"
+    shutil.rmtree(storage, ignore_errors=True)  # a Ray search is not resumed: start it afresh
+    # Ray's sockets live under its temp dir and their paths must stay below ~107 characters.
+    base = tempfile.gettempdir() if len(tempfile.gettempdir()) <= 40 else "/tmp"
+    ray_tmp = tempfile.mkdtemp(prefix="onepass-ray-", dir=base)
+    saved_env = {k: os.environ.get(k) for k in ("PYTHONPATH", "RAY_ADDRESS")}
+    package_parent = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
+    os.environ.pop("RAY_ADDRESS", None)
+    ray_environment()
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+
+    rows: list[dict] = []
+    trial_ids: dict = {}
+    start = [time.perf_counter()]
+
+    class Recorder(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            index = trial_ids.setdefault(trial.trial_id, len(trial_ids))
+            row = add_evaluation(rows, {
+                "trial": index, "run_seed": result["run_seed"], "hyper_step": result["hyper_step"],
+                "weight_steps": result["weight_step"],
+                **{k: result[k] for k in ("lr", "weight_decay", "momentum", "train_loss", "valid_loss",
+                                          "test_loss", "test_metric", "test_accuracy", "test_perplexity",
+                                          "diverged", "score", "new_weight_steps", "new_hyper_steps")},
+                "wall_time_s": result["train_time_s"], "cumulative_time_s": time.perf_counter() - start[0]})
+            if not quiet and (len(rows) % 50 == 0):
+                print(f"{len(rows)} reports, best valid_loss={row['best_valid_loss']:.4g}", file=sys.stderr,
+                      flush=True)
+
+    if settings["search"] == "asha":
+        scheduler = ASHAScheduler(time_attr="hyper_step", max_t=inner["hyperparameter_steps"],
+                                  grace_period=settings["asha_grace_period"],
+                                  reduction_factor=settings["asha_reduction_factor"])
+    else:
+        explorer = random.Random(seed + 1)
+        scheduler = PopulationBasedTraining(
+            time_attr="hyper_step", perturbation_interval=settings["pbt_perturbation_interval"],
+            hyperparam_mutations={"explore": lambda: 0},  # the trial itself perturbs its copied run state
+            quantile_fraction=settings["pbt_quantile_fraction"], resample_probability=0.0,
+            custom_explore_fn=lambda config: {**config, "explore": explorer.getrandbits(62)},
+            synch=True)  # generations: a population larger than the CPUs still advances together
+    before = {p.pid for p in _still_children(psutil)}
+    main_thread = threading.current_thread() is threading.main_thread()
+    on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
+    try:
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 _temp_dir=ray_tmp, object_store_memory=100 * 1024 ** 2,
+                 logging_level="warning", log_to_driver=not quiet, configure_logging=True)
+        if on_sigterm is not None:  # Ray's own handler would exit at once: keep the caller's, which unwinds
+            signal.signal(signal.SIGTERM, on_sigterm)
+        random.seed(seed)  # Ray's schedulers draw from the global generators
+        import numpy
+        numpy.random.seed(seed)
+        trainable = tune.with_resources(tune.with_parameters(ray_trial, ctx=ctx),
+                                        {"cpu": 1, "gpu": num_gpus / num_cpus if num_gpus else 0})
+        tuner = tune.Tuner(
+            trainable, param_space={"trial": tune.grid_search(list(range(n))), "explore": 0},
+            tune_config=tune.TuneConfig(metric="score", mode="min", scheduler=scheduler,
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(name=storage.name, storage_path=str(storage.parent), verbose=0,
+                                      callbacks=[Recorder()], log_to_file=True,
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
+                                      failure_config=tune.FailureConfig(max_failures=0)))
+        import logging
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no result.json
+        start[0] = time.perf_counter()
+        results = tuner.fit()
+        duration = time.perf_counter() - start[0]
+        if results.errors:
+            raise RuntimeError(f"{len(results.errors)} Ray trial(s) failed; the first: {results.errors[0]}")
+    finally:
+        started = [p for p in _still_children(psutil) if p.pid not in before]
+        try:
+            ray.shutdown()
+        finally:
+            _stop(list({p.pid: p for p in started + _still_children(psutil) if p.pid not in before}.values()))
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            logs = Path(ray_tmp) / "session_latest" / "logs"
+            if sys.exc_info()[0] is not None and logs.is_dir():  # keep Ray's logs of a failed search
+                shutil.copytree(logs, out / "ray_logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+    return rows, duration
+
+
+def _still_children(psutil) -> list:
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _stop(processes, timeout: float = 10.0) -> None:
+    """Terminate (then kill) those of ``processes`` (started by this job's Ray) that are still alive."""
+    import psutil
+
+    alive = [p for p in processes if p.is_running()]
+    for p in alive:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(alive, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=timeout)

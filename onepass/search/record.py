@@ -1,0 +1,113 @@
+"""The record of a search: one row per evaluation (a finished inner run, or a trial's report), the best so far
+by validation loss, and the search's outputs (evaluations.csv, history.csv, metrics.json).
+
+evaluations.csv: evaluation (row index), trial (0, 1, ... in order of first report), run_seed, hyper_step
+and weight_steps of the reported run state, its lr / weight_decay / momentum then, its losses (NaN when
+diverged), score (what the search was told), wall_time_s (training time of that run state; for PBT
+including the states it copied), cumulative_time_s (since the search started), cumulative_weight_steps and
+cumulative_hyper_steps (steps trained by the whole search so far), best_valid_loss and best_test_metric
+(of the best evaluation by validation loss so far).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+
+from ..records import atomic_write, task_metrics, versions, write_history, write_metrics
+
+EVALUATION_COLUMNS = [
+    "evaluation", "trial", "run_seed", "hyper_step", "weight_steps", "lr", "weight_decay", "momentum",
+    "train_loss", "valid_loss", "test_loss", "test_metric", "test_accuracy", "test_perplexity", "diverged",
+    "score", "wall_time_s", "cumulative_time_s", "cumulative_weight_steps", "cumulative_hyper_steps",
+    "best_valid_loss", "best_test_metric"]
+NAN = float("nan")
+
+
+def number(x) -> float:
+    """A metric as a float (NaN for None)."""
+    return NAN if x is None else float(x)
+
+
+def _finite(x) -> bool:
+    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def add_evaluation(rows: list[dict], row: dict) -> dict:
+    """Append ``row`` with its index, cumulative steps and the best-so-far columns (by validation loss)."""
+    prev = rows[-1] if rows else None
+    row["evaluation"] = len(rows)
+    row["cumulative_weight_steps"] = (prev["cumulative_weight_steps"] if prev else 0) + row.pop("new_weight_steps")
+    row["cumulative_hyper_steps"] = (prev["cumulative_hyper_steps"] if prev else 0) + row.pop("new_hyper_steps")
+    best = best_index(rows + [row])
+    row["best_valid_loss"] = NAN if best is None else (rows + [row])[best]["valid_loss"]
+    row["best_test_metric"] = NAN if best is None else (rows + [row])[best]["test_metric"]
+    rows.append(row)
+    return row
+
+
+def best_index(rows: list[dict]) -> int | None:
+    """Index of the non-diverged row with the lowest finite validation loss (the first on ties)."""
+    best = None
+    for i, row in enumerate(rows):
+        if row["diverged"] or not _finite(row["valid_loss"]):
+            continue
+        if best is None or row["valid_loss"] < rows[best]["valid_loss"]:
+            best = i
+    return best
+
+
+def write_evaluations(path: Path, rows: list[dict]) -> None:
+    def fmt(v):
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, float):
+            return repr(v)
+        return "" if v is None else v
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, EVALUATION_COLUMNS)
+            w.writeheader()
+            for row in rows:
+                w.writerow({k: fmt(row.get(k)) for k in EVALUATION_COLUMNS})
+    atomic_write(path, write)
+
+
+def search_history(rows: list[dict]) -> list[dict]:
+    """history.csv rows: per evaluation, the best-so-far evaluation's values against cumulative budget."""
+    out = []
+    for i, row in enumerate(rows):
+        best = best_index(rows[:i + 1])
+        b = rows[best] if best is not None else {}
+        out.append({"step": row["cumulative_weight_steps"], "hyper_step": row["cumulative_hyper_steps"],
+                    "time_s": row["cumulative_time_s"],
+                    **{k: b.get(k, NAN) for k in ("train_loss", "valid_loss", "test_loss", "test_metric",
+                                                   "lr", "weight_decay", "momentum")}})
+    return out
+
+
+def finish(out: Path, rows: list[dict], base: dict, task: str, settings: dict, search_time: float,
+            wall_start: float, device: str, extra_versions: dict) -> dict:
+    """Write evaluations.csv, history.csv and metrics.json; return the metrics."""
+    write_evaluations(out / "evaluations.csv", rows)
+    write_history(out / "history.csv", search_history(rows))
+    best = best_index(rows)
+    b = rows[best] if best is not None else {}
+    metrics = dict(base)
+    metrics.update({f"final_{k}": b.get(k, NAN) for k in ("lr", "weight_decay", "momentum")})
+    metrics.update({k: b.get(k, NAN) for k in ("train_loss", "valid_loss", "test_loss", "test_metric")})
+    metrics.update({
+        **task_metrics(task, b.get("test_metric", NAN), b.get("test_accuracy"), b.get("test_perplexity")),
+        "weight_steps": rows[-1]["cumulative_weight_steps"] if rows else 0,
+        "hyperparameter_steps": rows[-1]["cumulative_hyper_steps"] if rows else 0,
+        "train_time_s": search_time, "wall_time_s": time.perf_counter() - wall_start, "device": device,
+        "diverged": best is None, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "versions": versions(**extra_versions), "settings": settings,
+        "evaluations": len(rows), "diverged_evaluations": sum(bool(r["diverged"]) for r in rows),
+        "best_evaluation": best, "inner_algorithm": settings["search_inner_algorithm"]})
+    write_metrics(out / "metrics.json", metrics)
+    return metrics
