@@ -1,70 +1,80 @@
-"""Cost of each hyperparameter-optimisation algorithm relative to plain training (Random), in one process.
+"""Cost of each hyperparameter-optimisation algorithm relative to plain training (Random), on the same members.
 
-    python benchmarks/overhead.py [--datasets uci_energy fashion_mnist] [--repeats 3] [--threads 1]
+    python benchmarks/overhead.py [--datasets uci_energy fashion_mnist] [--members 25] [--steps 1000]
 
-Each algorithm trains from the same start (lr 1e-3, weight decay 1e-4, momentum 0.5, seed 0) on data
-loaded once; the table shows the median over repeats of the training time (evaluations excluded) and of
-the whole run's wall time, and their ratio to Random's.  Prepared data are looked for in --data-dir and
-prepared there (from ONEPASS_DATA_MIRRORS) when missing.
+For each dataset, every algorithm trains the same population (``--members`` initialisations drawn as the
+study draws them: log-uniform lr in [1e-4, 1e-2], weight decay in [1e-6, 1e-3], momentum in [0, 0.9]) for
+``--steps`` weight steps, in one process, one after another; then (``--single``) the same algorithms as
+populations of one (a single run, the unit of the old one-run-per-job pipeline) for one member. The table
+shows the training time (evaluations excluded) per member and weight step, and its ratio to Random's.
+Prepared data are looked for in --data-dir and prepared there (from ONEPASS_DATA_MIRRORS) when missing.
 """
 
 import argparse
-import statistics
+import random
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from onepass import data
-from onepass.train import run
+from onepass import catalog, data
+from onepass.population import Member
+from onepass.train import train, tune_allocator
 
 GRADIENT_BASED = ["Lorraine", "Baydin", "Ours_LR", "Ours_LR_Momentum", "Ours_HDLR_Momentum", "DiffThroughOpt"]
-LONG = ["LongDiffThroughOpt_Standalone", "LongDiffThroughOpt_Medium", "LongDiffThroughOpt_Full"]
-PAPER_CODE_UCI_ENERGY_S = 40.0  # the paper's code, one 4000-step UCI Energy run on this machine (issue 3)
 
 
-def measure(dataset, algorithm, loaded, repeats, overrides):
-    train, wall = [], []
-    for _ in range(repeats):
-        with tempfile.TemporaryDirectory() as out:
-            start = time.perf_counter()
-            m = run(dataset, algorithm, 0, 1e-3, 1e-4, 0.5, None, out, overrides=overrides, data=loaded)
-            wall.append(time.perf_counter() - start)
-            train.append(m["train_time_s"])
-    return statistics.median(train), statistics.median(wall), m["weight_steps"]
+def members(n: int) -> list[Member]:
+    rng = random.Random(2022)
+    return [Member(s, 10 ** rng.uniform(-4, -2), 10 ** rng.uniform(-6, -3), rng.uniform(0, 0.9)) for s in range(n)]
+
+
+def measure(dataset: str, algorithm: str, group: list[Member], loaded, steps: int, device: str) -> tuple[float, float]:
+    """(training seconds per member and weight step, wall seconds of the whole population)."""
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        metrics = train(dataset, algorithm, group, None, [Path(out) / f"s{m.seed}" for m in group], Path(out) / "ck", device,
+                        overrides={"weight_steps": steps, "log_every": steps}, data=loaded)
+        wall = time.perf_counter() - start
+    return metrics[0]["train_time_s"] / metrics[0]["weight_steps"], wall
+
+
+def table(dataset, algorithms, group, loaded, steps, title, device):
+    print(f"\n{title}")
+    print(f"{'algorithm':22s} {'ms/member-step':>15s} {'ratio':>6s} {'wall s':>7s}")
+    base = None
+    for algorithm in algorithms:
+        per_step, wall = measure(dataset, algorithm, group, loaded, steps, device)
+        base = base or per_step
+        print(f"{algorithm:22s} {1e3 * per_step:15.4f} {per_step / base:6.2f} {wall:7.1f}", flush=True)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=["uci_energy", "fashion_mnist"])
     p.add_argument("--algorithms", nargs="+", default=GRADIENT_BASED)
-    p.add_argument("--long", action="store_true", help="also the Long Diff-through-Opt variants (slow)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--members", type=int, default=25)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--single", action="store_true", help="also as populations of one (one member)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
     p.add_argument("--data-dir", default="results/data")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    algorithms = ["Random"] + args.algorithms + (LONG if args.long else [])
-    print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats} run(s)")
+    tune_allocator()
+    algorithms = ["Random"] + args.algorithms
+    print(f"torch {torch.__version__}, {args.threads} thread(s), device {args.device}, {args.steps} weight steps")
     for dataset in args.datasets:
         if not data.prepared_path(dataset, args.data_dir).exists():
             data.prepare(dataset, args.data_dir)
         loaded = data.load(dataset, args.data_dir)
-        print(f"\n{dataset}")
-        print(f"{'algorithm':34s} {'steps':>6s} {'train s':>8s} {'ratio':>6s} {'run s':>7s} {'ratio':>6s}")
-        base = None
-        for algorithm in algorithms:
-            if dataset.startswith("uci") and algorithm == "LongDiffThroughOpt_Medium":
-                continue
-            if not dataset.startswith("uci") and algorithm == "LongDiffThroughOpt_Full":
-                continue
-            train, wall, steps = measure(dataset, algorithm, loaded, args.repeats, args.overrides)
-            base = base or (train, wall)
-            print(f"{algorithm:34s} {steps:6d} {train:8.2f} {train / base[0]:6.2f} {wall:7.2f} {wall / base[1]:6.2f}")
-            if dataset == "uci_energy" and algorithm == "Ours_LR_Momentum" and not args.overrides:
-                print(f"{'':34s} {'':6s} one run is {PAPER_CODE_UCI_ENERGY_S / wall:.0f}x faster than the paper's "
-                      f"code's ~{PAPER_CODE_UCI_ENERGY_S:.0f} s (figure quoted in issue 3, not measured here)")
+        label = catalog.dataset_label(dataset)
+        measure(dataset, "Random", members(2), loaded, 20, args.device)  # warm-up: allocator, kernels
+        table(dataset, algorithms, members(args.members), loaded, args.steps,
+              f"{label}: a population of {args.members}", args.device)
+        if args.single:
+            table(dataset, algorithms, members(1), loaded, args.steps, f"{label}: a population of one", args.device)
 
 
 if __name__ == "__main__":
