@@ -15,9 +15,13 @@ import math
 from . import catalog
 
 FLOAT_BYTES = 4
-BASE_MB = 700                 # a job's process before its first member: Python, torch, the dataset, workspace
+BASE_MB = 450                 # a job's process before its first member and its data: Python, torch, workspace
+DATA_COPIES = 2               # the dataset in memory: the prepared tensors and the normalised float copy
 STATE_COPIES = 12             # weights, buffers, gradients, Neumann vectors, reset copies, per-weight Adam state
-ACTIVATION_COPIES = {"none": 6, "baydin": 6, "neumann": 16, "unroll": 10}  # per row and unit, per step held
+# activations per row and unit (per step held in the graph): measured 0.6 / 0.8 / 1.8 on UCI Energy
+# (benchmarks/memory.py), about half the values below
+ACTIVATION_COPIES = {"none": 6, "baydin": 6, "neumann": 8, "unroll": 3}
+EVALUATION_COPIES = 8         # evaluating a chunk of rows: hidden units, outputs, losses
 FLOPS_PER_SECOND = {"cpu": 4e9, "cuda": 2e11}    # per thread (CPU) / per GPU, for small batched MLPs
 TIME_FACTOR = {"none": 1.0, "baydin": 1.5, "neumann": 2.0, "unroll": 3.0}
 SAFETY = 3.0                  # runtime estimates are multiplied by this
@@ -58,8 +62,16 @@ def member_bytes(dataset: str, settings: dict) -> int:
     step = train_rows * units * ACTIVATION_COPIES[method] * held
     if settings["batch_size"]:  # every member's own batch of inputs
         step += 2 * train_rows * catalog.dataset(dataset).shape.get("features", 1)
-    evaluation = 3 * eval_rows * units
+    evaluation = EVALUATION_COPIES * eval_rows * units
     return FLOAT_BYTES * (STATE_COPIES * params + max(step, evaluation))
+
+
+def base_bytes(dataset: str) -> int:
+    """Estimated bytes of a job before its first member: the process and the dataset in memory."""
+    entry = catalog.dataset(dataset)
+    splits = entry.data.get("splits")
+    examples = sum(splits) if splits else entry.shape.get("examples", 0)
+    return BASE_MB * 2 ** 20 + DATA_COPIES * FLOAT_BYTES * examples * entry.shape.get("features", 1)
 
 
 def groups(n_members: int, per_member: int, budget_bytes: float | None, base_bytes: float = 0) -> list[int]:
@@ -84,7 +96,7 @@ def job_estimate(dataset: str, settings: dict, n_members: int, device: str, sear
         return {"mem_mb": LARGE_MODEL_MB[model], "runtime": LARGE_MODEL_RUNTIME[model] * max(n_members, 1)}
     per_member = member_bytes(dataset, settings)
     members = 1 if search != "none" else n_members
-    mem_mb = BASE_MB + members * per_member / 2 ** 20
+    mem_mb = (base_bytes(dataset) + members * per_member) / 2 ** 20
     if search in ("asha", "pbt"):  # Ray's own processes and a worker per thread
         mem_mb += 1500 + 500 * threads
     params, _ = mlp_sizes(dataset, settings)

@@ -198,7 +198,7 @@ def train(dataset: str, algorithm: str, members: list[Member], data_dir, out_dir
     if settings["model"] in memory.LARGE_MODEL_MB:  # populations of one (see onepass.models.VMAPPABLE)
         sizes = [1] * len(members)
     else:
-        base = memory.BASE_MB * 2 ** 20 if dev.type == "cpu" else 0
+        base = memory.base_bytes(dataset) if dev.type == "cpu" else 0
         sizes = memory.groups(len(members), memory.member_bytes(dataset, settings), member_budget(dev, mem_mb),
                               base)
     checkpoint_dir = Path(checkpoint_dir)

@@ -364,7 +364,7 @@ def test_killed_population_resumes_to_the_same_metrics(data_dir, tmp_path):
 def test_population_is_trained_in_groups_that_fit_the_memory_budget(data_dir, tmp_path):
     settings = load_settings("uci_energy", "DiffThroughOpt")
     per_member = memory.member_bytes("uci_energy", settings)
-    base = memory.BASE_MB * 2 ** 20
+    base = memory.base_bytes("uci_energy")
     for n, members_fit in ((10, 3), (7, 7), (5, 1), (1, 1)):
         budget = base + members_fit * per_member + per_member // 2
         sizes = memory.groups(n, per_member, budget, base)
@@ -404,4 +404,4 @@ def test_memory_estimate_bounds_the_measured_peak(data_dir, tmp_path):
     measured = (peaks[9] - peaks[1]) / 8
     estimated = memory.member_bytes("uci_energy", load_settings("uci_energy", "LongDiffThroughOpt_Standalone"))
     assert measured > 0 and estimated >= measured, (peaks, measured, estimated)
-    assert peaks[1] <= memory.BASE_MB * 2 ** 20 + estimated
+    assert peaks[1] <= memory.base_bytes("uci_energy") + estimated
