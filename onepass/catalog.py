@@ -5,7 +5,11 @@ paper's tables, whether it is a black-box search, and its run settings (``settin
 family by ``by_family``). A *derived* algorithm (Random (3-batched)) has no settings: it names the
 algorithm whose runs it is computed from. ``config/datasets/<name>.yaml`` holds a dataset's label,
 family, task, table metric, how its raw files are cut into splits (``data``) and its run settings.
-The raw files themselves are listed in ``config/sources.tsv``.
+The raw files themselves are listed in ``config/sources.tsv``. A dataset with ``same_as: <dataset>`` is a
+variant for a study of its own (the paper's appendix: Fashion-MNIST with BatchNorm, the short-horizon
+comparisons of Long Diff-through-Opt): the same data and initialisations as its base, every key it does not
+give taken from the base, its ``settings`` laid over the base's. Variants are not rows of the paper's
+Tables 1 and 2.
 
 Everything that shows or routes algorithms and datasets (tables, figures, the data layer, the
 workflow) reads these files through this module; nothing repeats them.
@@ -21,7 +25,7 @@ from pathlib import Path
 import yaml
 
 ALGORITHM_KEYS = {"label", "style", "rank", "search", "settings", "by_family", "derived"}
-DATASET_KEYS = {"label", "family", "task", "metric", "data", "shape", "settings"}
+DATASET_KEYS = {"label", "family", "task", "metric", "data", "shape", "settings", "same_as"}
 SEARCH_KINDS = ("none", "bayesopt", "asha", "pbt")
 TASKS = ("regression", "classification", "language_model")
 FAMILIES = ("uci", "fashion_mnist", "penn_treebank", "cifar10")
@@ -68,6 +72,12 @@ class Dataset:
     data: dict = field(default_factory=dict)
     shape: dict = field(default_factory=dict)  # features per example, outputs (for estimates of job sizes)
     settings: dict = field(default_factory=dict)
+    base: str = ""  # the dataset whose data and initialisations it uses: itself, or its ``same_as``
+
+    @property
+    def is_variant(self) -> bool:
+        """Whether it is a variant of another dataset (``same_as``)."""
+        return self.base != self.name
 
 
 def config_dir() -> Path:
@@ -138,6 +148,13 @@ def _dataset(path: Path) -> Dataset:
     unknown = sorted(set(data) - DATASET_KEYS)
     if unknown:
         raise CatalogError(f"{path}: unknown key '{unknown[0]}'; known keys: {', '.join(sorted(DATASET_KEYS))}")
+    base = data.get("same_as")
+    if base is not None:
+        base_path = path.with_name(f"{base}.yaml")
+        if not base_path.exists() or "same_as" in read_yaml(base_path):
+            raise CatalogError(f"{path}: key 'same_as' must name a dataset that is not itself a variant, got {base!r}")
+        inherited = read_yaml(base_path)
+        data = {**inherited, **data, "settings": {**(inherited.get("settings") or {}), **(data.get("settings") or {})}}
     family, task = _require(path, data, "family"), _require(path, data, "task")
     if family not in FAMILIES:
         raise CatalogError(f"{path}: key 'family' must be one of {', '.join(FAMILIES)}, got {family!r}")
@@ -145,7 +162,8 @@ def _dataset(path: Path) -> Dataset:
         raise CatalogError(f"{path}: key 'task' must be one of {', '.join(TASKS)}, got {task!r}")
     return Dataset(name=path.stem, label=_require(path, data, "label"), family=family, task=task,
                    metric=_require(path, data, "metric"), data=_mapping(path, data, "data"),
-                   shape=_mapping(path, data, "shape"), settings=_mapping(path, data, "settings"))
+                   shape=_mapping(path, data, "shape"), settings=_mapping(path, data, "settings"),
+                   base=base or path.stem)
 
 
 @functools.cache

@@ -104,8 +104,9 @@ DEFAULT_DATA_DIR = "results/data"  # where the pipeline prepares them
 
 
 def datasets() -> dict[str, str]:
-    """Every dataset of the catalogue (config/datasets/*.yaml) with its family."""
-    return {name: d.family for name, d in catalog.datasets().items()}
+    """Every dataset of the catalogue (config/datasets/*.yaml) with its family; variants (``same_as``) are not
+    prepared themselves: they load their base's data."""
+    return {name: d.family for name, d in catalog.datasets().items() if not d.is_variant}
 
 
 def uci_splits(name: str) -> tuple[int, int, int]:

@@ -27,7 +27,10 @@ TIME_FACTOR = {"none": 1.0, "baydin": 1.5, "neumann": 2.0, "unroll": 3.0}
 SAFETY = 3.0                  # runtime estimates are multiplied by this
 MIN_RUNTIME = 10              # minutes
 LARGE_MODEL_MB = {"lstm": 16000, "resnet18": 16000}   # host memory of a population of one (GPU jobs)
-LARGE_MODEL_RUNTIME = {"lstm": 1440, "resnet18": 1440}
+# minutes per member on one GPU: from the work of a run (ResNet-18: 32,400 steps of 100 images, about 6 PFLOP;
+# the LSTM: 23,910 steps of 40 x 70 tokens, about 8 PFLOP) at a few TFLOP/s, with the SAFETY margin; not
+# measured here (no GPU), and a job killed for time is resubmitted with twice as much
+LARGE_MODEL_RUNTIME = {"lstm": 240, "resnet18": 180}
 
 
 def _rows(dataset: str, settings: dict) -> tuple[int, int]:

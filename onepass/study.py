@@ -231,7 +231,7 @@ def settings_identity(config: dict, dataset: str, algorithm: str) -> dict:
 
 def member_of(config: dict, dataset: str, algorithm: str, seed: int) -> dict:
     """A seed's member of (dataset, algorithm): its drawn initial hyperparameters and per-member settings."""
-    drawn = sweep.draw(config["sweep"], dataset, seed)
+    drawn = sweep.draw(config["sweep"], dataset, seed, catalog.dataset(dataset).base)
     return {"seed": seed, **{k: float(drawn[k]) for k in INITIAL},
             "settings": {k: drawn[k] for k in member_settings(config, algorithm)}}
 
@@ -245,7 +245,8 @@ def mirrors_variable(config: dict, current: str = "") -> str:
 def initialisations(config: dict, dataset: str) -> list[dict]:
     """Every seed's drawn initialisation (the rows of initialisations.tsv)."""
     n = config["sweep"]["initialisations"][dataset]
-    return [{"seed": s, **sweep.draw(config["sweep"], dataset, s)} for s in range(n)]
+    base = catalog.dataset(dataset).base  # a variant draws its base's initialisations
+    return [{"seed": s, **sweep.draw(config["sweep"], dataset, s, base)} for s in range(n)]
 
 
 def members_per_job(config: dict, dataset: str) -> int:
@@ -255,8 +256,10 @@ def members_per_job(config: dict, dataset: str) -> int:
 
 
 def chunks(config: dict, dataset: str, algorithm: str) -> list[list[int]]:
-    """The seeds of (dataset, algorithm) cut into the chunks trained by one job each."""
-    all_seeds, size = seeds(config, dataset, algorithm), members_per_job(config, dataset)
+    """The seeds of (dataset, algorithm) cut into the chunks trained by one job each. A search's seed is a whole
+    repetition of the search (tens of trainings, or a population of its own), so each is a job of its own."""
+    size = 1 if catalog.is_search(algorithm) else members_per_job(config, dataset)
+    all_seeds = seeds(config, dataset, algorithm)
     return [all_seeds[i:i + size] for i in range(0, len(all_seeds), size)]
 
 
@@ -394,7 +397,8 @@ def write_sweep(config: dict, dataset: str, out_dir) -> dict:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    drawn = sweep.table(config["sweep"], dataset, config["sweep"]["initialisations"][dataset])
+    drawn = sweep.table(config["sweep"], dataset, config["sweep"]["initialisations"][dataset],
+                        catalog.dataset(dataset).base)
     atomic_write(out_dir / "initialisations.tsv", lambda tmp: drawn.to_csv(tmp, sep="\t", index=False))
     summary = sweep.summary(config["sweep"], drawn, dataset)
     atomic_write(out_dir / "summary.tsv", lambda tmp: summary.to_csv(tmp, sep="\t", index=False))

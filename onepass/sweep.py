@@ -105,11 +105,12 @@ def for_dataset(spec: dict, dataset: str) -> dict:
     return {**own, **(spec.get("by_dataset") or {}).get(dataset, {})}
 
 
-def draw(sweep: dict, dataset: str, seed: int) -> dict:
-    """Initial values of every sampled key for run ``seed`` of ``dataset``."""
+def draw(sweep: dict, dataset: str, seed: int, stream: str | None = None) -> dict:
+    """Initial values of every sampled key for run ``seed`` of ``dataset``; ``stream`` names the random
+    streams when they are another dataset's (a variant draws its base's initialisations)."""
     samplers = sweep["samplers"]
     return {
-        key: sample(key, for_dataset(spec, dataset), _stream(sweep["seed"], dataset, seed, key))
+        key: sample(key, for_dataset(spec, dataset), _stream(sweep["seed"], stream or dataset, seed, key))
         for key, spec in samplers.items()
     }
 
@@ -120,11 +121,11 @@ def applies_to(spec: dict, algorithm: str) -> bool:
     return algorithms is None or algorithm in algorithms
 
 
-def table(sweep: dict, dataset: str, n: int):
+def table(sweep: dict, dataset: str, n: int, stream: str | None = None):
     """The drawn initialisations of seeds 0..n-1, one row per seed (a DataFrame)."""
     import pandas as pd
 
-    rows = [{"seed": s, **draw(sweep, dataset, s)} for s in range(n)]
+    rows = [{"seed": s, **draw(sweep, dataset, s, stream)} for s in range(n)]
     return pd.DataFrame(rows, columns=["seed", *sweep["samplers"]])
 
 

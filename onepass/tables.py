@@ -166,7 +166,9 @@ def _layout(summaries: pd.DataFrame):
     """The paper's layout: [(table title, [(dataset heading, its summary rows)])], Table 1 the UCI sets."""
     sources = {a.derived["from"] for a in catalog.derived_algorithms().values()}
     shown = summaries[~summaries["algorithm"].isin(sources)]  # the paper shows the derived rows instead
-    datasets = catalog.dataset_order(dict.fromkeys(shown["dataset"]))
+    known = catalog.datasets()
+    datasets = [d for d in catalog.dataset_order(dict.fromkeys(shown["dataset"]))
+                if d not in known or not known[d].is_variant]   # variants are studies of their own
     tables = (("Table 1: UCI regression (unnormalised test MSE)",
                [d for d in datasets if catalog.family(d) == "uci"]),
               ("Table 2: Fashion-MNIST, Penn Treebank and CIFAR-10",

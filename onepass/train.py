@@ -192,7 +192,7 @@ def train(dataset: str, algorithm: str, members: list[Member], data_dir, out_dir
         check(member.settings, f"the settings of seed {member.seed}")
     if data is None:
         from .data import load
-        data = load(dataset, data_dir, settings["preprocessing"])
+        data = load(catalog.dataset(dataset).base, data_dir, settings["preprocessing"])
     data = to_device(data, dev)
     tune_allocator()
     if settings["model"] in memory.LARGE_MODEL_MB:  # populations of one (see onepass.models.VMAPPABLE)

@@ -119,24 +119,33 @@ def test_full_study_dry_run_plans_population_jobs(workflow_copy):
     config = study.validate(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()),
                             yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text()))
     runs = sum(len(study.seeds(config, d, a)) for d in config["datasets"] for a in study.algorithms(config, d))
-    # the one-pass study (8 UCI sets x 11 algorithms x 200, Fashion-MNIST 11 x 100, Penn Treebank and
-    # CIFAR-10 9 x 50) and 32 repetitions of BayesOpt on 4 datasets and of ASHA, ASHA (Ours), PBT, PBT (Ours)
-    assert runs == 8 * 11 * 200 + 11 * 100 + 2 * 9 * 50 + 32 * (4 + 4) == 19856
+    # the one-pass study: 8 UCI sets x 9 algorithms x 200, Fashion-MNIST 10 x 100 (Long Diff-through-Opt
+    # (Medium) included), Penn Treebank and CIFAR-10 9 x 50; BayesOpt's 32 repetitions on UCI Energy, Kin8nm,
+    # Power and Fashion-MNIST; one ASHA, ASHA (Ours), PBT and PBT (Ours) search on UCI Energy; the appendix:
+    # Fashion-MNIST with BatchNorm 9 x 100, the short-horizon comparisons 4 x 60 on 4 datasets, Long
+    # Diff-through-Opt (Full) 36 on UCI Energy
+    assert runs == (8 * 9 * 200 + 10 * 100 + 2 * 9 * 50 + 32 * 4 + 4
+                    + 9 * 100 + 4 * 4 * 60 + 36) == 18328
     jobs = trained(counts)
-    # a few hundred population jobs, not one per run: all seeds of a UCI or Fashion-MNIST algorithm at
-    # once, Penn Treebank and CIFAR-10 5 seeds a job, each search's repetitions in one job
-    assert sum(jobs.values()) == 8 * 11 + 11 + 2 * 9 * 10 + 4 + 4 == 287
+    # hundreds of population jobs, not one per run: all seeds of a UCI or Fashion-MNIST algorithm at once,
+    # Penn Treebank and CIFAR-10 5 seeds a job, UCI Energy's short horizons 12 (Full's memory), each
+    # repetition of a search a job of its own
+    assert sum(jobs.values()) == (8 * 9 + 10 + 2 * 9 * 10 + 32 * 4 + 4
+                                  + 9 + 3 * 4 + 4 * 5 + 3) == 438
     assert all(n == 1 for n in jobs.values())
-    assert counts["prepare_data"] == counts["sweep"] == counts["collect"] == 11
-    assert counts["figure"] == 11 * len(figures.KINDS) and counts["analysis_page"] == 11
+    assert counts["prepare_data"] == 11       # the variants use their base's prepared data
+    assert counts["sweep"] == counts["collect"] == counts["analysis_page"] == 16
+    assert counts["figure"] == 16 * len(figures.KINDS)
 
 
 def test_quick_study_plan_with_the_slurm_profile(workflow_copy):
     proc = snakemake(workflow_copy, "-n", "--profile", "profiles/slurm", "--configfile", "config/quick.yaml")
     jobs = trained(job_counts(proc.stdout))
     assert jobs["train_uci_energy_Ours_LR_0_24"] == jobs["train_uci_energy_Ours_LR_25_49"] == 1
-    assert "train_uci_energy_BayesOpt_0_1" in jobs and "train_fashion_mnist_Random_0_5" in jobs
-    assert ("python -m onepass.search --plan results/quick/sweep/uci_energy/chunks/BayesOpt/seeds0-1.json"
+    assert "train_fashion_mnist_Random_0_5" in jobs
+    # a search's repetitions are jobs of their own
+    assert jobs["train_uci_energy_BayesOpt_0_0"] == jobs["train_uci_energy_BayesOpt_1_1"] == 1
+    assert ("python -m onepass.search --plan results/quick/sweep/uci_energy/chunks/BayesOpt/seeds1-1.json"
             " --runs-dir results/quick/runs/uci_energy/BayesOpt") in proc.stdout
     assert ("python -m onepass.train --plan results/quick/sweep/uci_energy/chunks/Ours_LR/seeds25-49.json"
             " --runs-dir results/quick/runs/uci_energy/Ours_LR") in proc.stdout

@@ -110,5 +110,47 @@ def test_full_config_uses_the_papers_samplers_and_counts():
     assert samplers["momentum"] == {"type": "uniform", "range": [0.0, 1.0]}
     assert samplers["lr_step_factor"]["range"] == [0.95, 1.01]
     n = config["sweep"]["initialisations"]
-    assert all(n[d] == 200 for d in config["datasets"] if d.startswith("uci_"))
+    assert all(n[d] == 200 for d in config["datasets"] if d.startswith("uci_") and not d.endswith("_long"))
     assert (n["fashion_mnist"], n["penn_treebank"], n["cifar10"]) == (100, 50, 50)
+    # the appendix: BatchNorm on Fashion-MNIST's 100, the paper's 60 repetitions of the short horizons
+    assert n["fashion_mnist_bn"] == 100
+    assert all(n[d] == 60 for d in ("uci_energy_long", "uci_kin8nm_long", "uci_power_long", "fashion_mnist_long"))
+
+
+def test_a_dataset_variant_uses_its_bases_data_and_initialisations():
+    from onepass import catalog, data, study
+    from onepass.settings import load_settings
+
+    bn, base = catalog.dataset("fashion_mnist_bn"), catalog.dataset("fashion_mnist")
+    assert bn.is_variant and bn.base == "fashion_mnist" and not base.is_variant and base.base == "fashion_mnist"
+    assert (bn.family, bn.task, bn.metric, bn.data, bn.shape) == (base.family, base.task, base.metric, base.data,
+                                                                  base.shape)
+    # its settings are laid over the base's
+    assert bn.settings == {**base.settings, "model": "mlp_bn"} and base.settings["model"] == "mlp"
+    assert "fashion_mnist_bn" not in data.datasets() and "fashion_mnist" in data.datasets()
+    config = study.validate(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()),
+                            yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text()))
+    assert study.initialisations(config, "fashion_mnist_bn") == study.initialisations(config, "fashion_mnist")
+    assert study.initialisations(config, "uci_energy_long") == study.initialisations(config, "uci_energy")[:60]
+    assert study.member_of(config, "uci_energy_long", "Random", 7) == study.member_of(config, "uci_energy",
+                                                                                       "Random", 7)
+    # the short horizons: 20 hyperparameter steps of every algorithm, 30 for Long Diff-through-Opt (Full)
+    assert study.settings(config, "uci_energy_long", "Ours_LR_Momentum")["hyperparameter_steps"] == 20
+    assert study.settings(config, "uci_energy_long", "LongDiffThroughOpt_Full")["hyperparameter_steps"] == 30
+    assert study.settings(config, "fashion_mnist_long", "Random")["hyperparameter_steps"] == 100
+    assert load_settings("uci_energy", "Ours_LR_Momentum")["hyperparameter_steps"] == 400
+
+
+def test_a_variant_of_a_variant_is_refused(tmp_path):
+    from onepass import catalog
+
+    datasets = tmp_path / "datasets"
+    datasets.mkdir()
+    (datasets / "a.yaml").write_text("label: A\nfamily: uci\ntask: regression\nmetric: test MSE\n")
+    (datasets / "b.yaml").write_text("label: B\nsame_as: a\n")
+    (datasets / "c.yaml").write_text("label: C\nsame_as: b\n")
+    with pytest.raises(catalog.CatalogError, match=r"c\.yaml: key 'same_as' must name a dataset that is not "
+                                                   r"itself a variant, got 'b'"):
+        catalog.datasets(tmp_path)
+    (datasets / "c.yaml").unlink()
+    assert catalog.datasets(tmp_path)["b"].base == "a" and catalog.datasets(tmp_path)["b"].family == "uci"

@@ -100,7 +100,7 @@ def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float,
     out.mkdir(parents=True, exist_ok=True)
     if data is None:
         from ..data import load
-        data = load(dataset, data_dir, inner["preprocessing"])
+        data = load(catalog.dataset(dataset).base, data_dir, inner["preprocessing"])
     task = data.task
     inner_overrides = {k: v for k, v in extra.items() if not _is_search_key(k)}
     extra_versions = {}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .. import catalog
 from ..population import Member, Population
 from ..problems import to_device
 from .record import add_evaluation
@@ -32,7 +33,8 @@ def _trial_data(ctx: dict):
     if key not in _DATA_CACHE:
         from ..data import load
         _DATA_CACHE.clear()
-        _DATA_CACHE[key] = to_device(load(ctx["dataset"], ctx["data_dir"], ctx["inner"]["preprocessing"]),
+        _DATA_CACHE[key] = to_device(load(catalog.dataset(ctx["dataset"]).base, ctx["data_dir"],
+                                          ctx["inner"]["preprocessing"]),
                                      torch.device(ctx["device"]))
     return _DATA_CACHE[key]
 

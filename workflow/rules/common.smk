@@ -51,6 +51,7 @@ os.environ[study.MIRRORS_ENV] = study.mirrors_variable(
 
 wildcard_constraints:
     dataset=alternatives(DATASETS),
+    base=alternatives(sorted({catalog.dataset(d).base for d in DATASETS})),
     algorithm=alternatives(ALGORITHMS),
     figure=alternatives(figures.KINDS),
     first=r"\d+",

@@ -1,10 +1,11 @@
 # The prepared datasets, shared by every study (their content does not depend on it). The raw files are
-# looked up in the mirrors (config key data_mirrors and ONEPASS_DATA_MIRRORS) before any download.
+# looked up in the mirrors (config key data_mirrors and ONEPASS_DATA_MIRRORS) before any download. A
+# variant of a dataset (same_as in its catalogue entry) uses its base's prepared data.
 rule prepare_data:
     output:
-        f"{DATA}/{{dataset}}/prepared.pt",
+        f"{DATA}/{{base}}/prepared.pt",
     log:
-        f"{DATA}/logs/{{dataset}}.log",
+        f"{DATA}/logs/{{base}}.log",
     retries: 3
     localrule: True
     conda:
@@ -12,4 +13,4 @@ rule prepare_data:
     params:
         data_dir=lambda wildcards, output: str(Path(output[0]).parent.parent),
     shell:
-        "python -m onepass.data prepare {wildcards.dataset} --data-dir {params.data_dir} > {log} 2>&1"
+        "python -m onepass.data prepare {wildcards.base} --data-dir {params.data_dir} > {log} 2>&1"

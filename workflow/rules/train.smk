@@ -14,7 +14,11 @@ for dataset, algorithm, chunk in chunks():
         name:
             f"train_{dataset}_{algorithm}_{chunk[0]}_{chunk[-1]}"
         input:
-            data=ancient(expand(rules.prepare_data.output[0], dataset=dataset)),
+            data=ancient(
+                expand(
+                    rules.prepare_data.output[0], base=catalog.dataset(dataset).base
+                )
+            ),
             plan=expand(
                 rules.chunk_plan.output[0],
                 dataset=dataset,
