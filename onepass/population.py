@@ -24,7 +24,8 @@ import torch
 from .hypergrad import baydin_hypergradient, linearised_update, neumann_hypergradient, unrolled_hypergradient
 from .problems import Problem
 from .records import HISTORY_COLUMNS
-from .updates import Hyperparameters, clip_by_norm_, per_member, sgd_step_, spread, to_unconstrained
+from .updates import (Hyperparameters, clip_by_norm, clip_by_norm_, per_member, sgd_step_, spread,
+                      to_unconstrained)
 
 PER_MEMBER_SETTINGS = ("lr_step_factor",)
 VALID_SEED_OFFSET = 1_000_003  # a member's validation batches: their own stream, seeded seed + this
@@ -116,12 +117,13 @@ class Population:
     def _losses(self, params, batch, stream, track_stats=False):
         return self.problem.losses(params, self.buffers, batch, stream.shared, track_stats)
 
-    def _grads(self, batch) -> list:
+    def _grads(self, batch, clip: bool = True) -> list:
         losses, aux = self._losses(self.params, batch, self.train_stream, track_stats=True)
         grads = list(torch.autograd.grad(losses.sum(), self.params))
         if aux:
             self.train_stream.carry(aux)
-        clip_by_norm_(grads, self.settings["clip_grad_norm"])
+        if clip:
+            clip_by_norm_(grads, self.settings["clip_grad_norm"])
         self._record_loss(losses.detach())
         return grads
 
@@ -131,16 +133,17 @@ class Population:
         self.loss_count += 1
         self.weight_step += 1
 
-    def _weight_step(self, hypers) -> None:
-        """One plain SGD step of every member, in place (autograd.grad plus foreach updates)."""
-        grads = self._grads(self.train_stream.next())
+    def _weight_step(self, hypers, batch=None) -> None:
+        """One plain SGD step of every member, in place (autograd.grad plus foreach updates), on the next
+        training batch (or on ``batch``)."""
+        grads = self._grads(self.train_stream.next() if batch is None else batch)
         sgd_step_(self.params, self.bufs, grads, *hypers)
 
-    def _val_grad(self, params) -> tuple:
-        """v = dL_val/dw at ``params`` on every member's next validation batch (batch statistics, running
-        statistics left alone)."""
+    def _val_grad(self, params, batch=None) -> tuple:
+        """v = dL_val/dw at ``params`` on every member's next validation batch (or ``batch``); batch statistics,
+        running statistics left alone."""
         w = tuple(p.detach().requires_grad_(True) for p in params)
-        losses, aux = self._losses(w, self.val_stream.next(), self.val_stream)
+        losses, aux = self._losses(w, self.val_stream.next() if batch is None else batch, self.val_stream)
         if aux:
             self.val_stream.carry(aux)
         return torch.autograd.grad(losses.sum(), w)
@@ -155,11 +158,15 @@ class Population:
             for _ in range(T):
                 self._weight_step(hypers)
         elif method == "baydin":
-            grads = self._grads(self.train_stream.next())
+            # the hypergradient from the unclipped training gradients (as the paper's code), the step clipped;
+            # baydin_clipped_gradients: the clipped ones for both
+            grads = self._grads(self.train_stream.next(), clip=False)
+            clipped = list(clip_by_norm(grads, s["clip_grad_norm"]))
+            seen = clipped if s["baydin_clipped_gradients"] else grads
             if self.grads_prev is not None:
-                self.hypers.step({"lr": baydin_hypergradient(grads, self.grads_prev)}, frozen)
-            self.grads_prev = [g.detach().clone() for g in grads]
-            sgd_step_(self.params, self.bufs, grads, *self._spread())
+                self.hypers.step({"lr": baydin_hypergradient(seen, self.grads_prev)}, frozen)
+            self.grads_prev = [g.detach().clone() for g in seen]
+            sgd_step_(self.params, self.bufs, clipped, *self._spread())
         elif method == "neumann":
             self._neumann_step(T)
         elif method == "unroll":

@@ -70,6 +70,8 @@ SETTINGS: dict[str, Setting] = {
     "log10_lr_min": Setting(FLOAT, -10.0, "log10(lr) is clipped below at this value"),
     "log10_lr_max": Setting(FLOAT, 0.0, "log10(lr) is clipped above at this value"),
     "clip_grad_norm": Setting(OPT_FLOAT, None, "clip the training gradient to this global norm", positive=True),
+    "baydin_clipped_gradients": Setting((bool,), False, "baydin: its hypergradient from the clipped training "
+                                        "gradients (default: unclipped, as the paper's code; the step is clipped)"),
     "divergence_threshold": Setting(FLOAT, 1e3, "training loss above this marks the run diverged", positive=True),
     "weight_steps": Setting(OPT_INT, None, "total weight steps; when set, it fixes hyperparameter_steps to "
                             "ceil(weight_steps / update_interval), so one budget fits every algorithm", minimum=1),

@@ -405,3 +405,39 @@ def test_memory_estimate_bounds_the_measured_peak(data_dir, tmp_path):
     estimated = memory.member_bytes("uci_energy", load_settings("uci_energy", "LongDiffThroughOpt_Standalone"))
     assert measured > 0 and estimated >= measured, (peaks, measured, estimated)
     assert peaks[1] <= memory.base_bytes("uci_energy") + estimated
+
+
+def test_baydin_takes_its_hypergradient_from_the_unclipped_gradients(data_dir):
+    """As the paper's code (Penn Treebank clips at 0.25): the weight step is clipped, the hypergradient
+    -g_t . g_{t-1} is not (baydin_clipped_gradients: both clipped)."""
+    import torch
+
+    from onepass.population import Population
+    from onepass.updates import member_norms
+
+    dataset = data.load("uci_energy", data_dir)
+    members = [Member(0, 1e-3, 1e-4, 0.5), Member(1, 2e-3, 1e-5, 0.3)]
+    c = 0.05   # far below the gradient norms of these first steps
+    pops = {flag: Population(load_settings("uci_energy", "Baydin", {"clip_grad_norm": c,
+                                                                  "baydin_clipped_gradients": flag,
+                                                                  "hyper_lr": 0.1}),
+                             dataset, members, torch.device("cpu")) for flag in (False, True)}
+    norms, before = [], None
+    for step in range(2):
+        if step == 1:
+            # one step in, the weights are alike (both steps clipped; no hypergradient yet)
+            for a, b in zip(pops[True].params, pops[False].params):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+            before = {flag: pop.hypers.trainable()["lr"].clone() for flag, pop in pops.items()}
+        for pop in pops.values():
+            pop.step()
+        # the raw gradient's norm, from the run that keeps the unclipped gradients
+        norms.append(member_norms(pops[False].grads_prev))
+    scale = [torch.clamp(c / (n + 1e-6), max=1.0) for n in norms]
+    assert bool((scale[0] < 0.5).all() and (scale[1] < 0.5).all())
+    # SGD on log10(lr) moves by -hyper_lr h (hyper_lr raised above float32 round-off): h = -g_2 . g_1 differs
+    # by the two clipping scales
+    moved = {flag: pop.hypers.trainable()["lr"] - before[flag] for flag, pop in pops.items()}
+    assert bool((moved[False] != 0).all())
+    torch.testing.assert_close(moved[True] / moved[False], scale[0] * scale[1], rtol=1e-3, atol=0)
+    assert member_norms(pops[True].grads_prev).tolist() == pytest.approx([c, c], rel=1e-4)
