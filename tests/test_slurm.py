@@ -1,36 +1,48 @@
 """The SLURM profile against a real SLURM scheduler: a local single-node cluster
-(scripts/slurm-up.sh: munged, mariadbd, slurmdbd, slurmctld, slurmd from Debian's packages).
+(scripts/slurm-up.sh: munged, mariadbd, slurmdbd, slurmctld, slurmd from Debian's packages; one
+node in a CPU partition and a GPU partition with a stand-in GPU).
 
-A tiny study (uci_energy, 2 algorithms x 2 seeds, 5 hypersteps) runs through profiles/slurm
-layered with profiles/slurm-test, in a temporary copy of the workflow:
+A tiny study (uci_energy, Random and Ours_LR x 4 seeds, 2 seeds per population job, 5 hypersteps)
+runs through profiles/slurm layered with profiles/slurm-test, in a temporary copy of the workflow:
 
-1. every training run goes through sbatch, bundled into group jobs; sacct lists them COMPLETED and
-   each run's metrics.json records the SLURM job it ran in;
-2. the same study with profiles/local gives the same runs.tsv (apart from wall time / job id);
-3. runs made to fail (a run setting python -m onepass.train rejects, for one algorithm) are
-   reported and retried (--retries 1), and a rerun after the fix resubmits only the failed runs
-   and what depends on them;
-4. a training run whose time limit is too short ends as TIMEOUT and Snakemake reports it (run in
-   the background in a second copy, alongside the study);
-5. a run of a dataset the config puts on a GPU is submitted with a GPU request SLURM accepts
-   and gets a GPU allocated (a stand-in device on a machine without one, where the run then
-   stops for want of CUDA);
-6. the stop script ends every daemon the start script started.
+1. every training job goes through sbatch, one job per chunk of seeds (4 jobs for 8 runs), to the
+   partition the plugin picks from the partitions file, with the memory and time limit estimated
+   from the problem size; sacct lists them COMPLETED and each run's metrics.json records the SLURM
+   job it ran in (the job whose comment names its chunk's rule);
+2. the same study with profiles/local gives the same runs.tsv (apart from timing and job ids);
+3. a job that fails at run time is reported and retried (--retries 1) with twice the memory and
+   time, and a rerun after the fix resubmits only that job and what depends on it, leaving every
+   other run's files untouched. The failure simulates a job input damaged where Snakemake
+   cannot see it (a chunk plan truncated on the shared file system, its time stamp unchanged):
+   the job is forced (--forcerun) and onepass.train, on the compute node, cannot read its plan;
+   the same input fails the retry too. The fix deletes the damaged plan, which Snakemake remakes;
+4. a training job whose time limit is too short ends as TIMEOUT and Snakemake reports it, with
+   the job's checkpoint left for a resubmission to resume from (run in the background in a
+   second copy, alongside the failure test);
+5. a job of a dataset the config puts on a GPU goes to the GPU partition with a GPU request SLURM
+   accepts and allocates (a stand-in device on a machine without one, where the run then stops
+   for want of CUDA);
+6. profiles/slurm/partitions.yaml is a partition file the plugin reads, sending GPU jobs to the GPU
+   partition and the others to the CPU one;
+7. the stop script ends every daemon the start script started.
 
-Needs root (apt-get, daemons) and the offline copy of uci_energy; about 4-5 minutes on 2 cores,
-plus about 20 s of apt-get the first time.
+Needs root (apt-get, daemons) and the offline copy of uci_energy; about 3 minutes on 2 cores,
+plus about 20 s of apt-get the first time. The timings go to $ONEPASS_SLURM_DIR/test-report.json.
 Select with `-m slurm`, skip with `-m "not slurm"`.
 """
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -41,35 +53,54 @@ pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[1]
 SLURM_DIR = Path(os.environ.get("ONEPASS_SLURM_DIR", "/tmp/onepass-slurm"))
 PARTITION = os.environ.get("ONEPASS_SLURM_PARTITION", "onepass")
+GPU_PARTITION = f"{PARTITION}-gpu"  # scripts/slurm-up.sh
 DAEMONS = ["munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd"]
+STUDY = "slurmtest"
 DATASET = "uci_energy"
 ALGORITHMS = ["Random", "Ours_LR"]
-SEEDS = [0, 1]
+SEEDS = [0, 1, 2, 3]
+CHUNKS = [[0, 1], [2, 3]]  # members_per_job: 2
 TINY = {
+    "study": STUDY,
     "datasets": [DATASET],
     "algorithms": {DATASET: ALGORITHMS},
     "sweep": {"initialisations": {DATASET: len(SEEDS)}},
+    "members_per_job": {"default": len(CHUNKS[0])},
+    "gpu": {DATASET: 0},
     "overrides": {"all": {"all": {"hyperparameter_steps": 5, "log_every": 1}}},
 }
-RUNS_TSV = f"results/tables/{DATASET}/runs.tsv"
-TIMEOUT_TARGET = f"results/runs/{DATASET}/Random/seed9/metrics.json"
-GPU_TARGET = f"results/runs/{DATASET}/Random/seed0/metrics.json"
+RESULTS = f"results/{STUDY}"
+RUNS_TSV = f"{RESULTS}/tables/{DATASET}/runs.tsv"
+PAGE = f"{RESULTS}/analysis/{DATASET}.html"
+# What depends on the runs, made again after the rerun: collection, tables, figures, the page.
+DOWNSTREAM = {"collect": 1, "summary_table": 1, "figure": 6, "analysis_page": 1, "paper_tables": 1,
+              "all": 1}
+BROKEN = ("Ours_LR", CHUNKS[0])  # the chunk whose job is made to fail
+SLOW = ("Random", CHUNKS[0])  # the chunk run into its time limit, and the one put on a GPU
 SLURM_PROFILE = ["--profile", "profiles/slurm", "--workflow-profile", "profiles/slurm-test"]
-NOT_COMPARED = ["wall_time_s", "slurm_job_id"]  # timing and where it ran
+NOT_COMPARED = ["train_time_s", "wall_time_s", "slurm_job_id"]  # timing and where it ran
+FINAL = {"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL"}
 REPORT = {}
 
 
 # ---- helpers ----------------------------------------------------------------------------------
 
 
-def uci_mirror():
-    """A directory holding uci_energy/data.txt: ONEPASS_DATA_MIRRORS or ../shared/datasets."""
-    candidates = os.environ.get("ONEPASS_DATA_MIRRORS", "").split(":")
-    candidates.append(str(ROOT.parent / "shared" / "datasets"))
-    for d in candidates:
-        if d and (Path(d) / DATASET / "data.txt").exists():
-            return str(Path(d).resolve())
-    return None
+def rule(algorithm, chunk):
+    """The training rule of a chunk of seeds (workflow/rules/train.smk)."""
+    return f"train_{DATASET}_{algorithm}_{chunk[0]}_{chunk[-1]}"
+
+
+def run_dir(algorithm, seed):
+    return f"{RESULTS}/runs/{DATASET}/{algorithm}/seed{seed}"
+
+
+def plan_path(algorithm, chunk):
+    return f"{RESULTS}/sweep/{DATASET}/chunks/{algorithm}/seeds{chunk[0]}-{chunk[-1]}.json"
+
+
+def train_log(algorithm, chunk):
+    return f"{RESULTS}/logs/train/{DATASET}/{algorithm}/seeds{chunk[0]}-{chunk[-1]}.log"
 
 
 def daemon_pids():
@@ -95,10 +126,13 @@ def alive(pid):
 
 
 def slurm_env(mirror):
+    """The environment of Snakemake and the client commands: this cluster, the data mirror, and
+    this interpreter's bin directory first on PATH (the jobs' shell commands call `python`)."""
     env = dict(os.environ)
     env["SLURM_CONF"] = str(SLURM_DIR / "etc" / "slurm.conf")
-    env["ONEPASS_SLURM_PARTITION"] = PARTITION
-    env["ONEPASS_DATA_MIRRORS"] = mirror
+    env["ONEPASS_SLURM_DIR"] = str(SLURM_DIR)
+    env["ONEPASS_DATA_MIRRORS"] = str(mirror)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     return env
 
 
@@ -111,27 +145,76 @@ def snakemake(workdir, env, *args, timeout=420):
     return proc.returncode, proc.stdout, time.time() - start
 
 
+@contextlib.contextmanager
+def background_snakemake(workdir: Path, env: dict, *args):
+    """Snakemake started in the background in ``workdir`` (log: snakemake.log). If it is still
+    running on exit (a test failed first), it is interrupted as with Ctrl-C, which cancels its
+    SLURM jobs (SIGTERM would wait for them), and killed if that does not end it."""
+    with open(workdir / "snakemake.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        proc.started = time.time()
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def finish(workdir, proc, name, timeout=420):
+    """Wait for a background Snakemake; return (returncode, its output)."""
+    rc = proc.wait(timeout=timeout)
+    REPORT.setdefault(f"{name}_s", round(time.time() - proc.started, 1))
+    return rc, (workdir / "snakemake.log").read_text()
+
+
 def submitted(output):
-    """SLURM job ids of the sbatch submissions a Snakemake run reports."""
+    """SLURM job ids of the sbatch submissions a Snakemake run reports, in order."""
     return [int(j) for j in re.findall(r"has been submitted with SLURM jobid (\d+)", output)]
 
 
-def sacct_states(job_ids, env):
-    """{job id: state} from sacct (the accounting database, not the scheduler's memory)."""
-    if not job_ids:
-        return {}
-    states = {}
-    for _ in range(20):  # the accounting record trails the job's end by a moment
-        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,State",
+def slurm_logs(output):
+    """{SLURM job id: its SLURM log} as a Snakemake run reports them."""
+    return {int(j): Path(p) for j, p in
+            re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (.*?)\)\.", output)}
+
+
+def sacct(job_ids, env):
+    """{job id: {field: value}} from the accounting database (not the scheduler's memory), once
+    every job is there in a final state (the record trails the job's end by a moment)."""
+    fields = ["JobIDRaw", "State", "Comment", "Partition", "ReqMem", "Timelimit", "AllocTRES"]
+    records = {}
+    for _ in range(30):
+        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", ",".join(fields),
                               "-j", ",".join(map(str, job_ids))],
                              env=env, text=True, capture_output=True, check=True).stdout
-        states = {int(i): s.split()[0] for i, s in
-                  (line.split("|") for line in out.splitlines() if line.strip())}
-        if len(states) == len(set(job_ids)) and not any(
-                s in ("PENDING", "RUNNING", "COMPLETING") for s in states.values()):
+        records = {int(r["JobIDRaw"]): r for r in
+                   (dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip())}
+        for r in records.values():
+            r["State"] = r["State"].split()[0]  # "CANCELLED by 0" -> CANCELLED
+        if set(records) == set(job_ids) and all(r["State"] in FINAL for r in records.values()):
             break
         time.sleep(1)
-    return states
+    return records
+
+
+def megabytes(reqmem):
+    """sacct's ReqMem (e.g. 702M, 1.37G, 702Mn) in MB."""
+    m = re.fullmatch(r"([\d.]+)([KMGT])[nc]?", reqmem)
+    assert m, reqmem
+    return round(float(m.group(1)) * {"K": 2 ** -10, "M": 1, "G": 2 ** 10, "T": 2 ** 20}[m.group(2)])
+
+
+def minutes(timelimit):
+    """sacct's Timelimit ([D-]HH:MM:SS) in minutes."""
+    days, _, clock = timelimit.rpartition("-")
+    h, m, s = (int(x) for x in clock.split(":"))
+    return (int(days or 0) * 24 + h) * 60 + m + s / 60
 
 
 def job_counts(output):
@@ -147,9 +230,32 @@ def job_counts(output):
     return counts
 
 
+def trained(counts):
+    """The training rules among a run's job counts."""
+    return {r: n for r, n in counts.items() if r.startswith("train_")}
+
+
+def declared_resources(output, name):
+    """mem_mb and runtime Snakemake printed for the (first) job of rule ``name``."""
+    block = re.search(rf"\nrule {name}:\n(?:    .*\n)*?    resources: (.*)", output)
+    assert block, f"no job of rule {name} in the output"
+    res = block.group(1)
+    return {k: int(re.search(rf"\b{k}=(\d+)", res).group(1)) for k in ("mem_mb", "runtime")}
+
+
 def metrics(workdir, algorithm, seed):
-    path = workdir / "results" / "runs" / DATASET / algorithm / f"seed{seed}" / "metrics.json"
+    path = workdir / run_dir(algorithm, seed) / "metrics.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def snapshot(workdir, runs):
+    """{file: (bytes, mtime)} of the metrics.json and history.csv of ``runs`` [(algorithm, seed)]."""
+    out = {}
+    for algorithm, seed in runs:
+        for name in ("metrics.json", "history.csv"):
+            path = workdir / run_dir(algorithm, seed) / name
+            out[str(path)] = (path.read_bytes(), path.stat().st_mtime_ns)
+    return out
 
 
 def read_runs(path):
@@ -190,196 +296,233 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def mirror():
-    m = uci_mirror()
-    if m is None:
-        pytest.skip("no offline copy of uci_energy (set ONEPASS_DATA_MIRRORS)")
-    return m
+def study_copy(shared_datasets, copy_workflow, tmp_path_factory):
+    """A function making a copy of the workflow with the tiny study (plus ``extra`` config) as
+    tiny.yaml."""
+    def make(name, **extra):
+        return copy_workflow(tmp_path_factory.mktemp(name),
+                             {**TINY, "data_mirrors": [str(shared_datasets)], **extra})
+    return make
 
 
 @pytest.fixture(scope="module")
-def local_study(tmp_path_factory, mirror, copy_workflow):
+def env(shared_datasets):
+    return slurm_env(shared_datasets)
+
+
+@pytest.fixture(scope="module")
+def local_study(study_copy, env):
     """The tiny study with profiles/local, started in the background (compared later)."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("local"), {**TINY, "data_mirrors": [mirror]})
-    env = dict(os.environ, ONEPASS_DATA_MIRRORS=mirror)
-    log = open(workdir / "snakemake.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", RUNS_TSV, "--profile",
-                             "profiles/local", "--cores", "1", "--configfile", "tiny.yaml"],
-                            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
-    yield workdir, proc
-    if proc.poll() is None:
-        proc.kill()
-    log.close()
-
-
-@contextlib.contextmanager
-def background_snakemake(workdir: Path, env: dict, *args):
-    """Snakemake started in the background in ``workdir`` (log: snakemake.log), stopped on exit."""
-    with open(workdir / "snakemake.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=60)
+    workdir = study_copy("local")
+    with background_snakemake(workdir, env, RUNS_TSV, "--profile", "profiles/local",
+                              "--cores", "1", "--configfile", "tiny.yaml") as proc:
+        yield workdir, proc
 
 
 @pytest.fixture(scope="module")
-def timeout_study(cluster, mirror, tmp_path_factory, copy_workflow):
-    """One extra run (seed 9) far too long for a 1-minute limit, no retries; started in the
-    background in its own copy so that its minute-plus on the cluster overlaps the study."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("timeout"),
-                            {**TINY, "data_mirrors": [mirror]})
+def timeout_study(cluster, study_copy, env):
+    """One chunk on a schedule far too long for a 1-minute limit, no retries; started in the
+    background in its own copy so that its minute-plus on the cluster overlaps the failure test."""
+    algorithm, chunk = SLOW
+    workdir = study_copy("timeout")
     (workdir / "slow.yaml").write_text(yaml.safe_dump(
-        {"overrides": {DATASET: {"Random": {"hyperparameter_steps": 10_000_000,
-                                            "log_every": 1_000_000}}}}))
-    with background_snakemake(workdir, slurm_env(mirror), TIMEOUT_TARGET, *SLURM_PROFILE,
-                              "--configfile", "tiny.yaml", "slow.yaml",
-                              "--set-resources", "train:runtime=1", "--retries", "0") as proc:
+        {"overrides": {DATASET: {algorithm: {"hyperparameter_steps": 10_000_000,
+                                             "log_every": 1_000_000}}}}))
+    with background_snakemake(workdir, env, f"{run_dir(algorithm, chunk[0])}/metrics.json",
+                              *SLURM_PROFILE, "--set-resources", f"{rule(*SLOW)}:runtime=1",
+                              "--retries", "0", "--configfile", "tiny.yaml", "slow.yaml") as proc:
         yield workdir, proc
 
 
 @pytest.fixture(scope="module")
-def gpu_study(cluster, mirror, tmp_path_factory, copy_workflow):
-    """One run of a dataset the config sends to a GPU (rule train_gpu: resource gpu=1, the SLURM
-    profile's set-resources for it), in its own copy, in the background."""
-    config = {**TINY, "data_mirrors": [mirror], "gpu": {DATASET: 1}}
-    workdir = copy_workflow(tmp_path_factory.mktemp("gpu"), config)
-    with background_snakemake(workdir, slurm_env(mirror), GPU_TARGET, *SLURM_PROFILE,
-                              "--configfile", "tiny.yaml", "--retries", "0") as proc:
+def gpu_study(cluster, study_copy, env):
+    """One chunk of a dataset the config puts on a GPU (gpu: {uci_energy: 1}: the job asks for
+    one GPU and trains with --device cuda), in its own copy, in the background."""
+    algorithm, chunk = SLOW
+    workdir = study_copy("gpu", gpu={DATASET: 1})
+    with background_snakemake(workdir, env, f"{run_dir(algorithm, chunk[0])}/metrics.json",
+                              *SLURM_PROFILE, "--retries", "0", "--configfile", "tiny.yaml") as proc:
         yield workdir, proc
 
 
 @pytest.fixture(scope="module")
-def slurm_study(cluster, mirror, local_study, timeout_study, gpu_study, tmp_path_factory,
-                copy_workflow):
-    """The tiny study through profiles/slurm + profiles/slurm-test."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("slurm"), {**TINY, "data_mirrors": [mirror]})
-    env = slurm_env(mirror)
-    rc, out, seconds = snakemake(workdir, env, RUNS_TSV, *SLURM_PROFILE, "--configfile", "tiny.yaml")
+def slurm_study(cluster, local_study, study_copy, env):
+    """The tiny study through profiles/slurm + profiles/slurm-test (with the local study running
+    alongside, on this machine's other core)."""
+    workdir = study_copy("slurm")
+    rc, out, seconds = snakemake(workdir, env, "all", *SLURM_PROFILE, "--configfile", "tiny.yaml")
     REPORT["study_s"] = round(seconds, 1)
     (workdir / "snakemake-1.log").write_text(out)
     assert rc == 0, f"the SLURM study failed:\n{out[-8000:]}"
-    return {"workdir": workdir, "env": env, "output": out}
+    return {"workdir": workdir, "output": out}
 
 
 # ---- tests ------------------------------------------------------------------------------------
 
 
-def test_training_runs_go_through_sbatch_in_group_jobs(slurm_study):
-    workdir, env, out = slurm_study["workdir"], slurm_study["env"], slurm_study["output"]
+def test_training_jobs_go_through_sbatch_one_per_chunk(slurm_study, env):
+    workdir, out = slurm_study["workdir"], slurm_study["output"]
     jobs = submitted(out)
     assert jobs, f"no sbatch submission reported: the jobs did not go through SLURM\n{out[-4000:]}"
-    states = sacct_states(jobs, env)
-    assert states == {j: "COMPLETED" for j in jobs}, states
-    n_runs = len(ALGORITHMS) * len(SEEDS)
-    assert job_counts(out).get("train") == n_runs
-    assert "Group job train_uci" in out
-    assert len(jobs) < n_runs, "the tiny UCI runs were not bundled into group jobs"
+    records = sacct(jobs, env)
+    assert {j: r["State"] for j, r in records.items()} == {j: "COMPLETED" for j in jobs}, records
+    # one job per chunk of seeds, each named by its rule in the job's comment
+    chunk_rules = {rule(a, c) for a in ALGORITHMS for c in CHUNKS}
+    job_of = {r["Comment"].removeprefix("rule_"): j for j, r in records.items()}
+    assert len(jobs) == len(chunk_rules) < len(ALGORITHMS) * len(SEEDS)
+    assert set(job_of) == chunk_rules, records
+    assert trained(job_counts(out)) == {r: 1 for r in chunk_rules}
+    for name, job in job_of.items():
+        record = records[job]
+        # the plugin picked the CPU partition from the partitions file (no GPU asked for)
+        assert f"Auto-selected partition '{PARTITION}' for job {name}" in out
+        assert record["Partition"] == PARTITION and "gres/gpu" not in record["AllocTRES"], record
+        # memory and time limit as the rule estimated them from the problem size
+        declared = declared_resources(out, name)
+        assert megabytes(record["ReqMem"]) == declared["mem_mb"] > 0, (record, declared)
+        assert minutes(record["Timelimit"]) == declared["runtime"] > 0, (record, declared)
+        # the SLURM log of a successful job is kept (slurm-keep-successful-logs)
+        assert slurm_logs(out)[job] == workdir / ".snakemake" / "slurm_logs" / f"rule_{name}" / f"{job}.log"
+        assert slurm_logs(out)[job].exists()
     for algorithm in ALGORITHMS:
-        for seed in SEEDS:
-            m = metrics(workdir, algorithm, seed)
-            assert m is not None, (algorithm, seed)
-            assert m["slurm_job_id"] is not None and int(m["slurm_job_id"]) in jobs, \
-                f"{algorithm} seed {seed} did not run in a job this study submitted: {m['slurm_job_id']}"
+        for chunk in CHUNKS:
+            for seed in chunk:
+                m = metrics(workdir, algorithm, seed)
+                assert m is not None, (algorithm, seed)
+                assert int(m["slurm_job_id"]) == job_of[rule(algorithm, chunk)], (algorithm, seed, m)
+                assert m["population_size"] == len(chunk)
     runs = read_runs(workdir / RUNS_TSV)
-    assert (runs["status"] == "done").all()
-    # the SLURM logs of successful jobs are kept (slurm-keep-successful-logs)
-    logs = list((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
-    assert logs and any("train" in p.read_text() for p in logs)
+    assert len(runs) == len(ALGORITHMS) * len(SEEDS) and (runs["status"] == "done").all()
+    assert (workdir / PAGE).exists()  # the whole study, up to the analysis page
 
 
 def test_local_profile_gives_the_same_runs_tsv(slurm_study, local_study):
     workdir, proc = local_study
-    assert proc.wait(timeout=420) == 0, (workdir / "snakemake.log").read_text()[-6000:]
-    local = read_runs(workdir / RUNS_TSV)
-    assert local["slurm_job_id"].isna().all()
+    rc, log = finish(workdir, proc, "local_study")
+    assert rc == 0, log[-6000:]
+    assert "SLURM jobid" not in log
+    assert read_runs(workdir / RUNS_TSV)["slurm_job_id"].isna().all()
     assert read_runs(slurm_study["workdir"] / RUNS_TSV)["slurm_job_id"].notna().all()
     same_runs(workdir / RUNS_TSV, slurm_study["workdir"] / RUNS_TSV)
 
 
-def test_failed_job_is_reported_and_rerun_resubmits_only_it(slurm_study, local_study):
-    workdir, env = slurm_study["workdir"], slurm_study["env"]
-    keep = {s: metrics(workdir, "Random", s) for s in SEEDS}
-    keep_mtime = {s: (workdir / f"results/runs/{DATASET}/Random/seed{s}/metrics.json").stat().st_mtime
-                  for s in SEEDS}
-    # A run setting python -m onepass.train rejects (log_every must be >= 1), for one algorithm.
-    (workdir / "broken.yaml").write_text(yaml.safe_dump(
-        {"overrides": {DATASET: {"Ours_LR": {"log_every": 0}}}}))
-    rc, out, seconds = snakemake(workdir, env, RUNS_TSV, *SLURM_PROFILE, "--retries", "1",
-                                 "--configfile", "tiny.yaml", "broken.yaml")
+def test_failed_job_is_retried_larger_and_rerun_resubmits_only_it(slurm_study, timeout_study, gpu_study,
+                                                                  local_study, env):
+    # (The timeout and GPU studies start now, in the background: this test runs one job at a
+    # time, which leaves them the cluster's other CPU.)
+    workdir = slurm_study["workdir"]
+    algorithm, chunk = BROKEN
+    broken_rule = rule(*BROKEN)
+    others = [(a, s) for a in ALGORITHMS for s in SEEDS if (a, s) not in {(algorithm, s) for s in chunk}]
+    before = snapshot(workdir, others)
+    # Damage the chunk's plan where Snakemake cannot see it (same time stamp) and force its job.
+    plan = workdir / plan_path(algorithm, chunk)
+    good, stat = plan.read_bytes(), plan.stat()
+    plan.write_bytes(good[: len(good) // 2])
+    os.utime(plan, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    rc, out, seconds = snakemake(workdir, env, "all", *SLURM_PROFILE, "--retries", "1",
+                                 "--forcerun", broken_rule, "--configfile", "tiny.yaml")
     REPORT["failing_s"] = round(seconds, 1)
     (workdir / "snakemake-2.log").write_text(out)
     assert rc != 0, out[-4000:]
-    assert "Error in rule train" in out and "Ours_LR" in out, out[-4000:]
+    assert f"Error in rule {broken_rule}" in out, out[-4000:]
+    assert trained(job_counts(out)) == {broken_rule: 1}, job_counts(out)
+    # the job and its retry (--retries 1), both FAILED, the retry with twice the memory and time
     failed = submitted(out)
-    states = sacct_states(failed, env)
-    assert failed and set(states.values()) == {"FAILED"}, states
-    assert len(failed) == 2, f"expected the failed job and one retry (--retries 1), got {failed}"
-    assert job_counts(out).get("train") == len(SEEDS)  # only Ours_LR: its params changed
-    assert all(metrics(workdir, "Ours_LR", s) is None for s in SEEDS)
-    # the group job stops at its first failing run (one CPU: the runs go one after another)
-    logs = [(workdir / f"results/logs/train/{DATASET}/Ours_LR/seed{s}.log").read_text()
-            for s in SEEDS]
-    assert any("log_every" in log for log in logs), logs
+    records = sacct(failed, env)
+    assert len(failed) == 2, f"expected the failed job and one retry, got {failed}\n{out[-4000:]}"
+    assert [records[j]["State"] for j in failed] == ["FAILED", "FAILED"], records
+    assert {records[j]["Comment"] for j in failed} == {f"rule_{broken_rule}"}, records
+    first, retry = (records[j] for j in failed)
+    assert megabytes(retry["ReqMem"]) == 2 * megabytes(first["ReqMem"]), (first, retry)
+    assert minutes(retry["Timelimit"]) == 2 * minutes(first["Timelimit"]), (first, retry)
+    # the run-time error, in the job's log; the failed job's outputs are removed, the rest untouched
+    assert "cannot read the plan" in (workdir / train_log(*BROKEN)).read_text()
+    assert all(metrics(workdir, algorithm, s) is None for s in chunk)
+    assert snapshot(workdir, others) == before
 
-    # Fixed: the same command without the bad setting resubmits only the failed runs.
-    rc, out, seconds = snakemake(workdir, env, RUNS_TSV, *SLURM_PROFILE, "--configfile", "tiny.yaml")
+    # The fix: delete the damaged plan (Snakemake remakes it). The study's command (rule all asks
+    # for the runs deleted since collection) resubmits only that chunk's job, then redoes what
+    # depends on its runs.
+    plan.unlink()
+    rc, out, seconds = snakemake(workdir, env, "all", *SLURM_PROFILE, "--configfile", "tiny.yaml")
     REPORT["rerun_s"] = round(seconds, 1)
     (workdir / "snakemake-3.log").write_text(out)
     assert rc == 0, out[-6000:]
     counts = job_counts(out)
-    assert counts.get("train") == len(SEEDS), counts
-    assert counts.get("collect") == 1, counts
-    assert not re.search(r"wildcards: dataset=uci_energy, algorithm=Random,", out)
+    expected = {"chunk_plan": 1, broken_rule: 1, **DOWNSTREAM}
+    assert counts == {**expected, "total": sum(expected.values())}, counts
+    assert plan.read_bytes() == good
     jobs = submitted(out)
-    assert jobs and sacct_states(jobs, env) == {j: "COMPLETED" for j in jobs}
-    assert not set(jobs) & set(failed)
-    for s in SEEDS:
-        assert int(metrics(workdir, "Ours_LR", s)["slurm_job_id"]) in jobs
-        assert metrics(workdir, "Random", s) == keep[s]  # untouched
-        assert (workdir / f"results/runs/{DATASET}/Random/seed{s}/metrics.json").stat().st_mtime \
-            == keep_mtime[s]
+    records = sacct(jobs, env)
+    assert len(jobs) == 1 and records[jobs[0]]["State"] == "COMPLETED", records
+    assert records[jobs[0]]["Comment"] == f"rule_{broken_rule}" and jobs[0] not in failed
+    for s in chunk:
+        assert int(metrics(workdir, algorithm, s)["slurm_job_id"]) == jobs[0]
+    assert snapshot(workdir, others) == before  # same bytes, same mtimes
+    assert (read_runs(workdir / RUNS_TSV)["status"] == "done").all()
     # and the rerun reproduces the local profile's study
     lworkdir, lproc = local_study
     if lproc.wait(timeout=420) == 0:
         same_runs(lworkdir / RUNS_TSV, workdir / RUNS_TSV)
 
 
-def test_time_limit_exceeded_ends_as_timeout(timeout_study, slurm_study):
+def test_time_limit_exceeded_ends_as_timeout(timeout_study, slurm_study, env):
     workdir, proc = timeout_study
-    rc = proc.wait(timeout=420)
-    out = (workdir / "snakemake.log").read_text()
+    rc, out = finish(workdir, proc, "timeout_study")
     assert rc != 0, out[-4000:]
     jobs = submitted(out)
     assert len(jobs) == 1, out[-4000:]
-    assert sacct_states(jobs, slurm_study["env"]) == {jobs[0]: "TIMEOUT"}
-    # Snakemake reports the failed job and shows SLURM's log (show-failed-logs)
-    assert "Error in rule train" in out and "DUE TO TIME LIMIT" in out, out[-4000:]
-    assert not (workdir / TIMEOUT_TARGET).exists()
+    record = sacct(jobs, env)[jobs[0]]
+    assert record["State"] == "TIMEOUT" and minutes(record["Timelimit"]) == 1, record
+    # Snakemake reports the failed job with SLURM's state and names SLURM's log, which says why
+    assert f"Error in rule {rule(*SLOW)}" in out, out[-4000:]
+    assert f"SLURM-job '{jobs[0]}' failed, SLURM status is: 'TIMEOUT'" in out, out[-4000:]
+    slurm_log = slurm_logs(out)[jobs[0]]
+    assert str(slurm_log) in out.split(f"Error in rule {rule(*SLOW)}", 1)[1]
+    assert "DUE TO TIME LIMIT" in slurm_log.read_text(), slurm_log.read_text()[-2000:]
+    algorithm, chunk = SLOW
+    assert not (workdir / run_dir(algorithm, chunk[0]) / "metrics.json").exists()
+    # what it had trained is checkpointed: a resubmission with a longer limit resumes from there
+    checkpoints = list((workdir / RESULTS / "runs" / DATASET / algorithm / ".checkpoints").rglob("*.pt"))
+    assert checkpoints, "the timed-out job left no checkpoint"
 
 
-def test_gpu_request_is_accepted_and_allocates_a_gpu(gpu_study, slurm_study):
+def test_gpu_job_goes_to_the_gpu_partition_and_gets_a_gpu(gpu_study, slurm_study, env):
     workdir, proc = gpu_study
-    rc = proc.wait(timeout=420)
-    out = (workdir / "snakemake.log").read_text()
-    assert "rule train_gpu:" in out, out[-4000:]
+    rc, out = finish(workdir, proc, "gpu_study")
+    assert f"Auto-selected partition '{GPU_PARTITION}' for job {rule(*SLOW)}" in out, out[-4000:]
     jobs = submitted(out)
     assert len(jobs) == 1, f"the GPU job was not submitted:\n{out[-4000:]}"
-    tres = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "AllocTRES", "-j", str(jobs[0])],
-                          env=slurm_study["env"], text=True, capture_output=True).stdout
-    assert "gres/gpu=1" in tres, tres
-    state = sacct_states(jobs, slurm_study["env"])[jobs[0]]
+    record = sacct(jobs, env)[jobs[0]]
+    assert record["Partition"] == GPU_PARTITION, record
+    assert "gres/gpu=1" in record["AllocTRES"], record
     import torch
+
+    algorithm, chunk = SLOW
     if torch.cuda.is_available():  # a machine with a real GPU: the run trains on it
-        assert rc == 0 and state == "COMPLETED", out[-4000:]
-        assert metrics(workdir, "Random", 0)["device"].startswith("cuda")
+        assert rc == 0 and record["State"] == "COMPLETED", out[-4000:]
+        assert metrics(workdir, algorithm, chunk[0])["device"].startswith("cuda")
     else:  # stand-in GPU: SLURM allocates it, the run stops for want of CUDA
-        assert rc != 0 and state == "FAILED", (state, out[-4000:])
-        log = (workdir / f"results/logs/train/{DATASET}/Random/seed0.log").read_text()
+        assert rc != 0 and record["State"] == "FAILED", (record, out[-4000:])
+        log = (workdir / train_log(*SLOW)).read_text()
         assert "CUDA is not available" in log, log[-2000:]
+
+
+def test_profile_partitions_file_routes_gpu_jobs():
+    """profiles/slurm/partitions.yaml, read by the plugin as slurm-partition-config would: a GPU
+    job fits only `gpu`, a CPU job goes to `cpu`."""
+    plugin = pytest.importorskip("snakemake_executor_plugin_slurm.partitions")
+    get_best_partition, read_partition_file = plugin.get_best_partition, plugin.read_partition_file
+    partitions = read_partition_file(ROOT / "profiles" / "slurm" / "partitions.yaml")
+    logger = logging.getLogger("test_slurm")
+
+    def job(gpu):
+        return SimpleNamespace(name="train_x", threads=1,
+                               resources={"mem_mb": 2000, "runtime": 60, "gpu": gpu})
+
+    assert get_best_partition(partitions, job(1), logger) == "gpu"
+    assert get_best_partition(partitions, job(0), logger) == "cpu"
 
 
 def test_stop_script_leaves_no_daemon(cluster):
@@ -397,6 +540,6 @@ def test_stop_script_leaves_no_daemon(cluster):
     # idempotent
     assert subprocess.run(["bash", str(ROOT / "scripts" / "slurm-down.sh")],
                           capture_output=True).returncode == 0
-    REPORT["test_wall_s"] = round(time.time() - REPORT.get("started", time.time()), 1)
+    REPORT["test_wall_s"] = round(time.time() - REPORT.pop("started", time.time()), 1)
     print(f"\nSLURM test: {json.dumps(REPORT)}", file=sys.stderr)
     (SLURM_DIR / "test-report.json").write_text(json.dumps(REPORT, indent=1) + "\n")
