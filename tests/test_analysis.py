@@ -396,3 +396,81 @@ def test_numbers_are_rounded_to_what_their_standard_error_supports():
     assert tables.with_se(1234.5, 123) == "1230 ± 120"
     assert tables.with_se(0.5271, 0.0996) == "0.53 ± 0.10"
     assert tables.with_se(float("nan"), 1.0) == "NaN"
+
+
+# ---- the analysis page at the full study's size ------------------------------------------------------------
+
+# UCI Energy in the full study (config/config.yaml): 11 gradient-based algorithms x 200 seeds and
+# 5 black-box searches x 32 repetitions whose cumulative budgets reach 30 single runs.
+FULL_GRADIENT = ["Random", "Random_SteppedLR", "Random_Validation", "Lorraine", "Baydin", "Ours_LR",
+                 "Ours_LR_Momentum", "Ours_HDLR_Momentum", "DiffThroughOpt", "LongDiffThroughOpt_Standalone",
+                 "LongDiffThroughOpt_Full"]
+FULL_SEARCHES = ["BayesOpt", "ASHA", "ASHA_Ours", "PBT", "PBT_Ours"]
+FULL_SEEDS, FULL_REPETITIONS = 200, 32
+# logged rows per history (4000 weight steps logged every 100; Long Diff-through-Opt (Full): 30 x 4000 weight
+# steps; the searches: one row per evaluation or report)
+FULL_ROWS = {"LongDiffThroughOpt_Full": 1201, "LongDiffThroughOpt_Standalone": 61, "BayesOpt": 30,
+             "ASHA": 800, "ASHA_Ours": 800, "PBT": 2000, "PBT_Ours": 2000}
+
+
+def noisy_history(rng, rows, first, final, lr0, wd0, m0, end_step, search=False) -> pd.DataFrame:
+    """A history as noisy as a real one or noisier (noise makes PNGs larger, so sizes measured on it are
+    upper bounds): the test metric falls from ``first`` to ``final`` along a random walk (best so far for
+    a search), the hyperparameters wander."""
+    t = np.linspace(0.0, 1.0, rows)
+    walk = np.cumsum(rng.normal(0.0, 0.08, rows))
+    log_metric = np.log(first) + (np.log(final) - np.log(first)) * np.sqrt(t) + walk - walk[-1] * t
+    metric = np.exp(log_metric)
+    if search:
+        metric = np.minimum.accumulate(metric)
+    step = np.round(np.linspace(0 if not search else end_step / rows, end_step, rows))
+    return pd.DataFrame({
+        "step": step.astype(int), "hyper_step": (step // 10).astype(int),
+        "time_s": step * 3e-4 * rng.uniform(0.8, 1.2), "train_loss": metric / 110, "valid_loss": metric / 90,
+        "test_loss": metric / 100, "test_metric": metric,
+        "lr": lr0 * np.exp(np.cumsum(rng.normal(0, 0.05, rows))),
+        "weight_decay": wd0 * np.exp(np.cumsum(rng.normal(0, 0.1, rows))),
+        "momentum": np.clip(m0 + np.cumsum(rng.normal(0, 0.01, rows)), 0, 1)})
+
+
+def full_size_study(root: Path):
+    """UCI Energy at the full study's size: (runs directory, collected runs, plan)."""
+    rng = np.random.default_rng(2022)
+    runs_dir = root / "runs" / "uci_energy"
+    inits = [{"seed": s, "lr": float(10 ** rng.uniform(-6, -1)), "weight_decay": float(10 ** rng.uniform(-7, -2)),
+              "momentum": float(rng.uniform()), "lr_step_factor": float(rng.uniform(0.95, 1.01))}
+             for s in range(FULL_SEEDS)]
+    algorithms = FULL_GRADIENT + FULL_SEARCHES
+    plan = fake_plan(algorithms, range(FULL_SEEDS), {a: FULL_REPETITIONS for a in FULL_SEARCHES})
+    plan["initialisations"] = inits
+    for algorithm in algorithms:
+        search = catalog.is_search(algorithm)
+        quality = rng.uniform(0.3, 3.0)
+        for seed in plan["algorithms"][algorithm]["seeds"]:
+            init = inits[seed]
+            lr0, wd0, m0 = init["lr"], init["weight_decay"], init["momentum"]
+            diverged = not search and rng.uniform() < 0.02
+            final = float(quality * 10 ** rng.uniform(-0.8, 1.8))
+            rows = FULL_ROWS.get(algorithm, 41)
+            end = 30 * 4000 * rng.uniform(0.5, 1.0) if search else 100 * (rows - 1)
+            history = noisy_history(rng, rows, 100.0, final, lr0, wd0, m0, end, search)
+            if diverged:
+                history = history.iloc[: rows // 2].copy()
+                history.loc[history.index[-1], "test_metric"] = float("nan")
+            out = runs_dir / algorithm / f"seed{seed}"
+            out.mkdir(parents=True, exist_ok=True)
+            history.to_csv(out / "history.csv", index=False)
+            nan = float("nan")
+            last = history.iloc[-1]
+            metrics = {
+                "dataset": "uci_energy", "algorithm": algorithm, "seed": seed,
+                "init_lr": lr0, "init_weight_decay": wd0, "init_momentum": m0,
+                "final_lr": float(last["lr"]), "final_weight_decay": float(last["weight_decay"]),
+                "final_momentum": float(last["momentum"]),
+                "valid_loss": nan if diverged else final / 90, "test_loss": nan if diverged else final / 100,
+                "test_metric": nan if diverged else final, "weight_steps": int(last["step"]),
+                "wall_time_s": float(last["time_s"]), "diverged": diverged,
+                "settings": {**SETTINGS, **({"lr_step_factor": init["lr_step_factor"]}
+                                            if algorithm == "Random_SteppedLR" else {})}}
+            (out / "metrics.json").write_text(json.dumps(metrics))
+    return runs_dir, collection.collect(plan, runs_dir), plan
