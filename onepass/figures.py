@@ -1,12 +1,32 @@
 """Figures of a population study (PNG + SVG), each algorithm in its catalogue colour and line style.
 
 Every figure kind is registered once, with its title and caption (:data:`FIGURES`): the analysis pages
-and the Snakemake report read them from here.
+and the Snakemake report read them from here. Every line and point of an algorithm carries the
+algorithm's name as its ``gid``, so that tests can check its colour and line style against the catalogue.
+
+Axes follow one set of rules in every figure:
+
+* a quantity is drawn on a log axis when all its values are positive and span more than a decade, decided
+  once per figure (so that every panel of a figure has the same scale); its major ticks are decades, or
+  1-2-5 steps within narrower views, every one labelled in plain numbers (``0.2``, ``10``, ``5000``) or,
+  beyond 10^-4..10^5, as powers of ten, and minor ticks are never labelled;
+* weight steps on a linear axis are labelled compactly (``20k``);
+* curves against weight steps or time whose extents differ more than :data:`LOG_SPAN` times (the black-box
+  searches run over cumulative budgets of up to 30 single runs) share a log axis, so that no curve is
+  squeezed into a corner.
+
+PNGs are written with a palette of at most 256 colours (Pillow), about a third of the size of the RGBA
+PNG matplotlib writes and indistinguishable from it: the analysis page embeds them, and the Snakemake
+report embeds the page as a data URL, which Chromium caps at 2 MB.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import warnings
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -15,8 +35,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-
-from dataclasses import dataclass  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from onepass import catalog, tables  # noqa: E402
 from onepass.collection import counted, load_histories, run_dir  # noqa: E402
@@ -47,21 +67,114 @@ def caption(kind: str, dataset: str) -> str:
     """The caption of figure ``kind`` for a dataset (its label)."""
     return FIGURES[kind].caption.format(dataset=dataset)
 
+
 HYPERPARAMETERS = ("lr", "weight_decay", "momentum")
 HP_LABELS = {"lr": "learning rate", "weight_decay": "weight decay", "momentum": "momentum",
              "lr_step_factor": "LR step factor"}
 LOG_HPS = {"lr", "weight_decay"}
 SAMPLE_RUNS = 8
+LOG_SPAN = 3.0  # curves whose x extents differ more than this many times share a log x axis
+GRID_POINTS = 400  # at most this many points per progress curve (a panel is about 500 pixels wide)
+LINE_POINTS = 300  # at most this many points per drawn history (trajectories, best and worst runs)
+DPI = 110
+PALETTE = 256  # colours of a PNG
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 10, "legend.fontsize": 8,
                      "svg.fonttype": "none", "figure.dpi": 100})
 
 
+# ---- styles and axes ---------------------------------------------------------------------------------------
+
+def style(algorithm: str) -> dict:
+    """Matplotlib keywords of an algorithm's lines: its catalogue colour and line style, its name as gid."""
+    return {"color": catalog.colour(algorithm), "linestyle": catalog.linestyle(algorithm), "gid": algorithm}
+
+
+def _finite(values) -> np.ndarray:
+    x = pd.to_numeric(pd.Series(np.ravel(np.asarray(values, dtype=object))), errors="coerce").to_numpy(float)
+    return x[np.isfinite(x)]
+
+
 def _positive(values) -> bool:
     """Whether values suit a log axis: all positive and spanning more than a decade."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
+    x = _finite(values)
     return len(x) > 0 and bool((x > 0).all()) and x.max() > 10 * x.min()
+
+
+def _all_positive(values) -> bool:
+    """Whether every finite value is positive (a log axis is possible)."""
+    x = _finite(values)
+    return len(x) > 0 and bool((x > 0).all())
+
+
+class LogTicks(ticker.LogLocator):
+    """Major ticks of a log axis: decades where three or more are in view, else 1-2-5 steps within each
+    decade where two or more of those are, else a few evenly spaced ticks (a view narrower than 2.5x):
+    always at least two ticks, all labelled, and minor ticks never are."""
+
+    def __init__(self):
+        super().__init__(base=10.0, subs=(1.0,))
+
+    def tick_values(self, vmin, vmax):
+        lo, hi = sorted((float(vmin), float(vmax)))
+        if not (lo > 0 and np.isfinite(hi)):
+            return super().tick_values(vmin, vmax)
+        for subs, enough in (((1.0,), 3), ((1.0, 2.0, 5.0), 2)):
+            self.set_params(subs=subs)
+            ticks = super().tick_values(lo, hi)
+            if np.count_nonzero((ticks >= lo * (1 - 1e-9)) & (ticks <= hi * (1 + 1e-9))) >= enough:
+                return ticks
+        return ticker.MaxNLocator(4).tick_values(lo, hi)
+
+
+class LogLabels(ticker.Formatter):
+    """Labels of :class:`LogTicks`: plain numbers where every tick in view lies in [10^-4, 10^5), else
+    powers of ten (one style per axis)."""
+
+    def format_ticks(self, values):
+        lo, hi = sorted(self.axis.get_view_interval()) if self.axis is not None else (-np.inf, np.inf)
+        shown = [v for v in values if lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9)]
+        plain = all(1e-4 <= v < 1e5 for v in shown)
+        return [self.label(v, plain) for v in values]
+
+    def __call__(self, x, pos=None):
+        return self.label(x, 1e-4 <= x < 1e5)
+
+    @staticmethod
+    def label(x: float, plain: bool) -> str:
+        if not (x > 0 and np.isfinite(x)):
+            return ""
+        if plain:
+            return f"{x:.6g}"
+        exponent = math.floor(math.log10(x) + 1e-9)
+        mantissa = x / 10 ** exponent
+        if abs(mantissa - 1) < 1e-6:
+            return f"$10^{{{exponent}}}$"
+        return f"${mantissa:.3g}\\times10^{{{exponent}}}$"
+
+
+def log_axis(ax, which: str) -> None:
+    """Put axis ``which`` ('x' or 'y') of ``ax`` on a log scale with :class:`LogTicks` and :class:`LogLabels`."""
+    getattr(ax, f"set_{which}scale")("log")
+    axis = getattr(ax, f"{which}axis")
+    axis.set_major_locator(LogTicks())
+    axis.set_major_formatter(LogLabels())
+    axis.set_minor_locator(ticker.LogLocator(base=10.0, subs=(2.0, 5.0)))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def steps_axis(axis) -> None:
+    """A linear weight-step axis with at most six ticks labelled compactly (0, 2k, 120k)."""
+    axis.set_major_locator(ticker.MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10], integer=True))
+    axis.set_major_formatter(ticker.EngFormatter(sep=""))
+
+
+def _thin(frame: pd.DataFrame, n: int = LINE_POINTS) -> pd.DataFrame:
+    """At most ``n`` evenly spaced rows of a history (first and last kept): a panel is a few hundred
+    pixels wide, so more points only make the PNG larger."""
+    if len(frame) <= n:
+        return frame
+    return frame.iloc[np.unique(np.linspace(0, len(frame) - 1, n).round().astype(int))]
 
 
 def _no_data(ax, text="no finished runs yet"):
@@ -81,6 +194,28 @@ def _metric(runs: pd.DataFrame) -> str:
     return catalog.metric_name(str(runs["dataset"].iloc[0])) if len(runs) else "test metric"
 
 
+def _searches(algorithms) -> list:
+    return [a for a in algorithms if catalog.is_search(a)]
+
+
+def runs_per_algorithm(counts: dict) -> str:
+    """'8 runs per algorithm', or with the exceptions named: '8 runs per algorithm (2 of ASHA, PBT)'."""
+    counts = {a: n for a, n in counts.items()}
+    if not counts:
+        return "no runs"
+    common = Counter(counts.values()).most_common(1)[0][0]
+    text = f"{common} run{'s' if common != 1 else ''} per algorithm"
+    others = {}
+    for algorithm, n in counts.items():
+        if n != common:
+            others.setdefault(n, []).append(catalog.label(algorithm))
+    if others:
+        text += " (" + "; ".join(f"{n} of {', '.join(labels)}" for n, labels in sorted(others.items())) + ")"
+    return text
+
+
+# ---- figures -----------------------------------------------------------------------------------------------
+
 @figure('edf', 'Empirical distribution of the final test metric',
         'Empirical distribution (EDF) of the final test metric on {dataset}: for each algorithm, the fraction of its runs whose final test metric is at most x. Curves further left and higher are better; diverged runs keep a curve below 1.')
 def edf(runs: pd.DataFrame, runs_dir) -> plt.Figure:
@@ -97,12 +232,12 @@ def edf(runs: pd.DataFrame, runs_dir) -> plt.Figure:
         if not len(finite):
             continue
         frac = np.arange(1, len(finite) + 1) / len(values)
-        ax.step(finite, frac, where="post", color=catalog.colour(algorithm),
-                label=f"{catalog.label(algorithm)} (n={len(values)})")
+        ax.step(finite, frac, where="post", label=f"{catalog.label(algorithm)} (n={len(values)})",
+                **style(algorithm))
         drawn = True
     if drawn:
         if _positive(runs["test_metric"]):
-            ax.set_xscale("log")
+            log_axis(ax, "x")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         _no_data(ax)
@@ -130,75 +265,84 @@ def held_on_grid(h: pd.DataFrame, x: str, grid: np.ndarray) -> np.ndarray:
 
 
 SEARCH_NOTE = {
-    "step": "dashed: black-box searches; their curve is the test metric of the best-by-validation "
-            "evaluation so far, against the search's cumulative weight steps",
-    "time_s": "dashed: black-box searches; their curve is the test metric of the best-by-validation "
-              "evaluation so far, against cumulative search time",
+    "step": "black-box searches ({searches}): the test metric of the best-by-validation evaluation so far, "
+            "against the search's cumulative weight steps",
+    "time_s": "black-box searches ({searches}): the test metric of the best-by-validation evaluation so far, "
+              "against cumulative search time",
 }
 
 
-def _spans_decades(ends) -> bool:
-    """Whether the longest curve reaches more than 10x further than the shortest (log x axis)."""
+def spans(ends, factor: float = LOG_SPAN) -> bool:
+    """Whether the longest curve reaches more than ``factor`` times further than the shortest."""
     ends = np.asarray([e for e in ends if np.isfinite(e) and e > 0], dtype=float)
-    return len(ends) > 1 and ends.max() > 10 * ends.min()
+    return len(ends) > 1 and ends.max() > factor * ends.min()
+
+
+def _grid(values: np.ndarray, start: float, end: float, log_x: bool) -> np.ndarray:
+    """The x values a progress curve is drawn at: the logged ones, or at most GRID_POINTS of them."""
+    values = np.unique(values[np.isfinite(values)])
+    if log_x:
+        values = values[values > 0]
+    if len(values) <= GRID_POINTS:
+        return values
+    if log_x:
+        return np.geomspace(max(start, values.min()), end, GRID_POINTS)
+    return np.linspace(values.min(), end, GRID_POINTS)
 
 
 def _progress(runs: pd.DataFrame, runs_dir, x: str) -> plt.Figure:
     """Median and best test metric across runs against step or wall time. A search's runs are its
-    repetitions and their histories best-so-far curves against cumulative budget, drawn dashed; when
-    the longest curve is more than 10x the shortest, the x axis is logarithmic."""
+    repetitions and their histories best-so-far curves against cumulative budget; when one curve reaches
+    more than LOG_SPAN times further than another, the x axis is logarithmic."""
     hist = load_histories(runs, runs_dir)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), sharex=True)
-    searches = False
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), sharex=True, sharey=True)
     curves = {}
     for algorithm in _algorithms(runs):
         h = hist[hist["algorithm"] == algorithm]
         if not h.empty and np.isfinite(h[x].to_numpy(dtype=float)).any():
             curves[algorithm] = h
+    log_x = spans([float(np.nanmax(h[x].to_numpy(dtype=float))) for h in curves.values()])
     xs = hist[x].to_numpy(dtype=float) if len(hist) else np.array([])
-    log_x = _spans_decades([float(np.nanmax(h[x].to_numpy(dtype=float))) for h in curves.values()])
     positive = xs[np.isfinite(xs) & (xs > 0)]
     start = float(positive.min()) if len(positive) else 0.0
     for algorithm, h in curves.items():
         end = float(np.nanmax(h[x].to_numpy(dtype=float)))
-        if x == "step":
-            grid = np.unique(h["step"].to_numpy(dtype=float))
-            grid = grid[grid > 0] if log_x else grid
-        elif log_x:
-            grid = np.geomspace(start, max(end, start), 200)
-        else:
-            grid = np.linspace(0.0, end, 200)
+        grid = _grid(h[x].to_numpy(dtype=float), start, end, log_x)
         if not len(grid):
             continue
         values = held_on_grid(h, x, grid)
         with warnings.catch_warnings():  # all-NaN points (every run diverged) stay NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             median, low = np.nanmedian(values, axis=1), np.nanmin(values, axis=1)
-        search = catalog.is_search(algorithm)
-        searches = searches or search
         for ax, y in zip(axes, (median, low)):
-            ax.plot(grid, y, color=catalog.colour(algorithm), label=catalog.label(algorithm),
-                    drawstyle="steps-post", ls="--" if search else "-", lw=1.8 if search else 1.5)
-    drawn = bool(curves)
+            ax.plot(grid, y, label=catalog.label(algorithm), drawstyle="steps-post",
+                    lw=1.8 if catalog.is_search(algorithm) else 1.5, **style(algorithm))
+    searches = _searches(curves)
     xlabel = {"step": "weight step", "time_s": "training time (s)"}[x]
     if searches:
         xlabel = {"step": "weight step (searches: cumulative)",
                   "time_s": "training time (s; searches: cumulative search time)"}[x]
+    drawn = bool(curves)
+    log_y = drawn and _positive(hist["test_metric"])
     for ax, what in zip(axes, ("median", "best")):
         ax.set_title(_title(runs, f"{what} {_metric(runs)}"))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{what} {_metric(runs)}")
         ax.grid(alpha=0.3)
-        if drawn and _positive(hist["test_metric"]):
-            ax.set_yscale("log")
+        if log_y:
+            log_axis(ax, "y")
         if log_x:
-            ax.set_xscale("log")
+            log_axis(ax, "x")
+        elif x == "step":
+            steps_axis(ax.xaxis)
+    axes[1].yaxis.set_tick_params(labelleft=True)
     if drawn:
         axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         _no_data(axes[0])
     if searches:
-        fig.text(0.01, 0.01, SEARCH_NOTE[x], fontsize=8, color="#444444", ha="left", va="bottom")
+        note = SEARCH_NOTE[x].format(searches=", ".join(catalog.label(a) for a in searches))
+        fig.text(0.01, 0.01, note, fontsize=8, color="#444444", ha="left", va="bottom")
         fig.tight_layout(rect=(0, 0.05, 1, 1))
     else:
         fig.tight_layout()
@@ -206,106 +350,121 @@ def _progress(runs: pd.DataFrame, runs_dir, x: str) -> plt.Figure:
 
 
 @figure('test_vs_step', 'Test metric during training (by step)',
-        "Median (left) and best (right) test metric over each algorithm's runs on {dataset}, against the weight step. For the black-box searches (dashed), a run is one repetition of the whole search and its curve is the test metric of the best-by-validation evaluation so far, against the search's cumulative weight steps.")
+        "Median (left) and best (right) test metric over each algorithm's runs on {dataset}, against the weight step. For the black-box searches (Bayesian Optimisation, ASHA, PBT), a run is one repetition of the whole search and its curve is the test metric of the best-by-validation evaluation so far, against the search's cumulative weight steps; where these reach several times further than a single run, the step axis is logarithmic.")
 def test_vs_step(runs, runs_dir):
     """Median and best test metric against weight step."""
     return _progress(runs, runs_dir, "step")
 
 
 @figure('test_vs_time', 'Test metric against training time (the time comparison)',
-        "The time comparison on {dataset}: median (left) and best (right) test metric over each algorithm's runs against training time, each run's curve held from one logged time to the next on a common grid. For the black-box searches (dashed), a run is one repetition of the whole search and its curve is the test metric of the evaluation with the lowest validation loss so far, against cumulative search time.")
+        "The time comparison on {dataset}: median (left) and best (right) test metric over each algorithm's runs against training time, each run's curve held from one logged time to the next on a common grid. For the black-box searches (Bayesian Optimisation, ASHA, PBT), a run is one repetition of the whole search and its curve is the test metric of the evaluation with the lowest validation loss so far, against cumulative search time; where these run several times longer than a single run, the time axis is logarithmic.")
 def test_vs_time(runs, runs_dir):
     """Median and best test metric against wall time: the paper's time comparison (for a search,
     the best-so-far-by-validation test metric against cumulative search time)."""
     return _progress(runs, runs_dir, "time_s")
 
 
-def _grid(n_rows: int, n_cols: int, width: float = 3.6, height: float = 2.2):
+def _panels(n_rows: int, n_cols: int, width: float = 3.6, height: float = 2.2, **kwargs):
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows + 0.6),
-                             squeeze=False)
+                             squeeze=False, **kwargs)
     return fig, axes
 
 
-def _tight(fig) -> None:
-    """tight_layout leaving half an inch for the suptitle."""
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+def _tight(fig, left: float = 0.0) -> None:
+    """tight_layout leaving half an inch for the suptitle and ``left`` inches for a supylabel."""
+    fig.tight_layout(rect=(left / fig.get_figwidth(), 0, 1, 1 - 0.5 / fig.get_figheight()))
+
+
+def _step_label(algorithms) -> str:
+    return "weight step (searches: cumulative)" if _searches(algorithms) else "weight step"
 
 
 @figure('trajectories', 'Hyperparameter trajectories',
-        'Learning rate, weight decay and momentum during training on {dataset}, for a sample of runs of each algorithm (one row per algorithm).')
+        'Learning rate, weight decay and momentum during training on {dataset}, for a sample of runs of each algorithm (one row per algorithm, titled with its number of runs; each column on one scale). For a black-box search, the hyperparameters of its best-by-validation evaluation so far, against its cumulative weight steps.')
 def trajectories(runs: pd.DataFrame, runs_dir) -> plt.Figure:
     """Learning rate, weight decay and momentum during training, for a sample of runs."""
     algorithms = _algorithms(runs) or ["none"]
     hist = load_histories(runs, runs_dir, per_algorithm=SAMPLE_RUNS)
-    fig, axes = _grid(len(algorithms), len(HYPERPARAMETERS))
+    fig, axes = _panels(len(algorithms), len(HYPERPARAMETERS), height=2.0, sharex="row", sharey="col")
+    shown = {}
     for i, algorithm in enumerate(algorithms):
         h = hist[hist["algorithm"] == algorithm]
+        shown[algorithm] = int(h["seed"].nunique()) if len(h) else 0
         for j, hp in enumerate(HYPERPARAMETERS):
             ax = axes[i, j]
             for _, run in h.groupby("seed"):
-                ax.plot(run["step"], run[hp], color=catalog.colour(algorithm), alpha=0.7, lw=1)
+                run = _thin(run)
+                ax.plot(run["step"], run[hp], alpha=0.85, lw=1.1, **style(algorithm))
             if h.empty:
                 _no_data(ax, "no runs")
-            elif hp in LOG_HPS and _positive(h[hp]):
-                ax.set_yscale("log")
-            ax.set_title(f"{catalog.label(algorithm)}: {HP_LABELS[hp]}")
+            elif hp in LOG_HPS and _all_positive(hist[hp]):
+                log_axis(ax, "y")
+            ax.set_ylabel(HP_LABELS[hp])
             ax.grid(alpha=0.3)
+            steps_axis(ax.xaxis)
             if i == len(algorithms) - 1:
-                ax.set_xlabel("weight step")
-    fig.suptitle(_title(runs, f"hyperparameter trajectories ({SAMPLE_RUNS} runs per algorithm)"))
+                ax.set_xlabel(_step_label(algorithms))
+        axes[i, len(HYPERPARAMETERS) // 2].set_title(
+            f"{catalog.label(algorithm)} ({shown[algorithm]} run{'s' if shown[algorithm] != 1 else ''})")
+    fig.suptitle(_title(runs, f"hyperparameter trajectories of {runs_per_algorithm(shown)}"))
     _tight(fig)
     return fig
 
 
 @figure('error_vs_hyperparameter', 'Final test metric against each initial hyperparameter',
-        'Final test metric on {dataset} against each initial hyperparameter (one point per run, crosses for diverged runs). A flat cloud means the algorithm does not depend on its initialisation.')
+        'Final test metric on {dataset} against each initial hyperparameter (one row per algorithm, titled with its number of runs; one point per run, crosses at the top for diverged runs; every panel on the same scales). A flat cloud means the algorithm does not depend on its initialisation.')
 def error_vs_hyperparameter(runs: pd.DataFrame, runs_dir) -> plt.Figure:
     """Final test metric against each initial hyperparameter; diverged runs as crosses on top."""
     algorithms = _algorithms(runs) or ["none"]
     hps = [hp for hp in HYPERPARAMETERS if f"init_{hp}" in runs]
-    fig, axes = _grid(len(algorithms), len(hps))
-    metric = pd.to_numeric(runs["test_metric"], errors="coerce")
+    fig, axes = _panels(len(algorithms), len(hps), height=2.2, sharex="col", sharey=True)
+    present = counted(runs)
+    metric = pd.to_numeric(present["test_metric"], errors="coerce")
     finite = metric[np.isfinite(metric)]
     log_y = _positive(finite)
     top = finite.max() if len(finite) else 1.0
     for i, algorithm in enumerate(algorithms):
-        sel = runs["algorithm"] == algorithm
+        sel = present["algorithm"] == algorithm
         ok = sel & np.isfinite(metric)
-        bad = sel & (runs["status"] == "diverged")
+        bad = sel & (present["status"] == "diverged")
         for j, hp in enumerate(hps):
             ax = axes[i, j]
-            x = pd.to_numeric(runs[f"init_{hp}"], errors="coerce")
-            ax.scatter(x[ok], metric[ok], s=12, color=catalog.colour(algorithm), alpha=0.8)
+            x = pd.to_numeric(present[f"init_{hp}"], errors="coerce")
+            ax.scatter(x[ok], metric[ok], s=10, color=catalog.colour(algorithm), alpha=0.7, linewidths=0,
+                       gid=algorithm)
             if bad.any():
                 ax.scatter(x[bad], np.full(int(bad.sum()), top), marker="x", color="black",
-                           s=16, label="diverged")
+                           s=16, label="diverged", gid="diverged")
                 ax.legend(loc="best")
-            if hp in LOG_HPS and _positive(x[sel]):
-                ax.set_xscale("log")
-            if log_y:
-                ax.set_yscale("log")
-            ax.set_title(catalog.label(algorithm))
+            if i == 0 and hp in LOG_HPS and _positive(present[f"init_{hp}"]):
+                log_axis(ax, "x")
+            if i == 0 and j == 0 and log_y:
+                log_axis(ax, "y")
             ax.set_xlabel(f"initial {HP_LABELS[hp]}")
-            if j == 0:
-                ax.set_ylabel(f"final {_metric(runs)}")
+            ax.tick_params(axis="x", labelbottom=True)  # shared columns: tick labels in every row
             ax.grid(alpha=0.3)
+        n = int(sel.sum())
+        axes[i, len(hps) // 2].set_title(f"{catalog.label(algorithm)} ({n} run{'s' if n != 1 else ''})")
+    fig.supylabel(f"final {_metric(runs)}")
     fig.suptitle(_title(runs, "final test metric against initial hyperparameters"))
-    _tight(fig)
+    _tight(fig, left=0.3)
     return fig
 
 
 @figure('best_worst', 'Best and worst runs',
-        "Test metric curves of each algorithm's best (solid) and worst (dashed) finished run on {dataset}.")
+        "Test metric curves of each algorithm's best (thick) and worst (thin) finished run on {dataset}, in the algorithm's colour and line style, every panel on the same test-metric scale. For a black-box search, a run is one repetition and its curve the best-by-validation evaluation so far against cumulative weight steps.")
 def best_worst(runs: pd.DataFrame, runs_dir) -> plt.Figure:
-    """Test metric curves of each algorithm's best (solid) and worst (dashed) finished run."""
+    """Test metric curves of each algorithm's best (thick) and worst (thin) finished run."""
     algorithms = _algorithms(runs) or ["none"]
     n_cols = min(3, len(algorithms))
     n_rows = int(np.ceil(len(algorithms) / n_cols))
-    fig, axes = _grid(n_rows, n_cols, width=4.0, height=2.8)
-    metric = pd.to_numeric(runs["test_metric"], errors="coerce")
+    fig, axes = _panels(n_rows, n_cols, width=4.2, height=2.8, sharey=True)
+    finished = runs[runs["status"] == "done"]
+    metric = pd.to_numeric(finished["test_metric"], errors="coerce")
+    curves = []
     for k, algorithm in enumerate(algorithms):
         ax = axes[k // n_cols, k % n_cols]
-        done = runs[(runs["algorithm"] == algorithm) & np.isfinite(metric)]
+        done = finished[(finished["algorithm"] == algorithm) & np.isfinite(metric)]
         if done.empty:
             _no_data(ax, "no finished runs")
         else:
@@ -315,22 +474,38 @@ def best_worst(runs: pd.DataFrame, runs_dir) -> plt.Figure:
                 path = run_dir(runs_dir, algorithm, int(run["seed"])) / "history.csv"
                 if not path.exists():
                     continue
-                h = pd.read_csv(path)
-                ax.plot(h["step"], h["test_metric"], color=catalog.colour(algorithm),
-                        ls="-" if name == "best" else "--",
-                        label=f"{name}: seed {int(run['seed'])} ({run['m']:.3g})")
-            if _positive(metric[done.index]):
-                ax.set_yscale("log")
+                h = _thin(pd.read_csv(path))
+                curves.append(h["test_metric"].to_numpy(dtype=float))
+                ax.plot(h["step"], h["test_metric"], label=f"{name}: seed {int(run['seed'])} ({run['m']:.3g})",
+                        lw=2.0 if name == "best" else 1.0, alpha=1.0 if name == "best" else 0.8,
+                        **style(algorithm))
             ax.legend(loc="best")
-        ax.set_title(catalog.label(algorithm))
-        ax.set_xlabel("weight step")
-        ax.set_ylabel(_metric(runs))
+        ax.set_title(f"{catalog.label(algorithm)} ({len(done)} finished)")
+        ax.set_xlabel("cumulative weight step" if catalog.is_search(algorithm) else "weight step")
+        if k % n_cols == 0:
+            ax.set_ylabel(_metric(runs))
         ax.grid(alpha=0.3)
+        steps_axis(ax.xaxis)
     for k in range(len(algorithms), n_rows * n_cols):
         axes[k // n_cols, k % n_cols].axis("off")
+    if curves and _positive(np.concatenate(curves)):
+        log_axis(axes[0, 0], "y")
     fig.suptitle(_title(runs, "best and worst runs"))
     _tight(fig)
     return fig
+
+
+# ---- output ------------------------------------------------------------------------------------------------
+
+def save_png(fig, path) -> None:
+    """``fig`` as a PNG with a palette of at most PALETTE colours (no dithering: flat colours stay flat)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        palette = image.convert("RGB").quantize(PALETTE, method=Image.Quantize.FASTOCTREE,
+                                                dither=Image.Dither.NONE)
+    palette.save(path, format="PNG", optimize=True)
 
 
 def make(kind: str, runs: pd.DataFrame, runs_dir, out_paths) -> None:
@@ -340,7 +515,10 @@ def make(kind: str, runs: pd.DataFrame, runs_dir, out_paths) -> None:
     fig = FIGURES[kind].draw(runs, runs_dir)
     for path in out_paths:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        if str(path).lower().endswith(".png"):
+            save_png(fig, path)
+        else:
+            fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 

@@ -396,3 +396,325 @@ def test_numbers_are_rounded_to_what_their_standard_error_supports():
     assert tables.with_se(1234.5, 123) == "1230 ± 120"
     assert tables.with_se(0.5271, 0.0996) == "0.53 ± 0.10"
     assert tables.with_se(float("nan"), 1.0) == "NaN"
+
+
+
+# ---- figures as a reader sees them: styles, axes, ticks, counts ---------------------------------------------
+
+SEARCHED = {"Random": 3, "Ours_LR": 3, "LongDiffThroughOpt_Full": 2, "BayesOpt": 2, "PBT": 2}
+
+
+@pytest.fixture()
+def searched(tmp_path):
+    """Gradient-based runs of 4000 weight steps (40 s) and black-box searches of 30 evaluations of one
+    such run each (cumulative budgets of 120k steps and 1200 s), every catalogue line style present."""
+    runs_dir = tmp_path / "runs" / "uci_energy"
+    for algorithm in ("Random", "Ours_LR"):
+        for seed in range(3):
+            fake_run(runs_dir, algorithm, seed, 5.0 + seed, diverged=(algorithm == "Random" and seed == 2),
+                     steps=400)
+    for seed in range(2):
+        fake_run(runs_dir, "LongDiffThroughOpt_Full", seed, 3.0 + seed, steps=400)
+        fake_search(runs_dir, "BayesOpt", seed, list(np.geomspace(50.0, 1.0 + seed, 30)), per_evaluation_s=40.0)
+        fake_search(runs_dir, "PBT", seed, list(np.geomspace(80.0, 2.0 + seed, 30)), per_evaluation_s=40.0)
+    runs = collect(runs_dir, list(SEARCHED), range(3), SEARCHED)
+    return runs_dir, runs
+
+
+def _data_artists(fig):
+    """Every line and point collection drawn on the figure's axes (legends and grids left out)."""
+    return [a for ax in fig.axes for a in (*ax.get_lines(), *ax.collections)]
+
+
+@pytest.mark.parametrize("kind", figures.KINDS)
+def test_every_algorithm_is_drawn_in_its_catalogue_colour_and_line_style(searched, kind):
+    from matplotlib.colors import to_hex
+    runs_dir, runs = searched
+    fig = figures.FIGURES[kind].draw(runs, runs_dir)
+    drawn = {}
+    for artist in _data_artists(fig):
+        algorithm = artist.get_gid()
+        if algorithm == "diverged":
+            continue
+        assert algorithm in catalog.algorithms(), (kind, artist)
+        if hasattr(artist, "get_linestyle") and not hasattr(artist, "get_offsets"):  # a line
+            assert to_hex(artist.get_color()) == catalog.colour(algorithm), (kind, algorithm)
+            assert artist.get_linestyle() == catalog.linestyle(algorithm), (kind, algorithm)
+        else:  # points: the colour (a line style has no meaning for them)
+            assert {to_hex(c, keep_alpha=False) for c in artist.get_facecolors()} == {catalog.colour(algorithm)}
+        drawn.setdefault(algorithm, 0)
+        drawn[algorithm] += 1
+    expected = set(SEARCHED) | ({"Random_3Batched"} if kind == "edf" else set())
+    assert set(drawn) >= set(SEARCHED) and set(drawn) <= expected
+    # all three catalogue line styles appear: '-', ':' (Long Diff-through-Opt), '--' (searches)
+    if kind != "error_vs_hyperparameter":
+        assert {a.get_linestyle() for a in _data_artists(fig)} == {"-", ":", "--"}
+    figures.plt.close(fig)
+
+
+def _extent(ax, line) -> float:
+    """The fraction of the axes' width that a line's x values span (in the axis's own scale)."""
+    x = np.asarray(line.get_xdata(), dtype=float)
+    x = x[np.isfinite(x) & ((x > 0) if ax.get_xscale() == "log" else True)]
+    y = np.full(2, np.mean(ax.get_ylim()) if ax.get_yscale() == "linear" else np.sqrt(np.prod(ax.get_ylim())))
+    ends = (ax.transData + ax.transAxes.inverted()).transform(np.column_stack([[x.min(), x.max()], y]))
+    return float(ends[1, 0] - ends[0, 0])
+
+
+@pytest.mark.parametrize("kind", ["test_vs_step", "test_vs_time"])
+def test_searches_over_30_runs_budget_squeeze_no_curve(searched, kind):
+    """Searches whose cumulative budget is 30 single runs (and Long Diff-through-Opt, 1 here) share a log
+    x axis with the one-pass runs: every curve spans at least a quarter of the width, where a linear axis
+    would leave the one-pass curves a thirtieth of it."""
+    runs_dir, runs = searched
+    fig = figures.FIGURES[kind].draw(runs, runs_dir)
+    for ax in fig.axes[:2]:
+        assert ax.get_xscale() == "log"
+        lines = {line.get_gid(): line for line in ax.get_lines()}
+        assert set(lines) == set(SEARCHED)
+        for algorithm, line in lines.items():
+            assert _extent(ax, line) > 0.25, (kind, algorithm, _extent(ax, line))
+    figures.plt.close(fig)
+    one_pass = runs[~runs["algorithm"].map(catalog.is_search)]
+    fig = figures.FIGURES[kind].draw(one_pass, runs_dir)
+    assert fig.axes[0].get_xscale() == "linear" and not fig.texts  # one budget: a linear axis
+    figures.plt.close(fig)
+
+
+def _labels(fig, axis_name, which="major"):
+    """(axes, visible tick labels with their window extents) of every axes' x or y axis."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    out = []
+    for ax in fig.axes:
+        axis = getattr(ax, f"{axis_name}axis")
+        lo, hi = sorted(axis.get_view_interval())
+        ticks = axis.get_major_ticks() if which == "major" else axis.get_minor_ticks()
+        locs = axis.get_majorticklocs() if which == "major" else axis.get_minorticklocs()
+        shown = [(t.label1.get_text(), t.label1.get_window_extent(renderer))
+                 for t, loc in zip(ticks, locs) if t.label1.get_visible() and t.get_visible()
+                 and lo * (1 - 1e-9) <= loc <= hi * (1 + 1e-9) and t.label1.get_text()]
+        out.append((ax, axis, shown))
+    return out
+
+
+@pytest.mark.parametrize("kind", figures.KINDS)
+def test_tick_labels_are_legible(searched, kind):
+    """No minor tick is labelled; every axis with labels has at least two; no two labels of an axis
+    overlap (PBT's step labels ran together); log axes label in plain numbers or powers of ten."""
+    runs_dir, runs = searched
+    fig = figures.FIGURES[kind].draw(runs, runs_dir)
+    for name in ("x", "y"):
+        for ax, axis, minor in _labels(fig, name, "minor"):
+            assert not minor, (kind, name, [m[0] for m in minor])
+        for ax, axis, shown in _labels(fig, name):
+            if not ax.has_data() or not shown:
+                continue
+            texts = [t for t, _ in shown]
+            assert len(texts) >= 2 and len(set(texts)) == len(texts), (kind, name, texts)
+            boxes = sorted((b for _, b in shown), key=lambda b: b.x0 if name == "x" else b.y0)
+            for a, b in zip(boxes, boxes[1:]):
+                gap = b.x0 - a.x1 if name == "x" else b.y0 - a.y1
+                assert gap > 0, (kind, name, texts)
+            if axis.get_scale() == "log":
+                assert all(re.fullmatch(r"[0-9.]+|\$10\^\{-?[0-9]+\}\$", t) for t in texts), (kind, texts)
+    figures.plt.close(fig)
+
+
+@pytest.mark.parametrize("view, labels", [
+    ((0.13, 120.0), ["1", "10", "100"]),          # three decades in view: decades, plain
+    ((1.5, 7.0), ["2", "5"]),                      # less than a decade: 1-2-5, never "2x10^0"
+    ((0.15, 2.5), ["0.2", "0.5", "1", "2"]),
+    ((6e-4, 1.7e-3), ["0.001"]),                  # 2.8x: too narrow for 1-2-5, evenly spaced
+    ((1e-7, 1e-2), ["$10^{-7}$", "$10^{-6}$", "$10^{-5}$", "$10^{-4}$", "$10^{-3}$", "$10^{-2}$"]),
+])
+def test_log_axis_ticks(view, labels):
+    fig, ax = figures.plt.subplots(figsize=(4, 3))
+    ax.plot(view, view)
+    figures.log_axis(ax, "y")
+    ax.set_ylim(*view)
+    shown = [t for _, axis, s in _labels(fig, "y") for t, _ in s]
+    if view == (6e-4, 1.7e-3):
+        assert len(shown) >= 2 and all(re.fullmatch(r"0\.00[0-9]+", t) for t in shown), shown
+    else:
+        assert shown == labels
+    assert not [t for _, _, s in _labels(fig, "y", "minor") for t in s]
+    figures.plt.close(fig)
+
+
+@pytest.mark.parametrize("kind", ["best_worst", "trajectories", "error_vs_hyperparameter"])
+def test_panels_of_a_figure_share_their_scales(searched, kind):
+    """best_worst had linear 0-100 panels for ASHA and PBT among log ones: one scale per quantity now."""
+    runs_dir, runs = searched
+    fig = figures.FIGURES[kind].draw(runs, runs_dir)
+    axes = [ax for ax in fig.axes if ax.has_data()]
+    if kind == "best_worst":
+        assert {ax.get_yscale() for ax in axes} == {"log"}
+        assert len({ax.get_ylim() for ax in axes}) == 1
+    else:
+        columns = len(figures.HYPERPARAMETERS)
+        for j, hp in enumerate(figures.HYPERPARAMETERS):
+            column = axes[j::columns]
+            scale = "log" if hp in figures.LOG_HPS else "linear"
+            which = "y" if kind == "trajectories" else "x"
+            assert {getattr(ax, f"get_{which}scale")() for ax in column} == {scale}, (kind, hp)
+            assert len({getattr(ax, f"get_{which}lim")() for ax in column}) == 1
+    figures.plt.close(fig)
+
+
+def test_titles_state_the_true_counts(study, searched, tmp_path):
+    runs_dir, runs = study
+    label = catalog.label
+    fig = figures.trajectories(runs, runs_dir)
+    # counted runs with a history (a diverged one too), at most SAMPLE_RUNS of each algorithm
+    assert fig._suptitle.get_text() == (f"UCI Energy: hyperparameter trajectories of 3 runs per algorithm "
+                                        f"(2 of {label('Random_SteppedLR')}; 6 of {label('Random_Validation')})")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["Random (3 runs)", f"{label('Random_SteppedLR')} (2 runs)", "Random (validation) (6 runs)",
+                      "Ours (WD+LR) (3 runs)"]
+    figures.plt.close(fig)
+    fig = figures.error_vs_hyperparameter(runs, runs_dir)
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == [
+        "Random (3 runs)", f"{label('Random_SteppedLR')} (2 runs)", "Random (validation) (6 runs)",
+        "Ours (WD+LR) (3 runs)"]
+    figures.plt.close(fig)
+    fig = figures.best_worst(runs, runs_dir)
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()][:2] == [
+        "Random (2 finished)", f"{label('Random_SteppedLR')} (2 finished)"]
+    figures.plt.close(fig)
+    many = tmp_path / "many"
+    for seed in range(10):
+        fake_run(many, "Ours_LR", seed, 1.0 + seed)
+    fig = figures.trajectories(collect(many, ["Ours_LR"], range(10)), many)
+    assert fig._suptitle.get_text().endswith(f"of {figures.SAMPLE_RUNS} runs per algorithm")
+    figures.plt.close(fig)
+    fig = figures.trajectories(searched[1], searched[0])
+    assert fig._suptitle.get_text().endswith(
+        f"of 2 runs per algorithm (3 of Random, {label('Ours_LR')})")
+    figures.plt.close(fig)
+
+
+def test_png_palette_keeps_the_catalogue_colours(searched, tmp_path):
+    """Quantised to a palette, the PNG still holds every algorithm's colour: within 8/255 per channel (an
+    octree palette approximates flat colours by a few levels, far below what an eye tells apart; catalogue
+    colours differ by tens of levels, so a colour lost to a neighbour would fail)."""
+    from matplotlib.colors import to_rgb
+    from PIL import Image
+    runs_dir, runs = searched
+    png = tmp_path / "edf.png"
+    figures.make("edf", runs, runs_dir, [png])
+    with Image.open(png) as image:
+        assert image.mode == "P" and image.size == (990, 495)
+        colours = np.array([c for _, c in image.convert("RGB").getcolors(1 << 16)], dtype=float)
+    for algorithm in SEARCHED:
+        target = np.array(to_rgb(catalog.colour(algorithm))) * 255
+        assert np.abs(colours - target).max(axis=1).min() <= 8, algorithm
+
+# ---- the analysis page at the full study's size ------------------------------------------------------------
+
+# UCI Energy in the full study (config/config.yaml): 11 gradient-based algorithms x 200 seeds and
+# 5 black-box searches x 32 repetitions whose cumulative budgets reach 30 single runs.
+FULL_GRADIENT = ["Random", "Random_SteppedLR", "Random_Validation", "Lorraine", "Baydin", "Ours_LR",
+                 "Ours_LR_Momentum", "Ours_HDLR_Momentum", "DiffThroughOpt", "LongDiffThroughOpt_Standalone",
+                 "LongDiffThroughOpt_Full"]
+FULL_SEARCHES = ["BayesOpt", "ASHA", "ASHA_Ours", "PBT", "PBT_Ours"]
+FULL_SEEDS, FULL_REPETITIONS = 200, 32
+# logged rows per history (4000 weight steps logged every 100; Long Diff-through-Opt (Full): 30 x 4000 weight
+# steps; the searches: one row per evaluation or report)
+FULL_ROWS = {"LongDiffThroughOpt_Full": 1201, "LongDiffThroughOpt_Standalone": 61, "BayesOpt": 30,
+             "ASHA": 800, "ASHA_Ours": 800, "PBT": 2000, "PBT_Ours": 2000}
+
+
+def noisy_history(rng, rows, first, final, lr0, wd0, m0, end_step, search=False) -> pd.DataFrame:
+    """A history as noisy as a real one or noisier (noise makes PNGs larger, so sizes measured on it are
+    upper bounds): the test metric falls from ``first`` to ``final`` along a random walk (best so far for
+    a search), the hyperparameters wander."""
+    t = np.linspace(0.0, 1.0, rows)
+    walk = np.cumsum(rng.normal(0.0, 0.08, rows))
+    log_metric = np.log(first) + (np.log(final) - np.log(first)) * np.sqrt(t) + walk - walk[-1] * t
+    metric = np.exp(log_metric)
+    if search:
+        metric = np.minimum.accumulate(metric)
+    step = np.round(np.linspace(0 if not search else end_step / rows, end_step, rows))
+    return pd.DataFrame({
+        "step": step.astype(int), "hyper_step": (step // 10).astype(int),
+        "time_s": step * 3e-4 * rng.uniform(0.8, 1.2), "train_loss": metric / 110, "valid_loss": metric / 90,
+        "test_loss": metric / 100, "test_metric": metric,
+        "lr": lr0 * np.exp(np.cumsum(rng.normal(0, 0.05, rows))),
+        "weight_decay": wd0 * np.exp(np.cumsum(rng.normal(0, 0.1, rows))),
+        "momentum": np.clip(m0 + np.cumsum(rng.normal(0, 0.01, rows)), 0, 1)})
+
+
+def full_size_study(root: Path):
+    """UCI Energy at the full study's size: (runs directory, collected runs, plan)."""
+    rng = np.random.default_rng(2022)
+    runs_dir = root / "runs" / "uci_energy"
+    inits = [{"seed": s, "lr": float(10 ** rng.uniform(-6, -1)), "weight_decay": float(10 ** rng.uniform(-7, -2)),
+              "momentum": float(rng.uniform()), "lr_step_factor": float(rng.uniform(0.95, 1.01))}
+             for s in range(FULL_SEEDS)]
+    algorithms = FULL_GRADIENT + FULL_SEARCHES
+    plan = fake_plan(algorithms, range(FULL_SEEDS), {a: FULL_REPETITIONS for a in FULL_SEARCHES})
+    plan["initialisations"] = inits
+    for algorithm in algorithms:
+        search = catalog.is_search(algorithm)
+        quality = rng.uniform(0.3, 3.0)
+        for seed in plan["algorithms"][algorithm]["seeds"]:
+            init = inits[seed]
+            lr0, wd0, m0 = init["lr"], init["weight_decay"], init["momentum"]
+            diverged = not search and rng.uniform() < 0.02
+            final = float(quality * 10 ** rng.uniform(-0.8, 1.8))
+            rows = FULL_ROWS.get(algorithm, 41)
+            end = 30 * 4000 * rng.uniform(0.5, 1.0) if search else 100 * (rows - 1)
+            history = noisy_history(rng, rows, 100.0, final, lr0, wd0, m0, end, search)
+            if diverged:
+                history = history.iloc[: rows // 2].copy()
+                history.loc[history.index[-1], "test_metric"] = float("nan")
+            out = runs_dir / algorithm / f"seed{seed}"
+            out.mkdir(parents=True, exist_ok=True)
+            history.to_csv(out / "history.csv", index=False)
+            nan = float("nan")
+            last = history.iloc[-1]
+            metrics = {
+                "dataset": "uci_energy", "algorithm": algorithm, "seed": seed,
+                "init_lr": lr0, "init_weight_decay": wd0, "init_momentum": m0,
+                "final_lr": float(last["lr"]), "final_weight_decay": float(last["weight_decay"]),
+                "final_momentum": float(last["momentum"]),
+                "valid_loss": nan if diverged else final / 90, "test_loss": nan if diverged else final / 100,
+                "test_metric": nan if diverged else final, "weight_steps": int(last["step"]),
+                "wall_time_s": float(last["time_s"]), "diverged": diverged,
+                "settings": {**SETTINGS, **({"lr_step_factor": init["lr_step_factor"]}
+                                            if algorithm == "Random_SteppedLR" else {})}}
+            (out / "metrics.json").write_text(json.dumps(metrics))
+    return runs_dir, collection.collect(plan, runs_dir), plan
+
+
+# Chromium refuses to open a data URL longer than 2 MiB (2,097,152 characters: url::kMaxURLChars), and the
+# Snakemake report opens each analysis page as a base64 data URL (4/3 of the page's bytes). A page whose data
+# URL stays under 1.5 MiB (a page of about 1.1 MiB) leaves a quarter of the limit for what this synthetic study
+# may not foresee (more algorithms on a dataset, longer labels, real curves that compress less well).
+DATA_URL_BUDGET = int(1.5 * 2 ** 20)
+
+
+def test_analysis_page_of_the_full_study_fits_in_the_reports_data_url(tmp_path):
+    """UCI Energy at the full study's size (2,360 runs, 16 algorithms, noisy histories): every figure is
+    embedded and the page's data URL stays under DATA_URL_BUDGET (it was 5.6 MiB before palette PNGs)."""
+    import base64
+    runs_dir, runs, plan = full_size_study(tmp_path)
+    assert collection.status_counts(runs)["total"] == 11 * 200 + 5 * 32
+    runs_path, summary_path, plan_path = tmp_path / "runs.tsv", tmp_path / "summary.tsv", tmp_path / "plan.json"
+    collection.write_runs(runs, runs_path)
+    tables.summarise(runs).to_csv(summary_path, sep="\t", index=False)
+    plan_path.write_text(json.dumps(plan))
+    sweep_path = tmp_path / "sweep.tsv"
+    pd.DataFrame([{"key": "lr", "type": "log_uniform", "range": "[1e-06, 0.1]"}]).to_csv(
+        sweep_path, sep="\t", index=False)
+    pngs = [tmp_path / "figures" / f"{kind}.png" for kind in figures.KINDS]
+    for kind, png in zip(figures.KINDS, pngs):
+        figures.make(kind, runs, runs_dir, [png])
+    out = tmp_path / "uci_energy.html"
+    report_page.write(runs_path, summary_path, sweep_path, plan_path, pngs, out)
+    page = out.read_bytes()
+    assert page.count(b"data:image/png;base64,") == len(figures.KINDS)
+    url = f"data:text/html;charset=utf8;filename={out.name};base64,".encode() + base64.b64encode(page)
+    sizes = {png.stem: png.stat().st_size for png in pngs}
+    assert len(url) < DATA_URL_BUDGET, (len(page), sizes)
