@@ -15,6 +15,7 @@ rate masked to 0, so that it costs nothing numerically; the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -80,6 +81,10 @@ class Population:
         self.train_stream = self.problem.stream(settings["train_on"], seeds)
         self.val_stream = self.problem.stream("valid", [s + VALID_SEED_OFFSET for s in seeds])
         self.has_batchnorm = any(name.endswith("running_mean") for name in self.problem.buffer_names)
+        # cuDNN's LSTM has no double backward: on CUDA the hypergradients of a recurrent model run on the
+        # native kernels (cuDNN's convolutions and BatchNorm have one, so the ResNet keeps them)
+        self.no_cudnn = device.type == "cuda" and any(isinstance(m, torch.nn.RNNBase)
+                                                      for m in self.problem.template.modules())
         self.initial_weights = [p.detach().clone() for p in self.params] if settings["reset_weights"] else None
         self.hyper_step = 0
         self.weight_step = 0
@@ -139,6 +144,10 @@ class Population:
         grads = self._grads(self.train_stream.next() if batch is None else batch)
         sgd_step_(self.params, self.bufs, grads, *hypers)
 
+    def _hypergradient_kernels(self):
+        """The context of every hypergradient computation: cuDNN off where its kernels lack double backward."""
+        return torch.backends.cudnn.flags(enabled=False) if self.no_cudnn else contextlib.nullcontext()
+
     def _val_grad(self, params, batch=None) -> tuple:
         """v = dL_val/dw at ``params`` on every member's next validation batch (or ``batch``); batch statistics,
         running statistics left alone."""
@@ -184,8 +193,9 @@ class Population:
         batch = self.train_stream.next()
         lr, wd, mom = self._natural()
         loss_fn = self.problem.loss_function(self.buffers, self.train_stream.shared)
-        w, u, d, losses, aux = linearised_update(loss_fn, self.params, self.bufs, batch, lr, wd, mom,
-                                                 s["clip_grad_norm"])
+        with self._hypergradient_kernels():
+            w, u, d, losses, aux = linearised_update(loss_fn, self.params, self.bufs, batch, lr, wd, mom,
+                                                     s["clip_grad_norm"])
         if aux:
             self.train_stream.carry(aux)
         if self.has_batchnorm:  # the running statistics follow this step as they follow the plain ones
@@ -194,9 +204,10 @@ class Population:
         self._record_loss(losses)
         new_params = tuple((x - y).detach() for x, y in zip(w, u))
         new_bufs = [x.detach() for x in d]
-        val_grad = self._val_grad(new_params)
-        grads = neumann_hypergradient(w, u, val_grad, s["neumann_terms"], tuple(self.bufs), lr, wd, mom,
-                                      self.hypers.optimise)
+        with self._hypergradient_kernels():
+            val_grad = self._val_grad(new_params)
+            grads = neumann_hypergradient(w, u, val_grad, s["neumann_terms"], tuple(self.bufs), lr, wd, mom,
+                                          self.hypers.optimise)
         del w, u, d
         with torch.no_grad():
             torch._foreach_copy_(self.params, list(new_params))
@@ -219,11 +230,12 @@ class Population:
         def val_loss(params, batch):
             return self._losses(params, batch, self.val_stream)[0]
 
-        grads, weights, bufs, _, losses = unrolled_hypergradient(
-            self.problem.loss_function(self.buffers, self.train_stream.shared), val_loss, tuple(self.params),
-            tuple(self.bufs), self.train_stream.next, s["unroll_steps"], self.val_stream.next(),
-            self.hypers.trainable(), self.hypers.fixed(), s["clip_grad_norm"], carry=self.train_stream.carry,
-            lr_mask=self.alive.to(self.last_loss.dtype))
+        with self._hypergradient_kernels():
+            grads, weights, bufs, _, losses = unrolled_hypergradient(
+                self.problem.loss_function(self.buffers, self.train_stream.shared), val_loss, tuple(self.params),
+                tuple(self.bufs), self.train_stream.next, s["unroll_steps"], self.val_stream.next(),
+                self.hypers.trainable(), self.hypers.fixed(), s["clip_grad_norm"], carry=self.train_stream.carry,
+                lr_mask=self.alive.to(self.last_loss.dtype))
         with torch.no_grad():
             torch._foreach_copy_(self.params, list(weights))
             torch._foreach_copy_(self.bufs, list(bufs))
