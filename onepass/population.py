@@ -184,13 +184,29 @@ class Population:
             self.hypers.scale_lr(self.lr_step_factor)
         self.hyper_step += 1
 
-    def _neumann_step(self, T: int) -> None:
-        """T - 1 plain steps, then the last step linearised: its update's graph gives the Neumann products."""
+    def _neumann_step(self, T: int, reference: bool = False) -> dict | None:
+        """T - 1 plain steps, then the last step linearised: its update's graph gives the Neumann products.
+        With ``reference``, also the exact hypergradient through the last ``neumann_terms`` steps from the
+        same weights, on the same batches (returned; the step itself is unchanged)."""
         s = self.settings
         hypers = self._spread()
-        for _ in range(T - 1):
-            self._weight_step(hypers)
-        batch = self.train_stream.next()
+        exact, val_batch, batches = None, None, []
+        if reference:
+            window = s["neumann_terms"]
+            if window > T:
+                raise ValueError(f"a reference hypergradient needs neumann_terms ({window}) <= "
+                                 f"update_interval ({T})")
+            for _ in range(T - window):
+                self._weight_step(hypers)
+            batches = [self.train_stream.next() for _ in range(window)]
+            val_batch = self.val_stream.next()
+            exact = self._exact_hypergradient(batches, val_batch)
+            for batch in batches[:-1]:
+                self._weight_step(hypers, batch)
+        else:
+            for _ in range(T - 1):
+                self._weight_step(hypers)
+        batch = batches[-1] if reference else self.train_stream.next()
         lr, wd, mom = self._natural()
         loss_fn = self.problem.loss_function(self.buffers, self.train_stream.shared)
         with self._hypergradient_kernels():
@@ -205,7 +221,7 @@ class Population:
         new_params = tuple((x - y).detach() for x, y in zip(w, u))
         new_bufs = [x.detach() for x in d]
         with self._hypergradient_kernels():
-            val_grad = self._val_grad(new_params)
+            val_grad = self._val_grad(new_params, val_batch)
             grads = neumann_hypergradient(w, u, val_grad, s["neumann_terms"], tuple(self.bufs), lr, wd, mom,
                                           self.hypers.optimise)
         del w, u, d
@@ -213,6 +229,22 @@ class Population:
             torch._foreach_copy_(self.params, list(new_params))
         self.bufs = new_bufs
         self.hypers.step(grads, ~self.alive)
+        return {"neumann": grads, "exact": exact} if reference else None
+
+    def _exact_hypergradient(self, batches: list, val_batch) -> dict:
+        """Diff-through-Opt's hypergradient through steps on ``batches`` from the current weights (which it
+        leaves alone), scored on ``val_batch``."""
+        batch_iter = iter(batches)
+
+        def val_loss(params, batch):
+            return self._losses(params, batch, self.val_stream)[0]
+
+        with self._hypergradient_kernels():
+            grads, *_ = unrolled_hypergradient(
+                self.problem.loss_function(self.buffers, self.train_stream.shared), val_loss, tuple(self.params),
+                tuple(self.bufs), lambda: next(batch_iter), len(batches), val_batch, self.hypers.trainable(),
+                self.hypers.fixed(), self.settings["clip_grad_norm"], lr_mask=self.alive.to(self.last_loss.dtype))
+        return grads
 
     def _unrolled_step(self, T: int) -> None:
         """Reset (Long variants), T - unroll_steps plain steps, then the exact hypergradient through the last
@@ -274,6 +306,22 @@ class Population:
         newly = self.check_divergence()
         self.train_time += time.perf_counter() - tick
         return newly
+
+    def step_with_reference(self) -> dict:
+        """One hyperparameter step of a population of the paper's method (hypergradient ``neumann``), exactly
+        as :meth:`step`, that also returns the hypergradient it took and the exact one (Diff-through-Opt
+        through the same last ``neumann_terms`` weight steps, from the same weights, batches and validation
+        batch): {"neumann": {name: [N] tensor}, "exact": {...}} for the optimised hyperparameters. Members
+        that diverge in it are frozen as by :meth:`step`."""
+        if self.settings["hypergradient"] != "neumann":
+            raise ValueError(f"a reference hypergradient is for the neumann method, not "
+                             f"{self.settings['hypergradient']!r}")
+        tick = time.perf_counter()
+        out = self._neumann_step(self.settings["update_interval"], reference=True)
+        self.hyper_step += 1
+        self.check_divergence()
+        self.train_time += time.perf_counter() - tick
+        return out
 
     def report(self) -> list[dict]:
         """Every member's state now: training loss averaged since the last report, validation and test losses
