@@ -16,6 +16,8 @@ from . import catalog
 
 FLOAT_BYTES = 4
 BASE_MB = 450                 # a job's process before its first member and its data: Python, torch, workspace
+RUNNER_MB = 250               # the workflow manager's process beside it in the job (a cluster job reruns
+                              # Snakemake on the workflow: 200 MB peak measured for the quick study's DAG)
 DATA_COPIES = 2               # the dataset in memory: the prepared tensors and the normalised float copy
 STATE_COPIES = 12             # weights, buffers, gradients, Neumann vectors, reset copies, per-weight Adam state
 # activations per row and unit (per step held in the graph): measured 0.6 / 0.8 / 1.8 on UCI Energy
@@ -99,7 +101,7 @@ def job_estimate(dataset: str, settings: dict, n_members: int, device: str, sear
         return {"mem_mb": LARGE_MODEL_MB[model], "runtime": LARGE_MODEL_RUNTIME[model] * max(n_members, 1)}
     per_member = member_bytes(dataset, settings)
     members = 1 if search != "none" else n_members
-    mem_mb = (base_bytes(dataset) + members * per_member) / 2 ** 20
+    mem_mb = RUNNER_MB + (base_bytes(dataset) + members * per_member) / 2 ** 20
     if search in ("asha", "pbt"):  # Ray's own processes and a worker per thread
         mem_mb += 1500 + 500 * threads
     params, _ = mlp_sizes(dataset, settings)
