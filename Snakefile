@@ -21,6 +21,7 @@ include: "workflow/rules/collect.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/appendix.smk"
 
 
 # Per-dataset outputs (each depends on the dataset's runs), and the runs deleted since they were collected.
@@ -31,4 +32,5 @@ rule all:
         rules.paper_tables.output,
         expand(rules.analysis_page.output, dataset=DATASETS),
         expand(rules.figure.output.svg, dataset=DATASETS, figure=figures.KINDS),
+        expand(rules.appendix_figure.output.svg, part=APPENDIX_PARTS),
     localrule: True

@@ -65,7 +65,8 @@ def where(key: str, sources) -> str:
     return found or (sources[0][0] if sources else "the config")
 
 
-def _fail(key: str, message: str, sources):
+def fail(key: str, message: str, sources):
+    """Stop on a bad config key: a StudyConfigError naming the key and the file that sets it."""
     raise StudyConfigError(f"config key '{key}' in {where(key, sources)}: {message}")
 
 
@@ -84,9 +85,12 @@ def validate(config: dict, schema: dict, sources=None) -> dict:
             extra = re.findall(r"'([^']+)'", message)
             path = ".".join(filter(None, [path, extra[0] if extra else ""]))
             message = "unknown key"
-        _fail(path or "(top level)", message, sources)
+        fail(path or "(top level)", message, sources)
     config = apply_defaults(config)
     check(config, sources)
+    from . import appendix  # it lays its grids out with this module's plans
+
+    appendix.check(config, sources)
     return config
 
 
@@ -94,7 +98,7 @@ def apply_defaults(config: dict) -> dict:
     """The config with the optional keys filled in."""
     out = dict(config)
     out.setdefault("study", DEFAULT_STUDY)
-    for key in ("repetitions", "overrides", "gpu", "resources", "members_per_job"):
+    for key in ("repetitions", "overrides", "gpu", "resources", "members_per_job", "appendix"):
         out[key] = out.get(key) or {}
     out.setdefault("data_mirrors", [])
     return out
@@ -107,45 +111,45 @@ def check(config: dict, sources=None) -> None:
     known_datasets, known_algorithms = catalog.datasets(), catalog.algorithms()
     for i, name in enumerate(config["datasets"]):
         if name not in known_datasets:
-            _fail(f"datasets.{i}", f"unknown dataset {name!r}; known: {', '.join(known_datasets)}", sources)
+            fail(f"datasets.{i}", f"unknown dataset {name!r}; known: {', '.join(known_datasets)}", sources)
     for key in ("algorithms", "sweep.initialisations"):
         table = config["algorithms"] if key == "algorithms" else config["sweep"]["initialisations"]
         for dataset in config["datasets"]:
             if dataset not in table:
-                _fail(key, f"no entry for dataset {dataset!r}", sources)
+                fail(key, f"no entry for dataset {dataset!r}", sources)
     for dataset, names in config["algorithms"].items():
         for i, name in enumerate(names):
             if name not in known_algorithms:
-                _fail(f"algorithms.{dataset}.{i}", f"unknown algorithm {name!r}; known: "
+                fail(f"algorithms.{dataset}.{i}", f"unknown algorithm {name!r}; known: "
                       f"{', '.join(n for n, a in known_algorithms.items() if not a.is_derived)}", sources)
             if known_algorithms[name].is_derived:
-                _fail(f"algorithms.{dataset}.{i}", f"{name} is derived from the runs of "
+                fail(f"algorithms.{dataset}.{i}", f"{name} is derived from the runs of "
                       f"{known_algorithms[name].derived['from']}: list that instead", sources)
     for name in config["repetitions"]:
         if name not in known_algorithms:
-            _fail(f"repetitions.{name}", f"unknown algorithm {name!r}", sources)
+            fail(f"repetitions.{name}", f"unknown algorithm {name!r}", sources)
     for table in ("gpu", "resources", "members_per_job", "sweep.initialisations"):
         node = config["sweep"]["initialisations"] if table == "sweep.initialisations" else config[table]
         for name in node:
             if name != "default" and name not in known_datasets:
-                _fail(f"{table}.{name}", f"unknown dataset {name!r}", sources)
+                fail(f"{table}.{name}", f"unknown dataset {name!r}", sources)
     for key, spec in config["sweep"]["samplers"].items():
         _check_sampler(key, {k: v for k, v in spec.items() if k != "by_dataset"}, sources)
         for dataset, variant in (spec.get("by_dataset") or {}).items():
             if dataset not in known_datasets:
-                _fail(f"sweep.samplers.{key}.by_dataset.{dataset}", f"unknown dataset {dataset!r}", sources)
+                fail(f"sweep.samplers.{key}.by_dataset.{dataset}", f"unknown dataset {dataset!r}", sources)
             _check_sampler(key, sweep.for_dataset(spec, dataset), sources, f"sweep.samplers.{key}.by_dataset.{dataset}")
     for dataset, per_algorithm in config["overrides"].items():
         if dataset != "all" and dataset not in known_datasets:
-            _fail(f"overrides.{dataset}", f"unknown dataset {dataset!r}", sources)
+            fail(f"overrides.{dataset}", f"unknown dataset {dataset!r}", sources)
         for algorithm, changed in (per_algorithm or {}).items():
             if algorithm != "all" and algorithm not in known_algorithms:
-                _fail(f"overrides.{dataset}.{algorithm}", f"unknown algorithm {algorithm!r}", sources)
+                fail(f"overrides.{dataset}.{algorithm}", f"unknown algorithm {algorithm!r}", sources)
             for key, value in (changed or {}).items():
                 try:
                     check_value(key, value, "")
                 except ConfigError as err:
-                    _fail(f"overrides.{dataset}.{algorithm}.{key}", str(err), sources)
+                    fail(f"overrides.{dataset}.{algorithm}.{key}", str(err), sources)
     for dataset in config["datasets"]:
         for algorithm in algorithms(config, dataset):
             try:
@@ -158,7 +162,7 @@ def check(config: dict, sources=None) -> None:
                         for d in (dataset, "all") for a in (algorithm, "all")
                         if a in (config["overrides"].get(d) or {})]
                 culprits = [k for k, changed in keys if named & set(changed)] or [k for k, _ in keys]
-                _fail(culprits[0] if culprits else f"algorithms.{dataset}",
+                fail(culprits[0] if culprits else f"algorithms.{dataset}",
                       f"the merged run settings of {algorithm} on {dataset} are invalid: {err}", sources)
 
 
@@ -167,12 +171,12 @@ def _check_sampler(key: str, spec: dict, sources, where_key: str | None = None) 
     try:
         sweep.check_sampler(key, spec)
     except ValueError as err:
-        _fail(where_key, str(err).split(": ", 1)[-1], sources)
+        fail(where_key, str(err).split(": ", 1)[-1], sources)
     if key not in INITIAL and key not in SETTINGS:
-        _fail(where_key, "unknown run setting", sources)
+        fail(where_key, "unknown run setting", sources)
     for name in spec.get("algorithms", []):
         if name not in catalog.algorithms():
-            _fail(f"{where_key}.algorithms", f"unknown algorithm {name!r}", sources)
+            fail(f"{where_key}.algorithms", f"unknown algorithm {name!r}", sources)
     values = spec.get("values") if spec["type"] == "choice" else spec["range"]
     for value in values:
         if key in ("lr", "weight_decay"):
@@ -186,7 +190,7 @@ def _check_sampler(key: str, spec: dict, sources, where_key: str | None = None) 
             except ConfigError as err:
                 ok, domain = False, str(err)
         if not ok:
-            _fail(where_key, f"{value!r} is outside the domain of {key} ({domain})", sources)
+            fail(where_key, f"{value!r} is outside the domain of {key} ({domain})", sources)
 
 
 # ---- what runs --------------------------------------------------------------------------------------------
@@ -374,13 +378,15 @@ def expected_settings(plan_: dict, algorithm: str, seed: int) -> dict:
 
 
 # ---- resources of a job ---------------------------------------------------------------------------------
-def resources(config: dict, dataset: str, algorithm: str, n_members: int, attempt: int = 1) -> dict:
+def resources(config: dict, dataset: str, algorithm: str, n_members: int, attempt: int = 1,
+              run: dict | None = None) -> dict:
     """threads, mem_mb, runtime (minutes) and gpu of one job training ``n_members`` seeds: estimated from the
-    problem's size (:mod:`onepass.memory`) unless the config's ``resources`` sets them; memory and time grow
-    with each retry (``attempt``), so a job killed for either is resubmitted larger."""
+    problem's size (:mod:`onepass.memory`; ``run``: the resolved settings, if not the config's) unless the
+    config's ``resources`` sets them; memory and time grow with each retry (``attempt``), so a job killed for
+    either is resubmitted larger."""
     table = config["resources"]
     given = {**table.get("default", {}), **table.get(dataset, {})}
-    run = settings(config, dataset, algorithm)
+    run = run or settings(config, dataset, algorithm)
     entry = catalog.algorithm(algorithm)
     estimate = memory.job_estimate(dataset, run, n_members, device(config, dataset), entry.search,
                                    threads=given.get("threads", 1))

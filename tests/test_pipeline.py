@@ -30,6 +30,7 @@ TINY = {
     "sweep": {"initialisations": {"uci_energy": 3}},
     "members_per_job": {"default": 3},
     "overrides": {"all": {"all": {"hyperparameter_steps": 5, "log_every": 10}}},
+    "appendix": None,   # config.yaml's appendix studies left out
     **CPU,
 }
 
@@ -384,3 +385,41 @@ def test_readme_commands_put_targets_first():
             after = line.split("--configfile", 1)[1].split()
             for before, token in zip(after[1:], after[2:]):   # a path after the config files is an option's
                 assert not token.startswith("results/") or before.startswith("-"), line
+
+
+def test_appendix_studies_run_as_jobs_of_their_own(tmp_path, copy_workflow, mirror):
+    """The sensitivity grid's cells are training jobs of their own (K <= T for Diff-through-Opt), each cell
+    its fixed number of hyperparameter steps; the table, the quality comparison and both heatmaps follow."""
+    steps = 3
+    config = {**TINY, "data_mirrors": [mirror], "appendix": {
+        "sensitivity": {"dataset": "uci_energy", "initialisations": 2, "algorithms": ["Ours_LR_Momentum", "DiffThroughOpt"],
+                        "update_intervals": [1, 2], "lookbacks": [1, 2], "hyperparameter_steps": steps,
+                        "baseline": {"algorithm": "Random", "overrides": {"weight_steps": 20}}},
+        "quality": {"dataset": "uci_energy", "initialisations": 2, "algorithm": "Ours_LR_Momentum",
+                    "update_intervals": [1, 2], "lookbacks": [1, 2]}}}
+    wd = copy_workflow(tmp_path / "wf", config)
+    figures_dir = "results/tiny/appendix/figures"
+    proc = snakemake(wd, f"{figures_dir}/sensitivity.png", f"{figures_dir}/quality.png", *local("tiny.yaml"))
+    counts = job_counts(proc.stdout)
+    cells = {rule for rule in counts if rule.startswith("sensitivity_") and rule not in
+             ("sensitivity_plan", "sensitivity_table")}
+    assert cells == {"sensitivity_Ours_LR_Momentum_T1_K1", "sensitivity_Ours_LR_Momentum_T1_K2",
+                     "sensitivity_Ours_LR_Momentum_T2_K1", "sensitivity_Ours_LR_Momentum_T2_K2",
+                     "sensitivity_DiffThroughOpt_T1_K1", "sensitivity_DiffThroughOpt_T2_K1",
+                     "sensitivity_DiffThroughOpt_T2_K2", "sensitivity_Random_baseline"}
+    assert counts["hypergradient_quality"] == 1 and counts["appendix_figure"] == 2
+    runs = wd / "results/tiny/appendix/sensitivity/runs"
+    for algorithm, cell, weight_steps in [("Ours_LR_Momentum", "T2_K1", 2 * steps), ("DiffThroughOpt", "T1_K1", steps),
+                                          ("Random", "baseline", 20)]:
+        for seed in (0, 1):
+            metrics = json.loads((runs / algorithm / cell / f"seed{seed}" / "metrics.json").read_text())
+            assert metrics["weight_steps"] == weight_steps, (algorithm, cell)
+    table = (wd / "results/tiny/appendix/sensitivity/sensitivity.tsv").read_text().splitlines()
+    assert len(table) == 1 + 8 and table[0].startswith("algorithm\tcell\tupdate_interval\tlookback")
+    summary = (wd / "results/tiny/appendix/quality/quality.tsv").read_text().splitlines()
+    assert len(summary) == 1 + 3 * 3      # cells (1,1), (2,1), (2,2) x lr, weight decay, momentum
+    for name in ("sensitivity", "quality"):
+        assert (wd / figures_dir / f"{name}.svg").stat().st_size > 10_000
+    # nothing left to do
+    again = snakemake(wd, f"{figures_dir}/sensitivity.png", f"{figures_dir}/quality.png", *local("tiny.yaml"))
+    assert "Nothing to be done" in again.stdout

@@ -37,6 +37,7 @@ TINY = {
     "members_per_job": {"default": 3},
     "overrides": {"all": {"all": {"hyperparameter_steps": 5, "log_every": 10}}},
     "gpu": {"uci_energy": 0},
+    "appendix": None,   # config.yaml's appendix studies left out
 }
 
 

@@ -68,6 +68,7 @@ TINY = {
     "members_per_job": {"default": len(CHUNKS[0])},
     "gpu": {DATASET: 0},
     "overrides": {"all": {"all": {"hyperparameter_steps": 5, "log_every": 1}}},
+    "appendix": None,   # config.yaml's appendix studies left out
 }
 RESULTS = f"results/{STUDY}"
 RUNS_TSV = f"{RESULTS}/tables/{DATASET}/runs.tsv"

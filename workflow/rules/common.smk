@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from onepass import catalog, figures, study
+from onepass import appendix, catalog, figures, heatmaps, study
 
 
 def config_sources():
@@ -42,7 +42,18 @@ config.update(study.validate(config, SCHEMA, config_sources()))
 STUDY = study.study_dir(config)
 DATA = study.data_dir()
 DATASETS = config["datasets"]
-ALGORITHMS = sorted({a for d in DATASETS for a in study.algorithms(config, d)})
+APPENDIX = appendix.appendix_dir(config)
+SENSITIVITY_CELLS = (
+    appendix.sensitivity_cells(config)
+    if appendix.enabled(config, "sensitivity")
+    else []
+)
+APPENDIX_PARTS = [p for p in ("sensitivity", "quality") if appendix.enabled(config, p)]
+APPENDIX_DATASETS = [appendix.spec(config, p)["dataset"] for p in APPENDIX_PARTS]
+ALGORITHMS = sorted(
+    {a for d in DATASETS for a in study.algorithms(config, d)}
+    | {a for a, _ in SENSITIVITY_CELLS}
+)
 # dataset mirrors of the config, for the data jobs (they run here, on the machine running Snakemake)
 os.environ[study.MIRRORS_ENV] = study.mirrors_variable(
     config, os.environ.get(study.MIRRORS_ENV, "")
@@ -51,7 +62,11 @@ os.environ[study.MIRRORS_ENV] = study.mirrors_variable(
 
 wildcard_constraints:
     dataset=alternatives(DATASETS),
-    base=alternatives(sorted({catalog.dataset(d).base for d in DATASETS})),
+    base=alternatives(
+        sorted({catalog.dataset(d).base for d in [*DATASETS, *APPENDIX_DATASETS]})
+    ),
+    cell=r"T\d+_K\d+|baseline",
+    part=alternatives(APPENDIX_PARTS),
     algorithm=alternatives(ALGORITHMS),
     figure=alternatives(figures.KINDS),
     first=r"\d+",

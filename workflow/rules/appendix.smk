@@ -1,0 +1,151 @@
+# The paper's appendix studies (onepass.appendix), when the config's `appendix` asks for them.
+# Sensitivity: one job per (algorithm, cell) trains the cell's population from its plan with onepass.train,
+# as the study's own chunks; a table of medians and the heatmaps follow. Hypergradient quality: one job
+# steps every cell's population once beside the exact hypergradient (onepass.quality), then its heatmaps.
+
+
+rule sensitivity_plan:
+    output:
+        f"{APPENDIX}/sensitivity/plans/{{algorithm}}/{{cell}}.json",
+    log:
+        f"{APPENDIX}/logs/sensitivity/plans/{{algorithm}}/{{cell}}.log",
+    localrule: True
+    params:
+        plan=lambda wildcards: json.dumps(
+            appendix.cell_plan(config, wildcards.algorithm, wildcards.cell),
+            indent=1,
+            sort_keys=True,
+        ),
+    run:
+        Path(output[0]).write_text(f"{params.plan}\n")
+        Path(log[0]).write_text(f"wrote {output[0]}\n")
+
+
+for algorithm, cell in SENSITIVITY_CELLS:
+    resources_of = appendix.cell_resources(config, algorithm, cell)
+    cell_dataset = appendix.spec(config, "sensitivity")["dataset"]
+
+    rule:
+        name:
+            f"sensitivity_{algorithm}_{cell}"
+        input:
+            data=ancient(
+                expand(
+                    rules.prepare_data.output[0],
+                    base=catalog.dataset(cell_dataset).base,
+                )
+            ),
+            plan=expand(
+                rules.sensitivity_plan.output[0], algorithm=algorithm, cell=cell
+            ),
+        output:
+            metrics=appendix.cell_metrics(config, algorithm, cell),
+        log:
+            f"{APPENDIX}/logs/sensitivity/{algorithm}/{cell}.log",
+        benchmark:
+            f"{APPENDIX}/benchmarks/sensitivity/{algorithm}/{cell}.tsv"
+        conda:
+            "../../envs/onepass.yaml"
+        threads: resources_of["threads"]
+        resources:
+            mem_mb=lambda wildcards, attempt, m=resources_of["mem_mb"]: m * attempt,
+            runtime=lambda wildcards, attempt, r=resources_of["runtime"]: r * attempt,
+            gpu=resources_of["gpu"],
+        params:
+            runs_dir=lambda wildcards, output: str(
+                Path(output.metrics[0]).parent.parent
+            ),
+            data_dir=lambda wildcards, input: str(Path(input.data[0]).parent.parent),
+            device=study.device(config, cell_dataset),
+        shell:
+            "python -m onepass.train --plan {input.plan} --runs-dir {params.runs_dir}"
+            " --data-dir {params.data_dir} --device {params.device} --threads {threads}"
+            " --mem-mb {resources.mem_mb} --quiet > {log} 2>&1"
+
+
+rule sensitivity_table:
+    input:
+        [
+            path
+            for algorithm, cell in SENSITIVITY_CELLS
+            for path in appendix.cell_metrics(config, algorithm, cell)
+        ],
+    output:
+        f"{APPENDIX}/sensitivity/sensitivity.tsv",
+    log:
+        f"{APPENDIX}/logs/sensitivity/table.log",
+    localrule: True
+    conda:
+        "../../envs/onepass.yaml"
+    params:
+        config=lambda wildcards: json.dumps(
+            appendix.part_config(config, "sensitivity"), sort_keys=True
+        ),
+    shell:
+        "python -m onepass.appendix sensitivity-table --config {params.config:q}"
+        " --out {output} > {log} 2>&1"
+
+
+rule hypergradient_quality:
+    input:
+        data=lambda wildcards: ancient(
+            expand(
+                rules.prepare_data.output[0],
+                base=catalog.dataset(appendix.spec(config, "quality")["dataset"]).base,
+            )
+        ),
+    output:
+        members=f"{APPENDIX}/quality/hypergradients.tsv",
+        summary=f"{APPENDIX}/quality/quality.tsv",
+    log:
+        f"{APPENDIX}/logs/quality.log",
+    benchmark:
+        f"{APPENDIX}/benchmarks/quality.tsv"
+    conda:
+        "../../envs/onepass.yaml"
+    threads: 1
+    params:
+        config=lambda wildcards: json.dumps(
+            appendix.part_config(config, "quality"), sort_keys=True
+        ),
+        data_dir=lambda wildcards, input: str(Path(input.data[0]).parent.parent),
+        device=lambda wildcards: study.device(
+            config, appendix.spec(config, "quality")["dataset"]
+        ),
+    shell:
+        "python -m onepass.quality --config {params.config:q} --data-dir {params.data_dir}"
+        " --device {params.device} --threads {threads} --members {output.members}"
+        " --summary {output.summary} > {log} 2>&1"
+
+
+APPENDIX_TABLES = {
+    "sensitivity": rules.sensitivity_table.output[0],
+    "quality": rules.hypergradient_quality.output.summary,
+}
+
+
+# The heatmaps of either study, from its table, with the caption onepass.heatmaps gives it.
+rule appendix_figure:
+    input:
+        lambda wildcards: APPENDIX_TABLES[wildcards.part],
+    output:
+        png=report(
+            f"{APPENDIX}/figures/{{part}}.png",
+            caption="../report/figure.rst",
+            category="Appendix",
+            labels={"study": "{part}", "item": "heatmaps"},
+        ),
+        svg=f"{APPENDIX}/figures/{{part}}.svg",
+    log:
+        f"{APPENDIX}/logs/figures/{{part}}.log",
+    localrule: True
+    conda:
+        "../../envs/onepass.yaml"
+    params:
+        dataset=lambda wildcards: appendix.spec(config, wildcards.part)["dataset"],
+        caption=lambda wildcards: heatmaps.caption(
+            wildcards.part, appendix.spec(config, wildcards.part)["dataset"]
+        ),
+    shell:
+        "python -m onepass.heatmaps {wildcards.part} --table {input} --dataset {params.dataset}"
+        " --out {output.png} {output.svg} > {log} 2>&1"
