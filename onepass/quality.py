@@ -2,10 +2,12 @@
 comes to the exact one.
 
 In every cell (T, K <= T) of onepass.appendix's grid, a population of the paper's method (K Neumann terms,
-T weight steps per hyperparameter step) takes its first hyperparameter step; beside it, the exact
+T weight steps per hyperparameter step) takes its first few hyperparameter steps; beside each, the exact
 hypergradient through the same last K weight steps, from the same weights, on the same batches and the same
-validation batch (Population.step_with_reference). The paper compared the first hyperparameter updates of
-matched runs; comparing the hypergradients themselves leaves the hyperparameter optimiser out.
+validation batch (Population.step_with_reference). Compared: the cosine similarity and the norm ratio of the
+two hypergradient vectors, and the paper's relative error per hyperparameter. The paper compared the first
+hyperparameter updates of matched runs; comparing the hypergradients themselves leaves the hyperparameter
+optimiser out.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from .problems import to_device
 from .settings import ConfigError, load_settings
 from .train import resolve_device
 
-MEMBER_COLUMNS = ("update_interval", "lookback", "seed", "hyperparameter", "ours", "exact", "relative_error")
-SUMMARY_COLUMNS = ("update_interval", "lookback", "hyperparameter", "members", "mean_relative_error",
-                   "median_relative_error", "same_sign")
+MEMBER_COLUMNS = ("update_interval", "lookback", "hyper_step", "seed", "hyperparameter", "ours", "exact")
+SUMMARY_COLUMNS = ("update_interval", "lookback", "quantity", "values", "mean", "median")
+# per cell: how the two hypergradients (vectors over the optimised hyperparameters) compare, then the
+# paper's relative error per hyperparameter
+VECTOR_QUANTITIES = ("cosine_similarity", "magnitude_ratio")
 
 
 def relative_error(ours: float, exact: float) -> float:
@@ -36,8 +40,20 @@ def relative_error(ours: float, exact: float) -> float:
     return abs(exact - ours) / abs(exact)
 
 
+def cosine_and_ratio(ours: list[float], exact: list[float]) -> tuple[float, float]:
+    """The cosine similarity of two hypergradient vectors and the ratio of their norms |ours| / |exact|."""
+    if not all(math.isfinite(v) for v in [*ours, *exact]):
+        return math.nan, math.nan
+    dot = sum(a * b for a, b in zip(ours, exact))
+    norm_ours, norm_exact = math.sqrt(sum(a * a for a in ours)), math.sqrt(sum(b * b for b in exact))
+    if norm_ours == 0 or norm_exact == 0:
+        return math.nan, math.nan
+    return dot / (norm_ours * norm_exact), norm_ours / norm_exact
+
+
 def compare(config: dict, data_dir, device: str = "cpu") -> list[dict]:
-    """Every member's hypergradients, ours and exact, in every cell of the quality grid."""
+    """Every member's hypergradients, ours and exact, at each of the first hyperparameter steps of every cell
+    of the quality grid (a diverged member's are NaN)."""
     s = appendix.spec(config, appendix.QUALITY)
     dataset, algorithm = s["dataset"], s["algorithm"]
     dev = resolve_device(device)
@@ -45,34 +61,52 @@ def compare(config: dict, data_dir, device: str = "cpu") -> list[dict]:
     data, rows = None, []
     for T, K in appendix.quality_cells(config):
         settings = load_settings(dataset, algorithm, appendix.quality_overrides(config, T, K))
+        if settings["lr_per_weight"]:
+            raise ConfigError(f"the quality study compares scalar hypergradients; {algorithm} has one lr per weight")
         if data is None:
             data = to_device(load(catalog.dataset(dataset).base, data_dir, settings["preprocessing"]), dev)
         population = Population(settings, data, members, dev)
-        out = population.step_with_reference()
-        alive = population.alive.tolist()
-        for name in out["neumann"]:
-            ours, exact = out["neumann"][name].tolist(), out["exact"][name].tolist()
-            for member, a, b, ok in zip(members, ours, exact, alive):
-                rows.append({"update_interval": T, "lookback": K, "seed": member.seed, "hyperparameter": name,
-                             "ours": a if ok else math.nan, "exact": b if ok else math.nan,
-                             "relative_error": relative_error(a, b) if ok else math.nan})
+        for step in range(s["hyperparameter_steps"]):
+            out = population.step_with_reference()
+            alive = population.alive.tolist()
+            for name in out["neumann"]:
+                ours, exact = out["neumann"][name].tolist(), out["exact"][name].tolist()
+                for member, a, b, ok in zip(members, ours, exact, alive):
+                    rows.append({"update_interval": T, "lookback": K, "hyper_step": step, "seed": member.seed,
+                                 "hyperparameter": name, "ours": a if ok else math.nan,
+                                 "exact": b if ok else math.nan})
     return rows
 
 
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per cell and hyperparameter: the mean relative error over members (the paper's statistic, NaNs
-    left out), its median, and the fraction of members whose two hypergradients share their sign."""
-    groups: dict = {}
+    """Per cell: the mean and median over members and steps of the cosine similarity and the norm ratio of
+    the two hypergradient vectors, and of the relative error of each hyperparameter's (the paper's
+    statistic is its mean); ``values`` counts the finite ones."""
+    cells: dict = {}
     for row in rows:
-        groups.setdefault((row["update_interval"], row["lookback"], row["hyperparameter"]), []).append(row)
+        member = cells.setdefault((row["update_interval"], row["lookback"]), {}).setdefault(
+            (row["hyper_step"], row["seed"]), {})
+        member[row["hyperparameter"]] = (row["ours"], row["exact"])
     out = []
-    for (T, K, name), group in groups.items():
-        errors = [r["relative_error"] for r in group if math.isfinite(r["relative_error"])]
-        signs = [(r["ours"] > 0) == (r["exact"] > 0) for r in group if math.isfinite(r["relative_error"])]
-        out.append({"update_interval": T, "lookback": K, "hyperparameter": name, "members": len(group),
-                    "mean_relative_error": sum(errors) / len(errors) if errors else math.nan,
-                    "median_relative_error": appendix.nanmedian(errors),
-                    "same_sign": sum(signs) / len(signs) if signs else math.nan})
+    for (T, K), members in cells.items():
+        names = list(next(iter(members.values())))
+        quantities = {q: [] for q in VECTOR_QUANTITIES}
+        quantities.update({f"relative_error_{n}": [] for n in names})
+        for grads in members.values():
+            cosine, ratio = cosine_and_ratio([grads[n][0] for n in names], [grads[n][1] for n in names])
+            quantities["cosine_similarity"].append(cosine)
+            quantities["magnitude_ratio"].append(ratio)
+            for n in names:
+                quantities[f"relative_error_{n}"].append(relative_error(*grads[n]))
+        for quantity, values in quantities.items():
+            out.append({"update_interval": T, "lookback": K, "quantity": quantity,
+                        "values": sum(math.isfinite(v) for v in values), "mean": _mean(values),
+                        "median": appendix.nanmedian(values)})
     return out
 
 
@@ -96,7 +130,7 @@ def main(argv=None) -> int:
     summary = summarise(rows)
     appendix.write_table(args.members, rows, MEMBER_COLUMNS)
     appendix.write_table(args.summary, summary, SUMMARY_COLUMNS)
-    print(f"{len(summary)} cells x hyperparameters from {len(rows)} member hypergradients -> {args.summary}")
+    print(f"{len(appendix.quality_cells(config))} cells, {len(rows)} member hypergradients -> {args.summary}")
     return 0
 
 

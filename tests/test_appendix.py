@@ -84,25 +84,35 @@ def test_quality_statistics():
     assert quality.relative_error(0.9, 1.0) == pytest.approx(0.1)
     assert quality.relative_error(-1.0, 1.0) == pytest.approx(2.0)
     assert math.isnan(quality.relative_error(1.0, 0.0))
-    rows = [{"update_interval": 2, "lookback": 2, "seed": s, "hyperparameter": "lr", "ours": o, "exact": e,
-             "relative_error": quality.relative_error(o, e)} for s, (o, e) in enumerate([(1, 2), (3, 2), (-1, 1)])]
-    (summary,) = quality.summarise(rows)
-    assert summary["mean_relative_error"] == pytest.approx((0.5 + 0.5 + 2.0) / 3)
-    assert summary["median_relative_error"] == 0.5 and summary["same_sign"] == pytest.approx(2 / 3)
+    cosine, ratio = quality.cosine_and_ratio([1.0, 0.0], [1.0, 1.0])
+    assert cosine == pytest.approx(1 / math.sqrt(2)) and ratio == pytest.approx(1 / math.sqrt(2))
+    pairs = {"lr": [(1, 2), (3, 2), (-1, 1)], "weight_decay": [(2, 2), (2, 2), (1, 1)]}
+    rows = [{"update_interval": 2, "lookback": 2, "hyper_step": 0, "seed": s, "hyperparameter": n, "ours": o,
+             "exact": e} for n, values in pairs.items() for s, (o, e) in enumerate(values)]
+    summary = {r["quantity"]: r for r in quality.summarise(rows)}
+    assert set(summary) == {"cosine_similarity", "magnitude_ratio", "relative_error_lr", "relative_error_weight_decay"}
+    assert summary["relative_error_lr"]["mean"] == pytest.approx((0.5 + 0.5 + 2.0) / 3)
+    assert summary["relative_error_lr"]["median"] == 0.5 and summary["relative_error_weight_decay"]["mean"] == 0
+    # member 0: ours (1, 2) against exact (2, 2); member 2: (-1, 1) against (1, 1), orthogonal
+    cosines = [quality.cosine_and_ratio([1, 2], [2, 2])[0], quality.cosine_and_ratio([3, 2], [2, 2])[0], 0.0]
+    assert summary["cosine_similarity"]["mean"] == pytest.approx(sum(cosines) / 3)
+    assert summary["cosine_similarity"]["values"] == 3
 
 
 def test_quality_compares_against_the_exact_hypergradient(uci_energy_dir):
-    """With one Neumann term (the direct term) the two hypergradients are the same derivative; with three
-    terms through three steps they differ, but not by orders of magnitude."""
+    """With one Neumann term (the direct term) the two hypergradients are the same derivative at every step;
+    with three terms through three steps they differ, but point the same way."""
     cfg = config(quality={"dataset": "uci_energy", "initialisations": 3, "algorithm": "Ours_LR_Momentum",
-                          "update_intervals": [1, 3], "lookbacks": [1, 3]})
+                          "update_intervals": [1, 3], "lookbacks": [1, 3], "hyperparameter_steps": 2})
     rows = quality.compare(cfg, uci_energy_dir)
-    assert len(rows) == 3 * 3 * 3   # cells (1,1), (3,1), (3,3) x 3 members x 3 hyperparameters
-    for row in rows:
-        if row["lookback"] == 1 and math.isfinite(row["relative_error"]):
-            assert row["relative_error"] < 1e-4, row
-    deep = [r["relative_error"] for r in rows if r["lookback"] == 3]
-    assert all(1e-4 < e < 10 for e in deep), deep
-    # T = 1: the momentum buffer is still zero, so the exact momentum derivative is zero (no ratio)
-    assert all(math.isnan(r["relative_error"]) for r in rows if r["update_interval"] == 1
-               and r["hyperparameter"] == "momentum")
+    assert len(rows) == 3 * 2 * 3 * 3   # cells (1,1), (3,1), (3,3) x 2 steps x 3 members x 3 hyperparameters
+    summary = {(r["update_interval"], r["lookback"], r["quantity"]): r for r in quality.summarise(rows)}
+    for T in (1, 3):
+        assert summary[(T, 1, "cosine_similarity")]["mean"] == pytest.approx(1.0, abs=1e-6)
+        assert summary[(T, 1, "magnitude_ratio")]["median"] == pytest.approx(1.0, abs=1e-4)
+        assert summary[(T, 1, "relative_error_lr")]["mean"] < 1e-4
+    deep = summary[(3, 3, "relative_error_lr")]["mean"]
+    assert 1e-4 < deep < 10 and summary[(3, 3, "cosine_similarity")]["mean"] > 0.5
+    # at T = 1 the first step's momentum buffer is still zero, so its exact momentum derivative is zero
+    first = [r for r in rows if r["update_interval"] == 1 and r["hyper_step"] == 0 and r["hyperparameter"] == "momentum"]
+    assert all(r["exact"] == 0 for r in first)

@@ -396,7 +396,7 @@ def test_appendix_studies_run_as_jobs_of_their_own(tmp_path, copy_workflow, mirr
                         "update_intervals": [1, 2], "lookbacks": [1, 2], "hyperparameter_steps": steps,
                         "baseline": {"algorithm": "Random", "overrides": {"weight_steps": 20}}},
         "quality": {"dataset": "uci_energy", "initialisations": 2, "algorithm": "Ours_LR_Momentum",
-                    "update_intervals": [1, 2], "lookbacks": [1, 2]}}}
+                    "update_intervals": [1, 2], "lookbacks": [1, 2], "hyperparameter_steps": 2}}}
     wd = copy_workflow(tmp_path / "wf", config)
     figures_dir = "results/tiny/appendix/figures"
     proc = snakemake(wd, f"{figures_dir}/sensitivity.png", f"{figures_dir}/quality.png", *local("tiny.yaml"))
@@ -417,7 +417,8 @@ def test_appendix_studies_run_as_jobs_of_their_own(tmp_path, copy_workflow, mirr
     table = (wd / "results/tiny/appendix/sensitivity/sensitivity.tsv").read_text().splitlines()
     assert len(table) == 1 + 8 and table[0].startswith("algorithm\tcell\tupdate_interval\tlookback")
     summary = (wd / "results/tiny/appendix/quality/quality.tsv").read_text().splitlines()
-    assert len(summary) == 1 + 3 * 3      # cells (1,1), (2,1), (2,2) x lr, weight decay, momentum
+    # cells (1,1), (2,1), (2,2) x cosine similarity, norm ratio, relative error of lr, weight decay, momentum
+    assert len(summary) == 1 + 3 * 5
     for name in ("sensitivity", "quality"):
         assert (wd / figures_dir / f"{name}.svg").stat().st_size > 10_000
     # nothing left to do
