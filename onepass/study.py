@@ -88,9 +88,6 @@ def validate(config: dict, schema: dict, sources=None) -> dict:
         fail(path or "(top level)", message, sources)
     config = apply_defaults(config)
     check(config, sources)
-    from . import appendix  # it lays its grids out with this module's plans
-
-    appendix.check(config, sources)
     return config
 
 

@@ -14,10 +14,17 @@ from test_pipeline import ROOT
 SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
 
 
+def validate(config: dict, sources=None) -> dict:
+    """The study config checked as the workflow checks it: onepass.study, then the appendix grids."""
+    config = study.validate(config, SCHEMA, sources)
+    appendix.check(config, sources)
+    return config
+
+
 def config(**appendix_part) -> dict:
     base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     base["appendix"] = {**base["appendix"], **appendix_part}
-    return study.validate(base, SCHEMA)
+    return validate(base)
 
 
 def test_full_sensitivity_grid_is_the_papers():
@@ -53,13 +60,13 @@ def test_bad_appendix_config_names_its_key(part, change, key):
     base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     base["appendix"][part] = {**base["appendix"][part], **change}
     with pytest.raises(study.StudyConfigError, match=f"config key '{key}'"):
-        study.validate(base, SCHEMA, [("config/config.yaml", base)])
+        validate(base, [("config/config.yaml", base)])
 
 
 def test_appendix_can_be_left_out():
     base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     base["appendix"] = None
-    cfg = study.validate(base, SCHEMA)
+    cfg = validate(base)
     assert not appendix.enabled(cfg, "sensitivity") and not appendix.enabled(cfg, "quality")
 
 

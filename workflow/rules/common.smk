@@ -38,6 +38,7 @@ SCHEMA = yaml.safe_load(
     Path(workflow.basedir, "workflow/schemas/config.schema.yaml").read_text()
 )
 config.update(study.validate(config, SCHEMA, config_sources()))
+appendix.check(config, config_sources())
 
 STUDY = study.study_dir(config)
 DATA = study.data_dir()
