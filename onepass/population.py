@@ -61,7 +61,8 @@ class Member:
 class Population:
     """State and steps of a population; :func:`onepass.train.train_population` drives it."""
 
-    def __init__(self, settings: dict, dataset, members: list[Member], device: torch.device):
+    def __init__(self, settings: dict, dataset, members: list[Member], device: torch.device | str):
+        device = torch.device(device)
         self.settings, self.members, self.device = settings, list(members), device
         n = len(self.members)
         self.problem = Problem(settings, dataset, device)
