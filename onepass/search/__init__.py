@@ -79,6 +79,10 @@ def search_settings(dataset: str, algorithm: str, overrides=None) -> tuple[dict,
     inner = load_settings(dataset, inner_name, {k: v for k, v in extra.items() if not _is_search_key(k)})
     if settings["search"] == "pbt" and settings["pbt_perturbation_interval"] % settings["search_report_every"]:
         raise ConfigError("setting 'pbt_perturbation_interval' must be a multiple of 'search_report_every'")
+    if (settings["search"] == "pbt" and settings["search_time_unit"] == "weight_steps"
+            and settings["pbt_perturbation_interval"] % inner["update_interval"]):
+        raise ConfigError("setting 'pbt_perturbation_interval' (in weight steps) must be a multiple of the inner "
+                          "run's 'update_interval' (a run state is saved at the end of a hyperparameter step)")
     return settings, inner
 
 
@@ -119,7 +123,8 @@ def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float,
     base = {"dataset": dataset, "family": settings["family"], "task": task, "algorithm": algorithm, "seed": seed,
             "init_lr": lr, "init_weight_decay": weight_decay, "init_momentum": momentum, "inner_settings": inner}
     recorded = {k: v for k, v in settings.items() if k in SETTINGS}   # as load_settings gives them
-    return finish(out, rows, base, task, recorded, search_time, wall_start, str(dev), extra_versions)
+    return finish(out, rows, base, task, recorded, search_time, wall_start, str(dev), extra_versions,
+                  settings["search"])
 
 
 def run_chunk(plan_path, data_dir, runs_dir, device: str | None = None, overrides=None, quiet: bool = True,
