@@ -68,21 +68,26 @@ def acquisition(settings: dict) -> dict:
     return {"acq_func": kind}
 
 
-def bayesopt(dataset: str, seed: int, settings: dict, inner_overrides: dict, data, data_dir, out: Path,
-             device: str, quiet: bool = True) -> tuple[list[dict], float]:
-    """Gaussian-process Bayesian optimisation with scikit-optimize's ask/tell ``Optimizer``; returns the
-    evaluation rows and the search's duration in seconds."""
+def make_optimizer(settings: dict, seed: int):
+    """scikit-optimize's ask/tell ``Optimizer`` over log10 lr, log10 weight decay and momentum."""
     from skopt import Optimizer
     from skopt.space import Real
-
-    from ..train import run as train_run
 
     space = [Real(*map(float, settings["search_log10_lr"]), name="log10_lr"),
              Real(*map(float, settings["search_log10_weight_decay"]), name="log10_weight_decay"),
              Real(*map(float, settings["search_momentum"]), name="momentum")]
-    opt = Optimizer(space, base_estimator=surrogate(settings, seed),
-                    n_initial_points=settings["search_initial_points"], initial_point_generator="random",
-                    random_state=seed, **acquisition(settings))
+    return Optimizer(space, base_estimator=surrogate(settings, seed),
+                     n_initial_points=settings["search_initial_points"], initial_point_generator="random",
+                     random_state=seed, **acquisition(settings))
+
+
+def bayesopt(dataset: str, seed: int, settings: dict, inner_overrides: dict, data, data_dir, out: Path,
+             device: str, quiet: bool = True) -> tuple[list[dict], float]:
+    """Gaussian-process Bayesian optimisation with scikit-optimize's ask/tell ``Optimizer``; returns the
+    evaluation rows and the search's duration in seconds."""
+    from ..train import run as train_run
+
+    opt = make_optimizer(settings, seed)
     total = settings["search_initial_points"] + settings["search_guided_points"]
     penalty = diverged_penalty(settings)
     rows: list[dict] = []

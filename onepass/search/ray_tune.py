@@ -143,6 +143,27 @@ def ray_trial(config: dict, ctx: dict) -> None:
             return
 
 
+def make_scheduler(settings: dict, inner: dict, seed: int):
+    """Ray Tune's ASHAScheduler or PopulationBasedTraining for ``settings['search']``, its time the result key
+    of ``search_time_unit`` (:func:`time_units`)."""
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+
+    time_attr, _, length = time_units(settings, inner)
+    if settings["search"] == "asha":
+        return ASHAScheduler(time_attr=time_attr, max_t=length, grace_period=settings["asha_grace_period"],
+                             reduction_factor=settings["asha_reduction_factor"])
+    explorer = random.Random(seed + 1)
+    # Asynchronous by default (the paper's): a trial exploits/explores when it reaches its own perturbation
+    # point, and Ray pauses it there while others are behind, so a population larger than the CPUs still
+    # advances together; pbt_synch: synchronous generations.
+    return PopulationBasedTraining(
+        time_attr=time_attr, perturbation_interval=settings["pbt_perturbation_interval"],
+        hyperparam_mutations={"explore": lambda: 0},  # the trial itself perturbs its copied run state
+        quantile_fraction=settings["pbt_quantile_fraction"], resample_probability=0.0,
+        custom_explore_fn=lambda config: {**config, "explore": explorer.getrandbits(62)},
+        synch=bool(settings["pbt_synch"]))
+
+
 def ray_environment() -> None:
     """Ray's process-wide settings, before Ray is first imported (it reads some of them only then): no
     usage statistics, Tune's own loggers off (evaluations.csv is the record), and token authentication
@@ -194,8 +215,6 @@ def ray_search(dataset: str, seed: int, settings: dict, inner: dict, data_dir, o
     ray_environment()
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
-
     rows: list[dict] = []
     trial_ids: dict = {}
     start = [time.perf_counter()]
@@ -215,21 +234,7 @@ def ray_search(dataset: str, seed: int, settings: dict, inner: dict, data_dir, o
                 print(f"{len(rows)} reports, best valid_loss={row['best_valid_loss']:.4g}", file=sys.stderr,
                       flush=True)
 
-    time_attr, _, length = time_units(settings, inner)
-    if settings["search"] == "asha":
-        scheduler = ASHAScheduler(time_attr=time_attr, max_t=length, grace_period=settings["asha_grace_period"],
-                                  reduction_factor=settings["asha_reduction_factor"])
-    else:
-        explorer = random.Random(seed + 1)
-        # Asynchronous by default (the paper's): a trial exploits/explores when it reaches its own perturbation
-        # point, and Ray pauses it there while others are behind, so a population larger than the CPUs still
-        # advances together; pbt_synch: synchronous generations.
-        scheduler = PopulationBasedTraining(
-            time_attr=time_attr, perturbation_interval=settings["pbt_perturbation_interval"],
-            hyperparam_mutations={"explore": lambda: 0},  # the trial itself perturbs its copied run state
-            quantile_fraction=settings["pbt_quantile_fraction"], resample_probability=0.0,
-            custom_explore_fn=lambda config: {**config, "explore": explorer.getrandbits(62)},
-            synch=bool(settings["pbt_synch"]))
+    scheduler = make_scheduler(settings, inner, seed)
     before = {p.pid for p in _still_children(psutil)}
     main_thread = threading.current_thread() is threading.main_thread()
     on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
