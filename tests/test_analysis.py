@@ -358,7 +358,7 @@ def test_searches_show_the_papers_statistic_beside_the_honest_one(study, tmp_pat
     md, tsv = tmp_path / "paper_tables.md", tmp_path / "paper_tables.tsv"
     analysis.main(["paper-tables", "--summaries", str(summary_path), "--markdown", str(md), "--tsv", str(tsv)])
     text = md.read_text()
-    assert "| Bayesian Optimisation (paper: best test seen) | 2.50 ± 0.50 |" in text
+    assert "| Bayesian Optimisation (paper: best test seen) | **2.50 ± 0.50** |" in text
     assert "| Bayesian Optimisation (test at best validation) |" in text and "| ASHA (paper: all finished trials) |" in text
     assert "ASHA@paper" in tsv.read_text()
 
