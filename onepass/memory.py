@@ -35,8 +35,8 @@ LARGE_MODEL_MB = {"lstm": 16000, "resnet18": 16000}   # host memory of a populat
 LARGE_MODEL_RUNTIME = {"lstm": 240, "resnet18": 180}
 # Ray Tune's own cost of an ASHA/PBT search, per trial started and per report (seconds, on one CPU thread):
 # measured on UCI Energy (README, "Black-box baselines")
-RAY_TRIAL_S = 0.5
-RAY_REPORT_S = 0.004
+RAY_TRIAL_S = 0.25
+RAY_REPORT_S = 0.011              # a report: full-split validation + test evaluation and tune.report
 
 
 def asha_fraction(settings: dict, length: int) -> float:
