@@ -52,8 +52,8 @@ def surrogate(settings: dict, seed: int):
     ("GP": constant * Matern(2.5) with per-dimension length scales, plus fitted noise)."""
     if settings["bayesopt_surrogate"] == "skopt":
         return "GP"
-    from sklearn.gaussian_process.kernels import Matern
     from skopt.learning import GaussianProcessRegressor
+    from skopt.learning.gaussian_process.kernels import Matern   # scikit-learn's, with the gradient LCB needs
 
     return GaussianProcessRegressor(kernel=Matern(nu=2.5), alpha=1e-6, normalize_y=True, n_restarts_optimizer=5,
                                     random_state=seed)
