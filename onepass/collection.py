@@ -61,6 +61,9 @@ def read_run(path: Path, expected_settings: dict | None = None, member: dict | N
     row["status"] = "stale" if reason else ("diverged" if diverged else "done")
     row["diverged"] = diverged
     row["stale_reason"] = reason
+    if metrics.get("paper_test_metrics") is not None:   # a search: the values of the paper's statistic
+        row["paper_statistic"] = metrics.get("paper_statistic")
+        row["paper_test_metrics"] = json.dumps([float(v) for v in metrics["paper_test_metrics"]])
     for key, value in (member or {}).get("settings", {}).items():
         row[key] = (metrics.get("settings") or {}).get(key, value)
     return row

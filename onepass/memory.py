@@ -33,6 +33,22 @@ LARGE_MODEL_MB = {"lstm": 16000, "resnet18": 16000}   # host memory of a populat
 # the LSTM: 23,910 steps of 40 x 70 tokens, about 8 PFLOP) at a few TFLOP/s, with the SAFETY margin; not
 # measured here (no GPU), and a job killed for time is resubmitted with twice as much
 LARGE_MODEL_RUNTIME = {"lstm": 240, "resnet18": 180}
+# Ray Tune's own cost of an ASHA/PBT search, per trial started and per report (seconds, on one CPU thread):
+# measured on UCI Energy (README, "Black-box baselines")
+RAY_TRIAL_S = 0.25
+RAY_REPORT_S = 0.011              # a report: full-split validation + test evaluation and tune.report
+
+
+def asha_fraction(settings: dict, length: int) -> float:
+    """Expected share of a full run that an ASHA trial trains: rungs at grace * rf^k below ``length`` (time
+    units), a trial reaching each rung going on with probability 1 / rf."""
+    grace, rf = settings["asha_grace_period"], float(settings["asha_reduction_factor"])
+    total, reached, go_on, k = 0.0, 0.0, 1.0, 0
+    while reached < length:
+        rung = min(grace * rf ** k, length)
+        total += go_on * (rung - reached)
+        reached, go_on, k = rung, go_on / rf, k + 1
+    return total / length
 
 
 def _rows(dataset: str, settings: dict) -> tuple[int, int]:
@@ -108,10 +124,18 @@ def job_estimate(dataset: str, settings: dict, n_members: int, device: str, sear
     train_rows, _ = _rows(dataset, settings)
     weight_steps = settings["hyperparameter_steps"] * settings["update_interval"]
     flops = 6 * train_rows * params * weight_steps * n_members * TIME_FACTOR[settings["hypergradient"]]
+    overhead_s = 0.0
     if search != "none":
         evaluations = {"bayesopt": settings["search_initial_points"] + settings["search_guided_points"],
                        "asha": settings["search_trials"], "pbt": settings["search_trials"]}[search]
+        if search in ("asha", "pbt"):
+            by_weight = settings.get("search_time_unit", "hyper_steps") == "weight_steps"
+            length = weight_steps if by_weight else settings["hyperparameter_steps"]
+            share = asha_fraction(settings, length) if search == "asha" else 1.0
+            evaluations *= share
+            reports = settings["search_trials"] * share * length / settings["search_report_every"]
+            overhead_s = (settings["search_trials"] * RAY_TRIAL_S + reports * RAY_REPORT_S) / max(threads, 1)
         flops *= evaluations
     rate = FLOPS_PER_SECOND[device] * (threads if device == "cpu" else 1)
-    runtime = max(MIN_RUNTIME, math.ceil(SAFETY * flops / rate / 60))
+    runtime = max(MIN_RUNTIME, math.ceil(SAFETY * (flops / rate + overhead_s) / 60))
     return {"mem_mb": int(math.ceil(mem_mb)), "runtime": runtime}

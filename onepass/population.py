@@ -98,6 +98,8 @@ class Population:
         self.stopped = [None] * n     # (weight step, hyper step, hyperparameters) where a member diverged
         self.histories: list[list[dict]] = [[] for _ in range(n)]
         self.last_logged_step = None
+        # called after every plain weight step (an outer search's report inside a hyperparameter step)
+        self.weight_step_hook = None
 
     @property
     def size(self) -> int:
@@ -144,6 +146,8 @@ class Population:
         training batch (or on ``batch``)."""
         grads = self._grads(self.train_stream.next() if batch is None else batch)
         sgd_step_(self.params, self.bufs, grads, *hypers)
+        if self.weight_step_hook is not None:
+            self.weight_step_hook()
 
     def _hypergradient_kernels(self):
         """The context of every hypergradient computation: cuDNN off where its kernels lack double backward."""
@@ -363,6 +367,16 @@ class Population:
             raise ValueError(f"only lr and weight_decay are scaled, not {name!r}")
         for leaf in self.hypers.leaves(name):
             leaf[member] += math.log10(factor)
+        self.hypers.clip()
+
+    @torch.no_grad()
+    def multiply_log10_hyperparameter(self, member: int, name: str, factor: float) -> None:
+        """Multiply the log10 of one member's learning rate or weight decay by ``factor`` (the paper's PBT
+        explore, on the log10 values it searched over; every per-weight rate alike), then clip."""
+        if name not in ("lr", "weight_decay"):
+            raise ValueError(f"only lr and weight_decay have a log10 to multiply, not {name!r}")
+        for leaf in self.hypers.leaves(name):
+            leaf[member] *= factor
         self.hypers.clip()
 
     # ---- bookkeeping ----------------------------------------------------------------------------------

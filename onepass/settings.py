@@ -90,17 +90,40 @@ SETTINGS: dict[str, Setting] = {
     "search_diverged_penalty": Setting(FLOAT, 10.0, "search: validation loss scored for a diverged trial"),
     "search_initial_points": Setting(INT, 5, "BayesOpt: random initial evaluations", minimum=1),
     "search_guided_points": Setting(INT, 25, "BayesOpt: evaluations guided by the surrogate", minimum=0),
+    "bayesopt_acquisition": Setting((str,), "LCB", "BayesOpt: acquisition function (LCB: the paper's UCB on "
+                                    "the negated loss; gp_hedge: scikit-optimize's default)",
+                                    ("LCB", "gp_hedge", "EI", "PI")),
+    "bayesopt_kappa": Setting(FLOAT, 2.576, "BayesOpt: kappa of LCB (the paper's bayes_opt default 2.576; "
+                              "scikit-optimize's default is 1.96)", positive=True),
+    "bayesopt_surrogate": Setting((str,), "matern52", "BayesOpt: Gaussian process of the surrogate: matern52 "
+                                  "(Matern nu=2.5, alpha 1e-6, normalised scores, 5 optimiser restarts: the "
+                                  "paper's bayes_opt) or skopt (scikit-optimize's default GP)",
+                                  ("matern52", "skopt")),
+    "bayesopt_diverged_penalty": Setting(OPT_FLOAT, None, "BayesOpt: validation loss told for a diverged "
+                                         "evaluation (null: search_diverged_penalty); the dataset YAMLs set the "
+                                         "paper's per-dataset values"),
     "search_trials": Setting(INT, 32, "ASHA: trials sampled; PBT: population size", minimum=1),
-    "search_report_every": Setting(INT, 1, "ASHA/PBT: hyperparameter steps between reported evaluations",
+    "search_time_unit": Setting((str,), "weight_steps", "ASHA/PBT: unit of the scheduler's time and of "
+                                "search_report_every, asha_grace_period and pbt_perturbation_interval: "
+                                "weight_steps (the paper: a report after every weight step) or hyper_steps",
+                                ("weight_steps", "hyper_steps")),
+    "search_report_every": Setting(INT, 1, "ASHA/PBT: time units (search_time_unit) between reports",
                                    minimum=1),
-    "asha_grace_period": Setting(INT, 10, "ASHA: hyperparameter steps before a trial may be stopped", minimum=1),
-    "asha_reduction_factor": Setting(FLOAT, 3, "ASHA: reduction factor between rungs", positive=True),
-    "pbt_perturbation_interval": Setting(INT, 20, "PBT: hyperparameter steps between exploit/explore", minimum=1),
+    "asha_grace_period": Setting(INT, 1, "ASHA: time units (search_time_unit) before a trial may be stopped "
+                                 "(Ray's default 1)", minimum=1),
+    "asha_reduction_factor": Setting(FLOAT, 4, "ASHA: reduction factor between rungs (Ray's default 4)",
+                                     positive=True),
+    "pbt_perturbation_interval": Setting(INT, 100, "PBT: time units (search_time_unit) between exploit/explore",
+                                         minimum=1),
     "pbt_quantile_fraction": Setting(FLOAT, 0.25, "PBT: bottom fraction replaced by copies of the top",
                                      positive=True),
     "pbt_resample_probability": Setting(FLOAT, 0.25, "PBT: probability of resampling a hyperparameter",
                                         minimum=0),
     "pbt_perturbation_factors": Setting((list,), [1.2, 0.8], "PBT: factors a hyperparameter is multiplied by"),
+    "pbt_perturb_space": Setting((str,), "log10", "PBT: lr and weight decay perturbed by multiplying their "
+                                 "log10 (the paper) or their natural value", ("log10", "natural")),
+    "pbt_synch": Setting((bool,), False, "PBT: synchronous generations (Ray's synch=True); the paper's is "
+                         "asynchronous"),
 }
 
 # Settings that change how a run is kept, not what it computes: left out of a run's identity.
@@ -235,4 +258,4 @@ def load_settings(dataset: str, algorithm: str, overrides: list[str] | dict | No
 
 def search_settings_keys() -> list[str]:
     """Names of the settings of a black-box search itself (not of its inner runs)."""
-    return [k for k in SETTINGS if k.startswith(("search_", "asha_", "pbt_"))]
+    return [k for k in SETTINGS if k.startswith(("search_", "asha_", "pbt_", "bayesopt_"))]

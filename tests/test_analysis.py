@@ -316,6 +316,53 @@ def test_collect_takes_each_algorithms_repetitions(study, tmp_path):
     assert summary.loc["BayesOpt", "best"] == 4.0
 
 
+def add_paper_statistic(runs_dir, algorithm, seed, statistic, values):
+    path = runs_dir / algorithm / f"seed{seed}" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    path.write_text(json.dumps({**metrics, "paper_statistic": statistic, "paper_test_metrics": values}))
+
+
+def test_searches_show_the_papers_statistic_beside_the_honest_one(study, tmp_path):
+    """BayesOpt: per repetition the best test metric seen by any evaluation (here 2.0 and 3.0, below the test
+    metrics at the best validation loss, 4.0 and 5.0); ASHA: the final test metric of every finished trial,
+    pooled (a NaN trial counted as diverged)."""
+    runs_dir, _ = study
+    for seed in range(2):
+        fake_search(runs_dir, "BayesOpt", seed, [9.0, 5.0, 4.0 + seed])
+        add_paper_statistic(runs_dir, "BayesOpt", seed, "best test seen", [2.0 + seed])
+    fake_search(runs_dir, "ASHA", 0, [9.0, 6.0])
+    add_paper_statistic(runs_dir, "ASHA", 0, "finished trials", [7.0, 5.0, float("nan"), 6.0])
+    algorithms = ["Random", "BayesOpt", "ASHA"]
+    out = tmp_path / "t" / "runs.tsv"
+    out.parent.mkdir()
+    (out.parent / "plan.json").write_text(json.dumps(fake_plan(algorithms, range(3), {"BayesOpt": 2, "ASHA": 1})))
+    analysis.main(["collect", "--plan", str(out.parent / "plan.json"), "--runs-dir", str(runs_dir),
+                   "--out", str(out)])
+    summary = tables.summarise(collection.read_runs(out))
+    assert list(summary["algorithm"]) == ["Random", "BayesOpt", "BayesOpt@paper", "ASHA", "ASHA@paper"]
+    s = summary.set_index("algorithm")
+    assert s.loc["BayesOpt", "label"] == "Bayesian Optimisation (test at best validation)"
+    assert (s.loc["BayesOpt", "mean"], s.loc["BayesOpt", "best"]) == (4.5, 4.0)
+    assert s.loc["BayesOpt@paper", "label"] == "Bayesian Optimisation (paper: best test seen)"
+    assert (s.loc["BayesOpt@paper", "mean"], s.loc["BayesOpt@paper", "best"]) == (2.5, 2.0)
+    assert s.loc["BayesOpt@paper", "mean_se"] == pytest.approx(0.5) and s.loc["BayesOpt@paper", "runs"] == 2
+    assert s.loc["ASHA", "label"] == "ASHA (test at best validation)" and s.loc["ASHA", "mean"] == 6.0
+    assert s.loc["ASHA@paper", "label"] == "ASHA (paper: all finished trials)"
+    assert (s.loc["ASHA@paper", "mean"], s.loc["ASHA@paper", "median"], s.loc["ASHA@paper", "best"]) == (6.0, 6.0,
+                                                                                                           5.0)
+    assert s.loc["ASHA@paper", "mean_se"] == pytest.approx(np.std([7.0, 5.0, 6.0], ddof=1) / np.sqrt(3))
+    assert (s.loc["ASHA@paper", "runs"], s.loc["ASHA@paper", "diverged"]) == (4, 1)
+    assert s.loc["Random", "label"] == "Random"          # not a search: one row, as before
+    summary_path = tmp_path / "summary.tsv"
+    summary.to_csv(summary_path, sep="\t", index=False)
+    md, tsv = tmp_path / "paper_tables.md", tmp_path / "paper_tables.tsv"
+    analysis.main(["paper-tables", "--summaries", str(summary_path), "--markdown", str(md), "--tsv", str(tsv)])
+    text = md.read_text()
+    assert "| Bayesian Optimisation (paper: best test seen) | **2.50 ± 0.50** |" in text
+    assert "| Bayesian Optimisation (test at best validation) |" in text and "| ASHA (paper: all finished trials) |" in text
+    assert "ASHA@paper" in tsv.read_text()
+
+
 def test_a_run_recorded_under_other_settings_is_stale_and_never_counted(study):
     runs_dir, _ = study
     metrics_path = runs_dir / "Ours_LR" / "seed1" / "metrics.json"

@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 
 import psutil
+import torch
 import pytest
 
 from onepass.catalog import is_search
 from onepass.settings import ConfigError
 from onepass.search import main, run, search_settings
 from onepass.search.ray_tune import perturb
-from onepass.search.record import EVALUATION_COLUMNS, add_evaluation
+from onepass.search.record import EVALUATION_COLUMNS, PAPER_STATISTICS, add_evaluation, paper_test_metrics
 from onepass.records import HISTORY_COLUMNS
 from onepass.train import run as train_run
 from onepass import data as datasets
@@ -89,14 +90,14 @@ def check_record(out: Path, metrics: dict, count: int | None = None) -> list[dic
     return rows
 
 
-def check_all_diverged(out: Path, count: int) -> None:
+def check_all_diverged(out: Path, count: int, penalty: float = 10.0) -> None:
     m = json.loads((out / "metrics.json").read_text())
     assert m["diverged"] is True and m["best_evaluation"] is None
     assert m["evaluations"] == m["diverged_evaluations"] == count
     assert all(math.isnan(m[k]) for k in ("train_loss", "valid_loss", "test_loss", "test_metric", "final_lr"))
     rows = evaluations(out)
     assert len(rows) == count and all(r["diverged"] and math.isnan(r["valid_loss"]) for r in rows)
-    assert all(r["score"] == m["settings"]["search_diverged_penalty"] for r in rows)
+    assert all(r["score"] == penalty for r in rows)
 
 
 # ---- BayesOpt ---------------------------------------------------------------------------------------------
@@ -106,6 +107,9 @@ def test_bayesopt_end_to_end_and_replay(data_dir, tmp_path):
     assert m["algorithm"] == "BayesOpt" and m["seed"] == 3 and m["init_lr"] == 1e-3
     assert m["inner_algorithm"] == "Random_Validation" and m["settings"]["train_on"] == "train"
     assert [r["run_seed"] for r in rows] == [3000, 3001, 3002, 3003, 3004]
+    assert all(r["min_test_metric"] <= r["test_metric"] for r in rows)
+    assert m["paper_statistic"] == "best test seen"
+    assert m["paper_test_metrics"] == [min(r["min_test_metric"] for r in rows)] and m["paper_test_metrics"][0] <= m["test_metric"]
     for r in rows:
         assert 1e-6 <= r["lr"] <= 1e-1 and 1e-7 <= r["weight_decay"] <= 1e-2 and 0 <= r["momentum"] <= 1
         assert r["weight_steps"] == 60 and r["hyper_step"] == 6
@@ -130,7 +134,7 @@ def test_bayesopt_whose_every_evaluation_diverges_reports_nan(data_dir, tmp_path
         args += ["--set", setting]
     assert main(args) == 0
     assert "every evaluation DIVERGED" in capsys.readouterr().out
-    check_all_diverged(tmp_path / "bo", 5)
+    check_all_diverged(tmp_path / "bo", 5, penalty=150.0)   # UCI Energy's penalty in the paper
     rows = evaluations(tmp_path / "bo")
     assert all(10 ** -0.3 - 1e-12 <= r["lr"] <= 1.0 and 0.9 <= r["momentum"] <= 0.99 for r in rows)
     assert (tmp_path / "bo" / "history.csv").read_text().count("nan") > 0
@@ -142,6 +146,11 @@ def test_bayesopt_whose_every_evaluation_diverges_reports_nan(data_dir, tmp_path
     ("BayesOpt", ["search_momentum=[0.5, 1.5]"], "search_momentum"),
     ("BayesOpt", ["search_inner_algorithm=ASHA"], "search_inner_algorithm"),
     ("PBT", ["pbt_perturbation_interval=3", "search_report_every=2"], "pbt_perturbation_interval"),
+    ("PBT", ["pbt_perturbation_interval=15"], "pbt_perturbation_interval"),   # weight steps: not a multiple of T
+    ("PBT", ["pbt_perturb_space=log"], "pbt_perturb_space"),
+    ("ASHA", ["search_time_unit=seconds"], "search_time_unit"),
+    ("BayesOpt", ["bayesopt_acquisition=UCB"], "bayesopt_acquisition"),
+    ("BayesOpt", ["bayesopt_kappa=0"], "bayesopt_kappa"),
     ("ASHA", ["asha_no_such_key=1"], "asha_no_such_key"),
 ])
 def test_bad_search_settings_name_the_key(algorithm, overrides, key):
@@ -167,18 +176,125 @@ def test_search_configs_wrap_the_right_inner_algorithms():
     assert all(is_search(a) for a in expected) and not any(is_search(a) for a in ("Random", "Ours_LR", "Nope"))
 
 
-# ---- pieces of ASHA/PBT that need no Ray --------------------------------------------------------------------
-def test_pbt_explore_perturbs_the_current_hyperparameters(data_dir):
-    settings, inner = search_settings("uci_energy", "PBT_Ours", ["pbt_resample_probability=0"])
-    trial = Population(inner, datasets.load("uci_energy", data_dir), [Member(0, 0.01, 1e-4, 0.5)], "cpu")
-    rng = random.Random(0)
-    expected_rng = random.Random(0)
-    expected_rng.uniform(0, 1), expected_rng.uniform(0, 1), expected_rng.uniform(0, 1)  # the unused resample point
-    factors = []
+def test_searches_default_to_the_papers_designs():
+    asha, _ = search_settings("uci_energy", "ASHA")
+    assert (asha["search_trials"], asha["asha_grace_period"], asha["asha_reduction_factor"]) == (114286, 1, 4)
+    assert (asha["search_time_unit"], asha["search_report_every"]) == ("weight_steps", 1)
+    for name in ("PBT", "PBT_Ours"):
+        pbt, _ = search_settings("uci_energy", name)
+        assert (pbt["search_trials"], pbt["pbt_perturbation_interval"], pbt["search_time_unit"]) == (
+            200, 100, "weight_steps")
+        assert pbt["pbt_synch"] is False and pbt["pbt_perturb_space"] == "log10"
+        assert (pbt["pbt_quantile_fraction"], pbt["pbt_resample_probability"]) == (0.25, 0.25)
+    bo, _ = search_settings("uci_energy", "BayesOpt")
+    assert (bo["bayesopt_acquisition"], bo["bayesopt_kappa"], bo["bayesopt_surrogate"]) == ("LCB", 2.576, "matern52")
+
+
+@pytest.mark.parametrize("dataset,penalty", [("uci_energy", 150.0), ("uci_kin8nm", 0.1), ("uci_power", 400.0),
+                                             ("fashion_mnist", 3.0), ("uci_boston", 10.0),
+                                             ("penn_treebank", 20.0)])
+def test_bayesopt_penalises_divergence_with_the_papers_value_per_dataset(dataset, penalty):
+    from onepass.search.bayesopt import diverged_penalty
+
+    settings, _ = search_settings(dataset, "BayesOpt")
+    assert diverged_penalty(settings) == penalty
+    settings, _ = search_settings(dataset, "BayesOpt", ["bayesopt_diverged_penalty=null"])   # the earlier design
+    assert diverged_penalty(settings) == settings["search_diverged_penalty"] == (20.0 if dataset == "penn_treebank"
+                                                                                 else 10.0)
+
+
+def test_bayesopt_optimiser_is_lcb_on_a_matern_gp_by_default():
+    from sklearn.gaussian_process.kernels import Matern
+
+    from onepass.search.bayesopt import make_optimizer
+
+    settings, _ = search_settings("uci_energy", "BayesOpt")
+    opt = make_optimizer(settings, 0)
+    assert opt.acq_func == "LCB" and opt.acq_func_kwargs["kappa"] == 2.576
+    gp = opt.base_estimator_
+    assert isinstance(gp.kernel, Matern) and gp.kernel.nu == 2.5 and gp.alpha == 1e-6 and gp.normalize_y
+    # the earlier design: scikit-optimize's defaults
+    settings, _ = search_settings("uci_energy", "BayesOpt", ["bayesopt_acquisition=gp_hedge",
+                                                             "bayesopt_surrogate=skopt"])
+    opt = make_optimizer(settings, 0)
+    assert opt.acq_func == "gp_hedge" and not isinstance(opt.base_estimator_.kernel, Matern)
+    settings, _ = search_settings("uci_energy", "BayesOpt", ["bayesopt_kappa=1.96"])
+    assert make_optimizer(settings, 0).acq_func_kwargs["kappa"] == 1.96
+
+
+def test_schedulers_count_time_in_weight_steps_and_pbt_is_asynchronous():
+    from onepass.search.ray_tune import make_scheduler
+
+    settings, inner = search_settings("uci_energy", "ASHA")
+    settings["search"] = "asha"
+    asha = make_scheduler(settings, inner, 0)
+    assert (asha._time_attr, asha._max_t, asha._reduction_factor) == ("weight_step", 4000, 4)
+    assert sorted(r[0] for r in asha._brackets[0]._rungs) == [1, 4, 16, 64, 256, 1024]
+    settings, inner = search_settings("uci_energy", "PBT")
+    settings["search"] = "pbt"
+    pbt = make_scheduler(settings, inner, 0)
+    assert (pbt._time_attr, pbt._perturbation_interval, pbt._synch) == ("weight_step", 100, False)
+    assert pbt._quantile_fraction == 0.25
+    settings.update(search_time_unit="hyper_steps", pbt_synch=True, pbt_perturbation_interval=20)
+    pbt = make_scheduler(settings, inner, 0)
+    assert (pbt._time_attr, pbt._perturbation_interval, pbt._synch) == ("hyper_step", 20, True)
+
+
+@pytest.mark.parametrize("search,unit,every,expected", [
+    ("asha", "weight_steps", 1, list(range(1, 31))),        # the paper's: after every weight step
+    ("asha", "weight_steps", 4, [4, 8, 12, 16, 20, 24, 28, 30]),
+    ("asha", "hyper_steps", 1, [10, 20, 30]),
+    ("pbt", "weight_steps", 5, [5, 10, 15, 20, 25, 30]),
+])
+def test_a_trial_reports_in_its_time_unit(data_dir, monkeypatch, search, unit, every, expected):
+    """ray_trial outside Ray (tune.report captured): when it reports, what it reports, where it saves state."""
+    from ray import tune
+
+    from onepass.search import ray_tune
+
+    name = {"asha": "ASHA", "pbt": "PBT"}[search]
+    overrides = ["hyperparameter_steps=3", f"search_time_unit={unit}", f"search_report_every={every}"]
+    if search == "pbt":
+        overrides.append("pbt_perturbation_interval=20")
+    settings, inner = search_settings("uci_energy", name, overrides)
+    reports = []
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(tune, "report", lambda result, checkpoint=None: reports.append((result, checkpoint)))
+    ctx = {"dataset": "uci_energy", "data_dir": str(data_dir), "device": "cpu", "inner": inner,
+           "settings": settings, "search": search, "penalty": 10.0,
+           "points": [{"lr": 1e-3, "weight_decay": 1e-4, "momentum": 0.5, "run_seed": 7}]}
+    ray_tune.ray_trial({"trial": 0, "explore": 0}, ctx)
+    assert [r["weight_step"] for r, _ in reports] == expected
+    assert sum(r["new_weight_steps"] for r, _ in reports) == 30
+    assert sum(r["new_hyper_steps"] for r, _ in reports) == 3
+    assert all(r["score"] == r["valid_loss"] and math.isfinite(r["test_metric"]) for r, _ in reports)
+    saved = [r["weight_step"] for r, c in reports if c is not None]
+    assert saved == ([20, 30] if search == "pbt" else [])
+    # the same run as training it alone: the reports inside a hyperparameter step change nothing
+    alone = Population(inner, ray_tune._trial_data(ctx), [Member(7, 1e-3, 1e-4, 0.5)], torch.device("cpu"))
     for _ in range(3):
-        expected_rng.random()
-        factors.append(expected_rng.choice([1.2, 0.8]))
-    perturb(trial, rng, settings)
+        alone.step()
+    assert reports[-1][0]["valid_loss"] == alone.report()[0]["valid_loss"]
+
+
+# ---- pieces of ASHA/PBT that need no Ray --------------------------------------------------------------------
+def _expected_factors(seed: int, count: int = 3) -> list:
+    rng = random.Random(seed)
+    rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0, 1)  # the unused resample point
+    factors = []
+    for _ in range(count):
+        rng.random()
+        factors.append(rng.choice([1.2, 0.8]))
+    return factors
+
+
+def test_pbt_explore_perturbs_the_current_hyperparameters(data_dir):
+    # pbt_perturb_space=natural (the earlier design): lr and weight decay themselves are multiplied
+    settings, inner = search_settings("uci_energy", "PBT_Ours", ["pbt_resample_probability=0",
+                                                                 "pbt_perturb_space=natural"])
+    trial = Population(inner, datasets.load("uci_energy", data_dir), [Member(0, 0.01, 1e-4, 0.5)], torch.device("cpu"))
+    factors = _expected_factors(0)
+    perturb(trial, random.Random(0), settings)
     s = {k: v[0] for k, v in trial.hyperparameters().items()}
     assert s["lr"] == pytest.approx(0.01 * factors[0], rel=1e-5)
     assert s["weight_decay"] == pytest.approx(1e-4 * factors[1], rel=1e-5)
@@ -187,6 +303,64 @@ def test_pbt_explore_perturbs_the_current_hyperparameters(data_dir):
     perturb(trial, random.Random(1), settings)
     s = {k: v[0] for k, v in trial.hyperparameters().items()}
     assert 1e-6 <= s["lr"] <= 0.1 and 1e-7 <= s["weight_decay"] <= 1e-2 and 0.2 <= s["momentum"] <= 0.3
+
+
+@pytest.mark.parametrize("algorithm", ["PBT", "PBT_Ours"])
+def test_pbt_explore_multiplies_log10_lr_and_weight_decay_by_default(data_dir, algorithm):
+    """The paper's explore: x1.2 / x0.8 on log10 lr and log10 weight decay (lr 1e-2 -> 1e-2.4 or 1e-1.6),
+    momentum multiplied in natural units and clipped to [0, 1 - 1e-6]."""
+    settings, inner = search_settings("uci_energy", algorithm, ["pbt_resample_probability=0"])
+    assert settings["pbt_perturb_space"] == "log10"
+    trial = Population(inner, datasets.load("uci_energy", data_dir), [Member(0, 0.01, 1e-4, 0.5)], torch.device("cpu"))
+    factors = _expected_factors(0)
+    perturb(trial, random.Random(0), settings)
+    s = {k: v[0] for k, v in trial.hyperparameters().items()}
+    assert s["lr"] == pytest.approx(10 ** (-2 * factors[0]), rel=1e-4)
+    assert s["weight_decay"] == pytest.approx(10 ** (-4 * factors[1]), rel=1e-4)
+    assert s["momentum"] == pytest.approx(0.5 * factors[2], rel=1e-5)
+    # momentum pushed past 1 is clipped to 1 - 1e-6
+    seed = next(k for k in range(100) if _expected_factors(k)[2] == 1.2)
+    trial = Population(inner, datasets.load("uci_energy", data_dir), [Member(0, 0.01, 1e-4, 0.9)], torch.device("cpu"))
+    perturb(trial, random.Random(seed), settings)
+    assert trial.hyperparameters()["momentum"][0] == pytest.approx(1 - 1e-6, abs=3e-7)
+
+
+def test_paper_statistic_of_bayesopt_is_the_best_test_seen_by_any_evaluation():
+    """Optimistic, selected on test: the lowest test metric logged by any evaluation, not the test metric of
+    the best evaluation by validation loss."""
+    rows = []
+    for valid, test, lowest, diverged in ((2.0, 30.0, 12.0, False), (1.0, 20.0, 18.0, False),
+                                          (float("nan"), float("nan"), 5.0, True), (3.0, 40.0, 39.0, False)):
+        add_evaluation(rows, {"new_weight_steps": 10, "new_hyper_steps": 1, "valid_loss": valid, "test_metric": test,
+                              "min_test_metric": lowest, "diverged": diverged})
+    assert rows[-1]["best_test_metric"] == 20.0            # honest: test at the best validation loss
+    assert paper_test_metrics(rows, "bayesopt", 400) == [5.0]   # the lowest logged, a diverged run's too
+    rows[2]["min_test_metric"] = float("nan")
+    assert paper_test_metrics(rows, "bayesopt", 400) == [12.0]
+    assert PAPER_STATISTICS["bayesopt"] == "best test seen"
+
+
+def test_lowest_test_metric_reads_the_evaluations_history(tmp_path):
+    from onepass.search.bayesopt import lowest_test_metric
+
+    (tmp_path / "history.csv").write_text("step,test_metric\n100,5.0\n200,nan\n300,2.5\n400,3.0\n")
+    assert lowest_test_metric(tmp_path, {"test_metric": 3.0}) == 2.5
+    assert lowest_test_metric(tmp_path, {"test_metric": 1.0}) == 1.0
+    assert math.isnan(lowest_test_metric(tmp_path / "none", {"test_metric": float("nan")}))
+
+
+def test_paper_statistic_of_asha_and_pbt_is_every_finished_trials_final_test_metric():
+    rows = []
+    reports = [  # (trial, hyper_step, test_metric, diverged)
+        (0, 1, 9.0, False), (1, 1, 8.0, False), (0, 4, 3.0, False), (2, 1, 7.0, False),   # 2 stopped at 1
+        (1, 2, float("nan"), True), (1, 4, float("nan"), True),                          # 1 diverged, idled on
+        (3, 4, 6.0, False), (0, 4, 2.0, False)]                                          # 0: a later report
+    for trial, step, test, diverged in reports:
+        add_evaluation(rows, {"trial": trial, "hyper_step": step, "test_metric": test, "diverged": diverged,
+                              "valid_loss": test, "new_weight_steps": 10, "new_hyper_steps": 1})
+    values = paper_test_metrics(rows, "asha", 4)
+    assert values[0] == 2.0 and math.isnan(values[1]) and values[2:] == [6.0]
+    assert paper_test_metrics(rows, "pbt", 5) == []
 
 
 def test_best_so_far_ignores_diverged_evaluations():
@@ -248,7 +422,8 @@ def assert_no_ray_left(marker):
 
 @pytest.mark.slow
 def test_asha_end_to_end(data_dir, tmp_path, marker):
-    settings = ["search_trials=4", "hyperparameter_steps=6", "asha_grace_period=2", "asha_reduction_factor=3"]
+    settings = ["search_trials=4", "hyperparameter_steps=6", "asha_grace_period=2", "asha_reduction_factor=3",
+                "search_time_unit=hyper_steps"]
     search_job("ASHA", data_dir, tmp_path / "asha", marker, settings)
     assert_no_ray_left(marker)
     m = json.loads((tmp_path / "asha" / "metrics.json").read_text())
@@ -269,7 +444,7 @@ def test_asha_end_to_end(data_dir, tmp_path, marker):
 @pytest.mark.slow
 def test_pbt_end_to_end_exploits_and_perturbs(data_dir, tmp_path, marker):
     settings = ["search_trials=4", "hyperparameter_steps=6", "pbt_perturbation_interval=3",
-                "pbt_quantile_fraction=0.5"]
+                "pbt_quantile_fraction=0.5", "search_time_unit=hyper_steps", "pbt_synch=true"]
     search_job("PBT", data_dir, tmp_path / "pbt", marker, settings)
     assert_no_ray_left(marker)
     m = json.loads((tmp_path / "pbt" / "metrics.json").read_text())
@@ -291,7 +466,7 @@ def metrics_checkpoints(out: Path) -> list:
 @pytest.mark.slow
 def test_pbt_whose_every_trial_diverges_reports_nan(data_dir, tmp_path, marker):
     settings = ["search_trials=2", "hyperparameter_steps=4", "pbt_perturbation_interval=2",
-                "divergence_threshold=1e-6"]
+                "divergence_threshold=1e-6", "search_time_unit=hyper_steps"]
     output = search_job("PBT", data_dir, tmp_path / "pbt", marker, settings)
     assert "every evaluation DIVERGED" in output
     assert_no_ray_left(marker)

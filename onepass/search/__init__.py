@@ -13,7 +13,9 @@ log10 lr in ``search_log10_lr``, log10 weight decay in ``search_log10_weight_dec
   random points, then ``search_guided_points`` guided ones.  Each evaluation is a full run of
   ``search_inner_algorithm`` (Random_Validation: fixed hyperparameters, training split) written under
   ``OUT/evaluations/NNN``, scored by its final full-validation loss; a diverged evaluation is recorded as
-  diverged and told to the surrogate as the finite ``search_diverged_penalty``.  Evaluation i trains with
+  diverged and told to the surrogate as the finite ``bayesopt_diverged_penalty`` (the paper's per-dataset
+  value) or else ``search_diverged_penalty``; the acquisition is ``bayesopt_acquisition`` (LCB, kappa
+  ``bayesopt_kappa``) on the ``bayesopt_surrogate`` GP.  Evaluation i trains with
   seed ``1000 * seed + i``.  Killed and started again, the search replays its finished evaluations from
   their outputs (the optimiser is deterministic for a seed).
 - **ASHA** / **PBT**: Ray Tune's ``ASHAScheduler`` / ``PopulationBasedTraining`` on a local Ray instance
@@ -21,14 +23,17 @@ log10 lr in ``search_log10_lr``, log10 weight decay in ``search_log10_weight_dec
   CPUs this process may use; the GPUs for ``--device cuda``), one CPU per trial, Ray's state under
   ``OUT/ray`` and its session files in a short temporary directory; both removed or stopped when the
   job ends, whatever happens.  A trial is a population of one (:class:`onepass.population.Population`) of ``search_inner_algorithm``
-  that reports its full-validation loss every ``search_report_every`` hyperparameter steps.  A diverged
+  that reports its full-validation loss every ``search_report_every`` units of ``search_time_unit`` (weight
+  steps by default, as the paper: reports inside a hyperparameter step too; or hyperparameter steps), the
+  unit of the scheduler's time, grace period and perturbation interval too.  A diverged
   trial reports ``search_diverged_penalty``; under ASHA it stops, under PBT it idles until it is replaced.
   PBT's exploit copies a top trial's saved run state (weights, momentum buffers, hyperparameters and
   their optimiser) and its explore perturbs that state's *current* hyperparameters: each is resampled
   from the search space with probability ``pbt_resample_probability``, else multiplied by one of
-  ``pbt_perturbation_factors`` (momentum then clipped to the space); training goes on from there.
-  PBT is synchronous (generations of ``pbt_perturbation_interval`` steps), so a population larger than
-  the CPUs still advances together.  Trial i starts from the i-th point drawn from the space and trains
+  ``pbt_perturbation_factors`` (lr and weight decay: their log10 by default, ``pbt_perturb_space``; momentum
+  then clipped to the space and to [0, 1 - 1e-6]); training goes on from there.  PBT is asynchronous by
+  default, as the paper's (``pbt_synch``); Ray pauses a trial at its perturbation point while others are
+  behind, so a population larger than the CPUs still advances together.  Trial i starts from the i-th point drawn from the space and trains
   with seed ``1000 * seed + i``; a seed fixes the points and perturbations, not Ray's interleaving.
 
 Outputs in OUT: ``metrics.json`` with the keys of a training run, taken from the best evaluation by
@@ -79,6 +84,10 @@ def search_settings(dataset: str, algorithm: str, overrides=None) -> tuple[dict,
     inner = load_settings(dataset, inner_name, {k: v for k, v in extra.items() if not _is_search_key(k)})
     if settings["search"] == "pbt" and settings["pbt_perturbation_interval"] % settings["search_report_every"]:
         raise ConfigError("setting 'pbt_perturbation_interval' must be a multiple of 'search_report_every'")
+    if (settings["search"] == "pbt" and settings["search_time_unit"] == "weight_steps"
+            and settings["pbt_perturbation_interval"] % inner["update_interval"]):
+        raise ConfigError("setting 'pbt_perturbation_interval' (in weight steps) must be a multiple of the inner "
+                          "run's 'update_interval' (a run state is saved at the end of a hyperparameter step)")
     return settings, inner
 
 
@@ -119,7 +128,8 @@ def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float,
     base = {"dataset": dataset, "family": settings["family"], "task": task, "algorithm": algorithm, "seed": seed,
             "init_lr": lr, "init_weight_decay": weight_decay, "init_momentum": momentum, "inner_settings": inner}
     recorded = {k: v for k, v in settings.items() if k in SETTINGS}   # as load_settings gives them
-    return finish(out, rows, base, task, recorded, search_time, wall_start, str(dev), extra_versions)
+    return finish(out, rows, base, task, recorded, search_time, wall_start, str(dev), extra_versions,
+                  settings["search"])
 
 
 def run_chunk(plan_path, data_dir, runs_dir, device: str | None = None, overrides=None, quiet: bool = True,

@@ -43,10 +43,13 @@ def _trial_data(ctx: dict):
 def perturb(population: Population, rng: random.Random, settings: dict) -> None:
     """PBT's explore on a trial's current hyperparameters (a population of one, in place): each one is
     resampled from the search space with probability ``pbt_resample_probability``, else multiplied by a random
-    choice of ``pbt_perturbation_factors``; momentum is then clipped to the space."""
+    choice of ``pbt_perturbation_factors``.  lr and weight decay: with ``pbt_perturb_space: log10`` (the
+    paper) their log10 is multiplied, else their natural value (a shift of the log10).  Momentum is
+    multiplied in natural units and then clipped to the space and to [0, 1 - 1e-6] (the paper's explore)."""
     current = {k: v[0] for k, v in population.hyperparameters().items()}
     point = space_point(settings, rng)
     lo, hi = settings["search_momentum"]
+    lo, hi = max(lo, 0.0), min(hi, 1.0 - 1e-6)
     for name in ("lr", "weight_decay", "momentum"):
         if rng.random() < settings["pbt_resample_probability"]:
             population.set_hyperparameter(0, name, point[name])
@@ -54,13 +57,24 @@ def perturb(population: Population, rng: random.Random, settings: dict) -> None:
         factor = float(rng.choice(settings["pbt_perturbation_factors"]))
         if name == "momentum":
             population.set_hyperparameter(0, name, min(max(current[name] * factor, lo), hi))
-        else:  # log-parametrised: multiplying is a shift (keeps per-weight learning rates' spread)
+        elif settings["pbt_perturb_space"] == "log10":
+            population.multiply_log10_hyperparameter(0, name, factor)
+        else:  # natural: multiplying is a shift of the log10 (keeps per-weight learning rates' spread)
             population.scale_hyperparameter(0, name, factor)
+
+
+def time_units(settings: dict, inner: dict) -> tuple[str, int, int]:
+    """(the result key that is the scheduler's time, weight steps per time unit, the run's length in time
+    units) for ``search_time_unit``."""
+    if settings["search_time_unit"] == "weight_steps":
+        return "weight_step", 1, inner["hyperparameter_steps"] * inner["update_interval"]
+    return "hyper_step", inner["update_interval"], inner["hyperparameter_steps"]
 
 
 def ray_trial(config: dict, ctx: dict) -> None:
     """One ASHA/PBT trial: a population of one (:class:`onepass.population.Population`) reporting to Ray Tune
-    (runs in a Ray worker)."""
+    (runs in a Ray worker) every ``search_report_every`` time units: weight steps (inside a hyperparameter
+    step too, as the paper's trainable) or hyperparameter steps."""
     from ray import tune
 
     torch.set_num_threads(1)
@@ -75,37 +89,79 @@ def ray_trial(config: dict, ctx: dict) -> None:
         trial.load_state_dict(state["run"])
         if state["explore"] != config["explore"]:  # PBT's exploit copied this state: explore from it
             perturb(trial, random.Random(config["explore"]), ctx["settings"])
-    total, every = ctx["inner"]["hyperparameter_steps"], ctx["settings"]["search_report_every"]
-    interval = ctx["settings"]["pbt_perturbation_interval"] if ctx["search"] == "pbt" else None
-    steps_at_report, trained = trial.weight_step, 0
+    settings, search = ctx["settings"], ctx["search"]
+    total, T = ctx["inner"]["hyperparameter_steps"], ctx["inner"]["update_interval"]
+    by_weight = settings["search_time_unit"] == "weight_steps"
+    every = settings["search_report_every"]
+    interval = settings["pbt_perturbation_interval"] if search == "pbt" else None
+    count = {"weight": trial.weight_step, "idle": 0, "hyper": 0}   # at the last report; idle, hyper since
+
+    def result(report: dict, diverged: bool) -> dict:
+        new_weight = trial.weight_step - count["weight"] - count["idle"]
+        out = {**{k: report[k] for k in ("train_loss", "valid_loss", "test_loss", "test_metric", "test_accuracy",
+                                         "test_perplexity", "lr", "weight_decay", "momentum")},
+               "diverged": diverged,
+               "score": ctx["penalty"] if diverged or not math.isfinite(report["valid_loss"])
+               else report["valid_loss"],
+               "hyper_step": trial.hyper_step, "weight_step": trial.weight_step,
+               "new_weight_steps": new_weight, "new_hyper_steps": count["hyper"],
+               "run_seed": point["run_seed"], "train_time_s": trial.train_time}
+        count.update(weight=trial.weight_step, idle=0, hyper=0)
+        return out
+
+    def inside_step() -> None:   # a report after a weight step inside a hyperparameter step
+        w = trial.weight_step
+        if w % T and w % every == 0:
+            report = trial.report()[0]
+            tune.report(result(report, False))
+
+    if by_weight:
+        trial.weight_step_hook = inside_step
     while trial.hyper_step < total:
         just_diverged = False
         if not bool(trial.alive[0]):  # PBT: idle (no training) until exploit replaces this state
             trial.hyper_step += 1
+            trial.weight_step += T     # the scheduler's clock goes on
+            count["idle"] += T
         else:
             just_diverged = bool(trial.step())
-            trained += 1
+            count["hyper"] += 1
         diverged = not bool(trial.alive[0])
-        due = trial.hyper_step % every == 0 or trial.hyper_step == total
-        if not (due or (just_diverged and ctx["search"] == "asha")):
+        now = trial.weight_step if by_weight else trial.hyper_step
+        end = trial.hyper_step == total
+        due = now % every == 0 or end
+        if not (due or (just_diverged and search == "asha")):
             continue
-        report = trial.report()[0]
-        result = {**{k: report[k] for k in ("train_loss", "valid_loss", "test_loss", "test_metric", "test_accuracy",
-                                            "test_perplexity", "lr", "weight_decay", "momentum", "diverged")},
-                  "score": ctx["penalty"] if diverged or not math.isfinite(report["valid_loss"])
-                  else report["valid_loss"],
-                  "hyper_step": trial.hyper_step, "weight_step": trial.weight_step,
-                  "new_weight_steps": trial.weight_step - steps_at_report, "new_hyper_steps": trained,
-                  "run_seed": point["run_seed"], "train_time_s": trial.train_time}
-        steps_at_report, trained = trial.weight_step, 0
-        if interval is not None and (trial.hyper_step % interval == 0 or trial.hyper_step == total):
+        row = result(trial.report()[0], diverged)
+        if interval is not None and (now % interval == 0 or end):
             with tempfile.TemporaryDirectory(prefix="onepass-trial-") as d:
                 torch.save({"run": trial.state_dict(), "explore": config["explore"]}, Path(d) / "trial.pt")
-                tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+                tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
         else:
-            tune.report(result)
-        if diverged and ctx["search"] == "asha":
+            tune.report(row)
+        if diverged and search == "asha":
             return
+
+
+def make_scheduler(settings: dict, inner: dict, seed: int):
+    """Ray Tune's ASHAScheduler or PopulationBasedTraining for ``settings['search']``, its time the result key
+    of ``search_time_unit`` (:func:`time_units`)."""
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+
+    time_attr, _, length = time_units(settings, inner)
+    if settings["search"] == "asha":
+        return ASHAScheduler(time_attr=time_attr, max_t=length, grace_period=settings["asha_grace_period"],
+                             reduction_factor=settings["asha_reduction_factor"])
+    explorer = random.Random(seed + 1)
+    # Asynchronous by default (the paper's): a trial exploits/explores when it reaches its own perturbation
+    # point, and Ray pauses it there while others are behind, so a population larger than the CPUs still
+    # advances together; pbt_synch: synchronous generations.
+    return PopulationBasedTraining(
+        time_attr=time_attr, perturbation_interval=settings["pbt_perturbation_interval"],
+        hyperparam_mutations={"explore": lambda: 0},  # the trial itself perturbs its copied run state
+        quantile_fraction=settings["pbt_quantile_fraction"], resample_probability=0.0,
+        custom_explore_fn=lambda config: {**config, "explore": explorer.getrandbits(62)},
+        synch=bool(settings["pbt_synch"]))
 
 
 def ray_environment() -> None:
@@ -159,8 +215,6 @@ def ray_search(dataset: str, seed: int, settings: dict, inner: dict, data_dir, o
     ray_environment()
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
-
     rows: list[dict] = []
     trial_ids: dict = {}
     start = [time.perf_counter()]
@@ -174,23 +228,13 @@ def ray_search(dataset: str, seed: int, settings: dict, inner: dict, data_dir, o
                 **{k: result[k] for k in ("lr", "weight_decay", "momentum", "train_loss", "valid_loss",
                                           "test_loss", "test_metric", "test_accuracy", "test_perplexity",
                                           "diverged", "score", "new_weight_steps", "new_hyper_steps")},
-                "wall_time_s": result["train_time_s"], "cumulative_time_s": time.perf_counter() - start[0]})
+                "wall_time_s": result["train_time_s"], "cumulative_time_s": time.perf_counter() - start[0],
+                "min_test_metric": result["test_metric"]})
             if not quiet and (len(rows) % 50 == 0):
                 print(f"{len(rows)} reports, best valid_loss={row['best_valid_loss']:.4g}", file=sys.stderr,
                       flush=True)
 
-    if settings["search"] == "asha":
-        scheduler = ASHAScheduler(time_attr="hyper_step", max_t=inner["hyperparameter_steps"],
-                                  grace_period=settings["asha_grace_period"],
-                                  reduction_factor=settings["asha_reduction_factor"])
-    else:
-        explorer = random.Random(seed + 1)
-        scheduler = PopulationBasedTraining(
-            time_attr="hyper_step", perturbation_interval=settings["pbt_perturbation_interval"],
-            hyperparam_mutations={"explore": lambda: 0},  # the trial itself perturbs its copied run state
-            quantile_fraction=settings["pbt_quantile_fraction"], resample_probability=0.0,
-            custom_explore_fn=lambda config: {**config, "explore": explorer.getrandbits(62)},
-            synch=True)  # generations: a population larger than the CPUs still advances together
+    scheduler = make_scheduler(settings, inner, seed)
     before = {p.pid for p in _still_children(psutil)}
     main_thread = threading.current_thread() is threading.main_thread()
     on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None

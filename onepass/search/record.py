@@ -6,7 +6,11 @@ and weight_steps of the reported run state, its lr / weight_decay / momentum the
 diverged), score (what the search was told), wall_time_s (training time of that run state; for PBT
 including the states it copied), cumulative_time_s (since the search started), cumulative_weight_steps and
 cumulative_hyper_steps (steps trained by the whole search so far), best_valid_loss and best_test_metric
-(of the best evaluation by validation loss so far).
+(of the best evaluation by validation loss so far), min_test_metric (BayesOpt: the lowest test metric in
+the evaluation's logged history, its final value included; ASHA/PBT: the report's test metric).
+
+metrics.json also holds the paper's statistics of a search (:func:`paper_test_metrics`), which the tables
+show beside the test metric at the best validation loss.
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ EVALUATION_COLUMNS = [
     "evaluation", "trial", "run_seed", "hyper_step", "weight_steps", "lr", "weight_decay", "momentum",
     "train_loss", "valid_loss", "test_loss", "test_metric", "test_accuracy", "test_perplexity", "diverged",
     "score", "wall_time_s", "cumulative_time_s", "cumulative_weight_steps", "cumulative_hyper_steps",
-    "best_valid_loss", "best_test_metric"]
+    "best_valid_loss", "best_test_metric", "min_test_metric"]
+PAPER_STATISTICS = {
+    "bayesopt": "best test seen",       # per repetition: the lowest test metric logged by any evaluation
+    "asha": "finished trials",          # every trial that ran to the end: its final test metric
+    "pbt": "finished trials",
+}
 NAN = float("nan")
 
 
@@ -60,6 +69,27 @@ def best_index(rows: list[dict]) -> int | None:
     return best
 
 
+def _finite_min(values) -> float:
+    values = [v for v in values if _finite(v)]
+    return min(values) if values else NAN
+
+
+def paper_test_metrics(rows: list[dict], search: str, hyperparameter_steps: int) -> list[float]:
+    """The values behind the paper's statistic of one search (:data:`PAPER_STATISTICS`).
+
+    BayesOpt: one value, the running minimum of the test metric over every logged step of every evaluation
+    (``min_test_metric``; optimistic: selected on the test set). ASHA/PBT: the final test metric of every
+    trial whose last report is at the end of the run (``hyperparameter_steps``), NaN for one that had diverged,
+    in trial order."""
+    if search == "bayesopt":
+        return [_finite_min(r.get("min_test_metric", r["test_metric"]) for r in rows)]
+    last: dict = {}
+    for row in rows:
+        last[row["trial"]] = row
+    return [NAN if r["diverged"] else float(r["test_metric"]) for _, r in sorted(last.items())
+            if r["hyper_step"] >= hyperparameter_steps]
+
+
 def write_evaluations(path: Path, rows: list[dict]) -> None:
     def fmt(v):
         if isinstance(v, bool):
@@ -91,8 +121,9 @@ def search_history(rows: list[dict]) -> list[dict]:
 
 
 def finish(out: Path, rows: list[dict], base: dict, task: str, settings: dict, search_time: float,
-            wall_start: float, device: str, extra_versions: dict) -> dict:
-    """Write evaluations.csv, history.csv and metrics.json; return the metrics."""
+           wall_start: float, device: str, extra_versions: dict, search: str | None = None) -> dict:
+    """Write evaluations.csv, history.csv and metrics.json; return the metrics (with ``search``, the paper's
+    statistic: ``paper_statistic`` and ``paper_test_metrics``)."""
     write_evaluations(out / "evaluations.csv", rows)
     write_history(out / "history.csv", search_history(rows))
     best = best_index(rows)
@@ -109,5 +140,9 @@ def finish(out: Path, rows: list[dict], base: dict, task: str, settings: dict, s
         "versions": versions(**extra_versions), "settings": settings,
         "evaluations": len(rows), "diverged_evaluations": sum(bool(r["diverged"]) for r in rows),
         "best_evaluation": best, "inner_algorithm": settings["search_inner_algorithm"]})
+    if search is not None:
+        total = (base.get("inner_settings") or {}).get("hyperparameter_steps", settings.get("hyperparameter_steps"))
+        metrics.update(paper_statistic=PAPER_STATISTICS[search],
+                       paper_test_metrics=paper_test_metrics(rows, search, total))
     write_metrics(out / "metrics.json", metrics)
     return metrics
