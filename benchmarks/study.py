@@ -30,7 +30,7 @@ def study(name: str, initialisations: int, members_per_job: int) -> dict:
     return {"study": name, "datasets": ["uci_energy"], "algorithms": {"uci_energy": ALGORITHMS},
             "sweep": {"initialisations": {"uci_energy": initialisations}},
             "members_per_job": {"default": members_per_job}, "gpu": {"uci_energy": 0},
-            "resources": {"default": {"threads": 1}}}
+            "resources": {"default": {"threads": 1}}, "appendix": None}
 
 
 def snakemake(workdir: Path, cores: int, *args) -> float:

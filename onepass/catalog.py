@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 ALGORITHM_KEYS = {"label", "style", "rank", "search", "settings", "by_family", "derived"}
-DATASET_KEYS = {"label", "family", "task", "metric", "data", "shape", "settings", "same_as"}
+DATASET_KEYS = {"label", "family", "task", "metric", "table_scale", "data", "shape", "settings", "same_as"}
 SEARCH_KINDS = ("none", "bayesopt", "asha", "pbt")
 TASKS = ("regression", "classification", "language_model")
 FAMILIES = ("uci", "fashion_mnist", "penn_treebank", "cifar10")
@@ -73,6 +73,7 @@ class Dataset:
     shape: dict = field(default_factory=dict)  # features per example, outputs (for estimates of job sizes)
     settings: dict = field(default_factory=dict)
     base: str = ""  # the dataset whose data and initialisations it uses: itself, or its ``same_as``
+    table_scale: float = 1.0  # the paper's tables show the metric times this (Kin8nm's MSE x 1000)
 
     @property
     def is_variant(self) -> bool:
@@ -163,7 +164,14 @@ def _dataset(path: Path) -> Dataset:
     return Dataset(name=path.stem, label=_require(path, data, "label"), family=family, task=task,
                    metric=_require(path, data, "metric"), data=_mapping(path, data, "data"),
                    shape=_mapping(path, data, "shape"), settings=_mapping(path, data, "settings"),
-                   base=base or path.stem)
+                   base=base or path.stem, table_scale=_scale(path, data))
+
+
+def _scale(path: Path, data: dict) -> float:
+    scale = data.get("table_scale", 1)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise CatalogError(f"{path}: key 'table_scale' must be a positive number, got {scale!r}")
+    return float(scale)
 
 
 @functools.cache
@@ -249,6 +257,12 @@ def dataset_label(name: str) -> str:
 def family(name: str) -> str:
     """A dataset's family: uci | fashion_mnist | penn_treebank | cifar10."""
     return dataset(name).family
+
+
+def table_scale(name: str) -> float:
+    """The factor a dataset's metric is shown with in the paper's tables (1 if unknown)."""
+    d = datasets().get(name)
+    return d.table_scale if d else 1.0
 
 
 def metric_name(name: str) -> str:

@@ -68,6 +68,8 @@ def _extremes(runs: pd.DataFrame) -> pd.DataFrame:
 
 def _summary(summary: pd.DataFrame) -> pd.DataFrame:
     shown = pd.DataFrame({"algorithm": summary["label"]})
+    if summary["metric"].nunique() > 1:  # classification: the test metric, then the test error
+        shown["metric"] = summary["metric"]
     for col in ("runs", "done", "diverged", "stale", "missing"):
         shown[col] = summary[col].astype(int)
     shown["mean ± SE"] = [with_se(m, s) for m, s in zip(summary["mean"], summary["mean_se"])]

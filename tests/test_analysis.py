@@ -765,3 +765,32 @@ def test_analysis_page_of_the_full_study_fits_in_the_reports_data_url(tmp_path):
     url = f"data:text/html;charset=utf8;filename={out.name};base64,".encode() + base64.b64encode(page)
     sizes = {png.stem: png.stat().st_size for png in pngs}
     assert len(url) < DATA_URL_BUDGET, (len(page), sizes)
+
+
+def test_paper_tables_scale_kin8nm_and_add_test_error_tables(study, tmp_path):
+    """Kin8nm's MSE is shown x 1000 as in the paper's Table 1 (the TSV keeps the raw values); a classification
+    dataset also gets its test error (1 - accuracy) in Table 3."""
+    _, runs = study
+    kin = tables.summarise(runs.assign(dataset="uci_kin8nm"))
+    fm_runs = runs.assign(dataset="fashion_mnist", test_accuracy=0.875)
+    ours = fm_runs["algorithm"] == "Ours_LR"
+    fm_runs.loc[ours, "test_accuracy"] = 0.9 - 0.01 * fm_runs.loc[ours, "seed"].astype(float)
+    fm = tables.summarise(fm_runs)
+    errors = fm[fm["metric"] == tables.ERROR_METRIC].set_index("algorithm")
+    assert errors.loc["Random", "mean"] == pytest.approx(0.125)
+    done = fm_runs[(fm_runs["algorithm"] == "Ours_LR") & (fm_runs["status"] == "done")]
+    assert errors.loc["Ours_LR", "mean"] == pytest.approx(float((1 - done["test_accuracy"]).mean()))
+    paths = []
+    for name, frame in (("kin", kin), ("fm", fm)):
+        paths.append(tmp_path / f"{name}.tsv")
+        frame.to_csv(paths[-1], sep="\t", index=False)
+    md, tsv = tmp_path / "paper.md", tmp_path / "paper.tsv"
+    tables.write_paper_tables(paths, md, tsv)
+    text = md.read_text()
+    assert "### UCI Kin8nm (test MSE (unnormalised) × 1000)" in text
+    assert "| Random | 15000 ± 5000 |" in text          # 15.0 ± 5.0 shown x 1000
+    assert text.index("## Table 2") < text.index("## Table 3") < text.index(f"### Fashion-MNIST ({tables.ERROR_METRIC})")
+    raw = pd.read_csv(tsv, sep="\t")
+    assert raw[(raw["dataset"] == "uci_kin8nm") & (raw["algorithm"] == "Random")]["mean"].iloc[0] == 15.0
+    html_page = tables.summary_html(fm)
+    assert html_page.count("<table>") == 2 and tables.ERROR_METRIC in html_page
