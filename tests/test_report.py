@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from conftest import require_mirror
+from test_pipeline import TINY   # the tiny study of the pipeline tests
 from onepass import catalog, figures, tables
 
 pytestmark = pytest.mark.pipeline
@@ -29,16 +30,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
                   "--window-size=1400,1000"]
 WAIT_S = 30
-TINY = {
-    "study": "tiny",
-    "datasets": ["uci_energy"],
-    "algorithms": {"uci_energy": ["Random", "Random_Validation", "Ours_LR"]},
-    "sweep": {"initialisations": {"uci_energy": 3}},
-    "members_per_job": {"default": 3},
-    "overrides": {"all": {"all": {"hyperparameter_steps": 5, "log_every": 10}}},
-    "gpu": {"uci_energy": 0},
-    "appendix": None,   # config.yaml's appendix studies left out
-}
 
 
 def missing(message: str):
