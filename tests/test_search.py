@@ -504,3 +504,27 @@ def test_baselines_conda_env_matches_pyproject(repo_root):
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     norm = lambda reqs: sorted(r.replace(" ", "").lower() for r in reqs)  # noqa: E731
     assert norm(pip) == norm(project["dependencies"] + project["optional-dependencies"]["baselines"])
+
+
+def test_a_chunk_plan_of_a_search_runs_through_the_command(data_dir, tmp_path):
+    """The command the study's jobs run (python -m onepass.search --plan --runs-dir): each repetition of the
+    chunk writes its run directory, with the plan's settings."""
+    import yaml
+
+    from onepass import study
+    from test_pipeline import ROOT, TINY
+
+    overrides = {k: int(v) for k, v in (item.split("=") for item in TINY_BO)}
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())   # extended as Snakemake does
+    config.update({k: v for k, v in TINY.items() if k != "sweep"}, algorithms={"uci_energy": ["BayesOpt"]}, repetitions={},
+                  overrides={"uci_energy": {"BayesOpt": overrides}})
+    config["sweep"]["initialisations"] = TINY["sweep"]["initialisations"]
+    config = study.validate(config, yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text()))
+    plan = tmp_path / "seeds0-0.json"
+    plan.write_text(json.dumps(study.chunk_plan(config, "uci_energy", "BayesOpt", [0])))
+    code = main(["--plan", str(plan), "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(data_dir),
+                 "--threads", "1", "--quiet"])
+    assert code == 0
+    metrics = json.loads((tmp_path / "runs" / "seed0" / "metrics.json").read_text())
+    assert metrics["algorithm"] == "BayesOpt" and metrics["seed"] == 0
+    assert len(evaluations(tmp_path / "runs" / "seed0")) == 5   # 3 initial + 2 guided points

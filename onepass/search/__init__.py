@@ -137,7 +137,7 @@ def run_chunk(plan_path, data_dir, runs_dir, device: str | None = None, override
     """Run a chunk of a study's repetitions of a search, one after another, from its chunk plan (seed s is
     repetition s, written into ``runs_dir/seed<s>``); ``mem_mb`` is not used (a search trains one network at
     a time)."""
-    from . import study
+    from .. import study
 
     content = study.read_plan(plan_path)
     extra = {**content["overrides"], **(overrides or {})}
