@@ -119,6 +119,7 @@ EOS, UNK = "<eos>", "<unk>"
 SPLITS = ("train", "valid", "test")
 SOURCE_COLUMNS = ["dataset", "file", "url", "member", "sha256", "archive_sha256", "mirror_path"]
 CHUNK = 1 << 20
+INIT_PREFIX = "paper_init_"  # raw files that are the paper's published initialisations, not data to prepare
 
 
 class DataError(Exception):
@@ -435,8 +436,12 @@ def _is_verified(path: Path, src: Source) -> bool:
     return False
 
 
-def _fetch_into(name, data_dir, mirrors, sources, download, created) -> dict[str, Path]:
+def _fetch_into(name, data_dir, mirrors, sources, download, created, inits=None) -> dict[str, Path]:
+    """Fetch the rows of ``name``: all of them (``inits`` None), its data files alone (False) or its
+    published initialisations alone (True)."""
     rows = _sources_for(name, sources)
+    if inits is not None:
+        rows = [src for src in rows if src.file.startswith(INIT_PREFIX) == inits]
     mirror_dirs = resolve_mirrors(mirrors)
     raw = {}
     for src in rows:
@@ -458,6 +463,23 @@ def fetch(
     check_name(name)
     with _cleanup_on_error(Path(data_dir) / name) as created:
         return _fetch_into(name, data_dir, mirrors, sources, download, created)
+
+
+def fetch_inits(
+    name: str,
+    data_dir: str | os.PathLike,
+    mirrors: Iterable[str | os.PathLike] | None = None,
+    sources: str | os.PathLike | None = None,
+    download: bool = True,
+) -> dict[int, Path]:
+    """Put the paper's published initialisations of ``name`` (``paper_init_N.yaml`` rows) in
+    ``DATA_DIR/NAME/``; return ``{N: path}`` (empty for a dataset that has none)."""
+    check_name(name)
+    with _cleanup_on_error(Path(data_dir) / name) as created:
+        if not any(src.file.startswith(INIT_PREFIX) for src in _sources_for(name, sources)):
+            return {}
+        raw = _fetch_into(name, data_dir, mirrors, sources, download, created, inits=True)
+    return dict(sorted((int(f[len(INIT_PREFIX):].split(".")[0]), p) for f, p in raw.items()))
 
 
 # ------------------------------------------------------------------------------------------ preparing
@@ -767,7 +789,7 @@ def prepare(
     """
     family = check_name(name)
     with _cleanup_on_error(Path(data_dir) / name) as created:
-        raw = _fetch_into(name, data_dir, mirrors, sources, download, created)
+        raw = _fetch_into(name, data_dir, mirrors, sources, download, created, inits=False)
         content = {
             "format_version": FORMAT_VERSION,
             "name": name,
@@ -781,7 +803,7 @@ def prepare(
             "choices": None,  # UCI, images: {preprocessing: split indices and normalisers}
             "streams": None,  # Penn Treebank: the final token streams (the same for every choice)
             "split_seed": SPLIT_SEED,
-            "raw_sha256": {src.file: src.sha256 for src in _sources_for(name, sources)},
+            "raw_sha256": {f: src.sha256 for src in _sources_for(name, sources) if (f := src.file) in raw},
         }
         content.update(PREPARERS[family](name, raw))
         target = prepared_path(name, data_dir)

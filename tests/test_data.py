@@ -174,7 +174,8 @@ def test_sources_table_covers_every_dataset():
         "t10k-images-idx3-ubyte.gz",
         "t10k-labels-idx1-ubyte.gz",
     }
-    assert {s.member for s in table["penn_treebank"]} == {PTB_MEMBER.format(s) for s in data.SPLITS}
+    ptb_text = [s for s in table["penn_treebank"] if not s.file.startswith(data.INIT_PREFIX)]
+    assert {s.member for s in ptb_text} == {PTB_MEMBER.format(s) for s in data.SPLITS}
 
 
 def test_sources_table_matches_shared_sources(shared_datasets):
@@ -184,6 +185,19 @@ def test_sources_table_matches_shared_sources(shared_datasets):
         dataset, file, _url, digest, _note = line.split("\t")
         if len(digest) == 64 and not file.startswith("/"):
             assert (file, digest) in ours
+
+
+def test_paper_inits_fetched_apart_from_the_data(shared_datasets, tmp_path):
+    """The paper's published initialisations are rows of their dataset, fetched (and verified) by
+    fetch_inits from the mirror's paper_inits_* folders, and no input of the dataset's preparation."""
+    paths = data.fetch_inits("penn_treebank", tmp_path, [shared_datasets], download=False)
+    assert sorted(paths) == list(range(1, 101))
+    first = paths[1].read_text()  # the paper's PennTreebank/inits/iteration_1.yaml
+    assert "lr: -2.6439003944396973" in first and "weight_decay: -2.2671117782592773" in first
+    assert len(data.fetch_inits("cifar10", tmp_path, [shared_datasets], download=False)) == 100
+    assert data.fetch_inits("uci_energy", tmp_path, [shared_datasets], download=False) == {}
+    rows = data.read_sources()["penn_treebank"]
+    assert sum(not s.file.startswith(data.INIT_PREFIX) for s in rows) == 3  # train, valid, test text
 
 
 def test_bad_sources_table(tmp_path):
