@@ -17,6 +17,7 @@ import argparse
 import csv
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -142,8 +143,9 @@ def check(config: dict, sources=None) -> None:
         key = f"appendix.{part}"
         if s["dataset"] not in catalog.datasets():
             study.fail(f"{key}.dataset", f"unknown dataset {s['dataset']!r}", sources)
-        names = s.get("algorithms", []) + ([s["baseline"]["algorithm"]] if s.get("baseline") else [])
-        if part == QUALITY:
+        if part == SENSITIVITY:
+            names = s["algorithms"] + ([s["baseline"]["algorithm"]] if s.get("baseline") else [])
+        else:
             names = [s["algorithm"]]
         for name in names:
             if name not in catalog.algorithms() or catalog.is_search(name):
@@ -192,11 +194,8 @@ TABLE_COLUMNS = ("algorithm", "cell", "update_interval", "lookback", "runs", "di
 
 def nanmedian(values: list[float]) -> float:
     """The median of the finite values (NaN when there are none)."""
-    finite = sorted(v for v in values if math.isfinite(v))
-    if not finite:
-        return math.nan
-    mid = len(finite) // 2
-    return finite[mid] if len(finite) % 2 else 0.5 * (finite[mid - 1] + finite[mid])
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if finite else math.nan
 
 
 def final_metric(metrics: dict) -> float:
@@ -246,7 +245,7 @@ def main(argv=None) -> int:
     t.add_argument("--out", required=True)
     args = p.parse_args(argv)
     try:
-        config = study.apply_defaults(study.normalise(json.loads(args.config)))
+        config = study.from_json(args.config)
         rows = sensitivity_rows(config)
         write_table(args.out, rows, TABLE_COLUMNS)
         print(f"{len(rows)} cells -> {args.out}")

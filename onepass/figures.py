@@ -512,7 +512,11 @@ def make(kind: str, runs: pd.DataFrame, runs_dir, out_paths) -> None:
     """Draw figure ``kind`` and save it to every path in ``out_paths`` (format from suffix)."""
     if kind not in FIGURES:
         raise ValueError(f"unknown figure kind {kind!r}; choose from {', '.join(FIGURES)}")
-    fig = FIGURES[kind].draw(runs, runs_dir)
+    save(FIGURES[kind].draw(runs, runs_dir), out_paths)
+
+
+def save(fig, out_paths) -> None:
+    """Save ``fig`` to every path in ``out_paths`` (format from suffix: palette PNG or vector), then close it."""
     for path in out_paths:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         if str(path).lower().endswith(".png"):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import matplotlib
 
@@ -16,7 +15,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 
 from onepass import catalog  # noqa: E402
-from onepass.figures import DPI, save_png  # noqa: E402
+from onepass.figures import save  # noqa: E402
 
 CAPTIONS = {
     "sensitivity": "Sensitivity of {dataset} to the update interval T (weight steps per hyperparameter step) "
@@ -143,14 +142,7 @@ def main(argv=None) -> int:
     if table.empty:
         print(f"error: {args.table} has no rows", file=sys.stderr)
         return 2
-    fig = DRAW[args.kind](table, args.dataset)
-    for path in args.out:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        if path.lower().endswith(".png"):
-            save_png(fig, path)
-        else:
-            fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    save(DRAW[args.kind](table, args.dataset), args.out)
     print(f"{args.kind} -> {', '.join(args.out)}")
     return 0
 

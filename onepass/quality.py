@@ -13,7 +13,6 @@ optimiser out.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 
@@ -122,7 +121,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        config = study.apply_defaults(study.normalise(json.loads(args.config)))
+        config = study.from_json(args.config)
         rows = compare(config, args.data_dir, args.device)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

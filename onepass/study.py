@@ -91,6 +91,11 @@ def validate(config: dict, schema: dict, sources=None) -> dict:
     return config
 
 
+def from_json(text: str) -> dict:
+    """A study config passed to a command as JSON, normalised and with its optional keys filled in."""
+    return apply_defaults(normalise(json.loads(text)))
+
+
 def apply_defaults(config: dict) -> dict:
     """The config with the optional keys filled in."""
     out = dict(config)
@@ -419,7 +424,7 @@ def main(argv=None) -> int:
     s.add_argument("--out-dir", required=True)
     args = p.parse_args(argv)
     try:
-        config = apply_defaults(normalise(json.loads(args.config)))
+        config = from_json(args.config)
         check(config)
         content = write_sweep(config, args.dataset, args.out_dir)
     except (StudyConfigError, ConfigError, ValueError) as err:

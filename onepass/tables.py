@@ -127,6 +127,13 @@ def _paper_row(dataset, algorithm, metric, runs: pd.DataFrame, n_boot: int) -> d
             "best": best(x)}
 
 
+def populations(runs: pd.DataFrame) -> dict:
+    """The runs of each algorithm, the derived ones (Random (3-batched)) included."""
+    groups = {a: g for a, g in runs.groupby("algorithm")}
+    groups.update(derived_populations(runs))
+    return groups
+
+
 def summarise(runs: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
     """One row per algorithm (plus Random (3-batched)) in the paper's order; a search that recorded the
     paper's statistic gets a second row right after its own (algorithm ``<name>@paper``), and its own row's
@@ -135,8 +142,7 @@ def summarise(runs: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
         return pd.DataFrame(columns=COLUMNS)
     dataset = str(runs["dataset"].iloc[0])
     metric = catalog.metric_name(dataset)
-    groups = {a: g for a, g in runs.groupby("algorithm")}
-    groups.update(derived_populations(runs))
+    groups = populations(runs)
     rows = []
     for a in catalog.order(groups):
         row = _row(dataset, a, metric, groups[a], n_boot)
@@ -158,8 +164,7 @@ def error_rows(dataset: str, runs: pd.DataFrame, n_boot: int = N_BOOT) -> list[d
     if known is None or known.task != "classification" or "test_accuracy" not in runs.columns:
         return []
     errors = runs.assign(test_metric=1.0 - pd.to_numeric(runs["test_accuracy"], errors="coerce"))
-    groups = {a: g for a, g in errors.groupby("algorithm")}
-    groups.update(derived_populations(errors))
+    groups = populations(errors)
     rows = []
     for a in catalog.order(groups):
         finished = groups[a][groups[a]["status"] == "done"]
