@@ -24,10 +24,12 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/appendix.smk"
 
 
-# Per-dataset outputs (each depends on the dataset's runs), and the runs deleted since they were collected.
+# Per-dataset outputs (each depends on the dataset's runs), and the runs deleted since they were collected;
+# planning it logs what the study asks for (runs, jobs, CPU- and GPU-hours).
 rule all:
     default_target: True
     input:
+        plan_notice,
         deleted_runs,
         rules.paper_tables.output,
         expand(rules.analysis_page.output, dataset=DATASETS),

@@ -122,7 +122,6 @@ def part_config(config: dict, part: str) -> dict:
             "sweep": {"seed": config["sweep"]["seed"], "samplers": config["sweep"]["samplers"],
                       "initialisations": {}},
             "overrides": {d: per for d, per in config["overrides"].items() if d in ("all", dataset)},
-            "gpu": {k: v for k, v in config["gpu"].items() if k == dataset},
             "resources": {k: v for k, v in config["resources"].items() if k in ("default", dataset)},
             "appendix": {part: s}}
 
@@ -161,6 +160,18 @@ def check(config: dict, sources=None) -> None:
                         raise ConfigError(f"{s['algorithm']} is not a Neumann-series method")
         except ConfigError as err:
             study.fail(key, str(err), sources)
+
+
+def quality_resources(config: dict) -> dict:
+    """threads, mem_mb, runtime and gpu of the quality study's one job, which steps every cell's population
+    in turn: estimated (onepass.study.resources) as the exact reference's unrolled hypergradient (the
+    costlier of the two) at the grid's largest T and K, for every cell's hyperparameter steps together."""
+    s = spec(config, QUALITY)
+    T, K = max(s["update_intervals"]), max(s["lookbacks"])
+    steps = s["hyperparameter_steps"] * len(quality_cells(config))
+    run = load_settings(s["dataset"], "DiffThroughOpt", {**quality_overrides(config, T, min(K, T)),
+                                                         "unroll_steps": min(K, T), "hyperparameter_steps": steps})
+    return study.resources(config, s["dataset"], "DiffThroughOpt", s["initialisations"], run=run)
 
 
 def quality_overrides(config: dict, T: int, K: int) -> dict:

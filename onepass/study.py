@@ -51,7 +51,7 @@ def where(key: str, sources) -> str:
     """Which of ``sources`` (an ordered list of (name, mapping), later ones winning, as Snakemake merges
     config files) sets the dotted config ``key``: the last that does, or the first source's name."""
     found = None
-    for name, data in sources or []:
+    for name, data, *_ in sources or []:
         node = data
         for part in key.split("."):
             if isinstance(node, dict) and part in node:
@@ -103,6 +103,7 @@ def apply_defaults(config: dict) -> dict:
     for key in ("repetitions", "overrides", "gpu", "resources", "members_per_job", "appendix"):
         out[key] = out.get(key) or {}
     out.setdefault("data_mirrors", [])
+    out.setdefault("device", "auto")
     return out
 
 
@@ -269,9 +270,40 @@ def chunks(config: dict, dataset: str, algorithm: str) -> list[list[int]]:
     return [all_seeds[i:i + size] for i in range(0, len(all_seeds), size)]
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def gpus_wanted(config: dict, dataset: str) -> int:
+    """GPUs a training job of ``dataset`` wants (``gpu``: per dataset, else ``default``, else 0)."""
+    table = config["gpu"]
+    return int(table.get(dataset, table.get("default", 0)))
+
+
+def resolve_device(config: dict, gpus_offered: int, sources=None, strict: bool = True) -> str:
+    """The study's device, ``cpu`` or ``cuda``, from the config's ``device`` and the GPUs this run offers
+    (the ``gpu`` resource of the executor, or the CUDA devices found on this machine). ``auto`` puts the
+    datasets that want a GPU on one where any is offered, and on the CPU elsewhere; ``cpu`` never uses one;
+    ``cuda`` insists: with no GPU offered, a dataset that wants one stops the run (``strict``) with one line
+    naming the key, the dataset and the fix."""
+    mode = config.get("device", "auto")
+    if mode not in DEVICES:
+        fail("device", f"{mode!r} is not one of {', '.join(DEVICES)}", sources)
+    wanting = [d for d in config["datasets"] if gpus_wanted(config, d)]
+    if mode == "cuda" and strict and wanting and gpus_offered < 1:
+        key = f"gpu.{wanting[0]}" if wanting[0] in config["gpu"] else "gpu.default"
+        fail("device", f"cuda asks for a GPU for {wanting[0]} ({key}), but this run offers none "
+             "(no CUDA device here and no gpu resource): run where one is (--resources gpu=N, a GPU "
+             "partition in profiles/slurm), or set device: auto or cpu", sources)
+    if mode == "cpu" or gpus_offered < 1:
+        return "cpu"
+    return "cuda"
+
+
 def device(config: dict, dataset: str) -> str:
-    """``cuda`` for the datasets the config's ``gpu`` key puts on a GPU, else ``cpu``."""
-    return "cuda" if config["gpu"].get(dataset, 0) else "cpu"
+    """``cuda`` for a dataset that wants a GPU (``gpu``) when the study's device (``device``, resolved by
+    :func:`resolve_device`) is ``cuda``, else ``cpu``. An unresolved ``auto`` means no GPU is known to be
+    offered: ``cpu``."""
+    return "cuda" if config.get("device") == "cuda" and gpus_wanted(config, dataset) else "cpu"
 
 
 # ---- where everything lives -------------------------------------------------------------------------------
@@ -313,7 +345,6 @@ def dataset_config(config: dict, dataset: str) -> dict:
             "overrides": {d: {a: s for a, s in per.items() if a in ("all", *names)}
                           for d, per in config["overrides"].items() if d in ("all", dataset)},
             "members_per_job": {k: v for k, v in config["members_per_job"].items() if k in ("default", dataset)},
-            "gpu": {k: v for k, v in config["gpu"].items() if k == dataset},
             "resources": {k: v for k, v in config["resources"].items() if k in ("default", dataset)},
             "data_mirrors": []}
 
@@ -322,7 +353,7 @@ def plan(config: dict, dataset: str) -> dict:
     """Everything the runs of a dataset need and everything collection checks them against: per algorithm its
     search kind, seeds, chunks, overrides, per-member settings and resolved settings (their identity); per
     seed its initialisation."""
-    out = {"format": PLAN_FORMAT, "study": config["study"], "dataset": dataset, "device": device(config, dataset),
+    out = {"format": PLAN_FORMAT, "study": config["study"], "dataset": dataset,
            "initialisations": initialisations(config, dataset), "algorithms": {}}
     for algorithm in algorithms(config, dataset):
         out["algorithms"][algorithm] = {
@@ -336,9 +367,11 @@ def plan(config: dict, dataset: str) -> dict:
 def chunk_plan(config: dict, dataset: str, algorithm: str, chunk: list[int]) -> dict:
     """Everything one job needs, and nothing else: the (dataset, algorithm), the settings it changes and
     their resolved identity, and every member of the chunk. Written per chunk, so that a change elsewhere in
-    the config leaves the chunk's plan, and so its runs, alone."""
+    the config leaves the chunk's plan, and so its runs, alone. The device is no part of it: a run trained on
+    the CPU and one trained on a GPU from the same plan are the same run (they agree to floating-point
+    round-off; tests/test_cuda.py), so moving a study to another machine retrains nothing."""
     return {"format": PLAN_FORMAT, "study": config["study"], "dataset": dataset, "algorithm": algorithm,
-            "device": device(config, dataset), "search": catalog.algorithm(algorithm).search,
+            "search": catalog.algorithm(algorithm).search,
             "overrides": overrides(config, dataset, algorithm),
             "settings": settings_identity(config, dataset, algorithm),
             "members": [member_of(config, dataset, algorithm, s) for s in chunk]}
@@ -394,8 +427,9 @@ def resources(config: dict, dataset: str, algorithm: str, n_members: int, attemp
                                    threads=given.get("threads", 1))
     mem_mb = given.get("mem_mb", estimate["mem_mb"])
     runtime = given.get("runtime", estimate["runtime"])
+    on_gpu = device(config, dataset) == "cuda"
     return {"threads": given.get("threads", 1), "mem_mb": int(math.ceil(mem_mb * attempt)),
-            "runtime": int(math.ceil(runtime * attempt)), "gpu": config["gpu"].get(dataset, 0)}
+            "runtime": int(math.ceil(runtime * attempt)), "gpu": gpus_wanted(config, dataset) if on_gpu else 0}
 
 
 # ---- the command -------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import torch
 
 from . import catalog, memory
 from .population import Member, Population
+from .progress import EVERY_S, ProgressLog
 from .problems import to_device
 from .records import task_metrics, versions, write_history, write_metrics, write_tensorboard
 from .settings import ConfigError, check, identity, load_settings
@@ -97,9 +98,12 @@ def _progress(total: int, initial: int, enabled: bool, label: str):
 
 
 def train_population(dataset: str, algorithm: str, settings: dict, members: list[Member], data, device,
-                     out_dirs: list[Path], checkpoint: Path, quiet: bool = True) -> list[dict]:
+                     out_dirs: list[Path], checkpoint: Path, quiet: bool = True,
+                     progress_every: float = EVERY_S) -> list[dict]:
     """Train ``members`` as one population and write each member's outputs into its ``out_dirs`` entry;
-    returns every member's metrics."""
+    returns every member's metrics. Progress shows as a bar on a terminal (unless ``quiet``), else as a log
+    line every ``progress_every`` seconds or 5% of the steps (onepass.progress; 0: none, for the inner runs
+    of a search, which reports its own)."""
     wall_start = time.perf_counter()
     population = Population(settings, data, members, device)
     signature = {"dataset": dataset, "algorithm": algorithm, "settings": identity(settings),
@@ -122,6 +126,8 @@ def train_population(dataset: str, algorithm: str, settings: dict, members: list
     label = f"{algorithm} seeds {members[0].seed}-{members[-1].seed}" if len(members) > 1 else \
         f"{algorithm} seed {members[0].seed}"
     with _progress(total, population.hyper_step, not quiet, label) as bar:
+        lines = None if not bar.disable or progress_every <= 0 else ProgressLog(label, total, population.hyper_step, progress_every,
+                                                         unit="hyperparameter step")
         if population.last_logged_step is None:
             population.log()
         while population.hyper_step < total and bool(population.alive.any()):
@@ -133,11 +139,24 @@ def train_population(dataset: str, algorithm: str, settings: dict, members: list
                 bar.set_postfix(alive=len(valid), diverged=population.size - len(valid),
                                 median_valid=f"{float(torch.tensor(valid).median()):.4g}" if valid else "-")
             bar.update(1)
+            if lines is not None and lines.due(population.hyper_step):
+                report_progress(lines, population)
             if population.hyper_step % settings["checkpoint_every"] == 0 or population.hyper_step == total:
                 save()
+        if lines is not None and lines.last_done < population.hyper_step:
+            report_progress(lines, population, force=True)
     save()  # the finished state: a job killed while writing its outputs resumes at once
     wall = elapsed_before + time.perf_counter() - wall_start
     return write_members(dataset, algorithm, population, data, device, out_dirs, wall)
+
+
+def report_progress(lines: ProgressLog, population: Population, force: bool = False) -> None:
+    """A progress line of the population: alive and diverged members, median losses of the last logged
+    step of the members alive."""
+    alive = population.alive.tolist()
+    last = [h[-1] for h, ok in zip(population.histories, alive) if ok and h]
+    lines.update(population.hyper_step, sum(alive), population.size - sum(alive),
+                 [r["train_loss"] for r in last], [r["valid_loss"] for r in last], force=force)
 
 
 def write_members(dataset: str, algorithm: str, population: Population, data, device, out_dirs, wall: float):
@@ -177,7 +196,7 @@ def member_budget(device: torch.device, mem_mb: float | None) -> float | None:
 
 def train(dataset: str, algorithm: str, members: list[Member], data_dir, out_dirs: list, checkpoint_dir,
           device: str = "cpu", overrides=None, data=None, quiet: bool = True, mem_mb: float | None = None,
-          checkpoint_name: str | None = None) -> list[dict]:
+          checkpoint_name: str | None = None, progress_every: float = EVERY_S) -> list[dict]:
     """Train ``members`` of (dataset, algorithm), in groups that fit the memory budget, one after another;
     member i writes into ``out_dirs[i]``. Returns every member's metrics."""
     settings = load_settings(dataset, algorithm, overrides)
@@ -217,7 +236,7 @@ def train(dataset: str, algorithm: str, members: list[Member], data_dir, out_dir
         group, dirs = members[start:start + size], out_dirs[start:start + size]
         start += size
         metrics += train_population(dataset, algorithm, settings, group, data, dev, [Path(d) for d in dirs],
-                                    path, quiet)
+                                    path, quiet, progress_every)
     if not settings["keep_checkpoint"]:
         for path in wanted:
             path.unlink(missing_ok=True)
@@ -229,7 +248,8 @@ def train(dataset: str, algorithm: str, members: list[Member], data_dir, out_dir
 
 
 def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float, momentum: float,
-        data_dir, out, device: str = "cpu", overrides=None, data=None, quiet: bool = True) -> dict:
+        data_dir, out, device: str = "cpu", overrides=None, data=None, quiet: bool = True,
+        progress_every: float = EVERY_S) -> dict:
     """Train one run (a population of one) and write its outputs under ``out``; returns its metrics.
     ``data`` may be an already loaded dataset; ``overrides`` are ``key=value`` strings or a dict."""
     from .settings import parse_overrides
@@ -241,11 +261,11 @@ def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float,
                               f"got {value}")
     member = Member(int(seed), float(lr), float(weight_decay), float(momentum))
     return train(dataset, algorithm, [member], data_dir, [Path(out)], Path(out), device, extra, data, quiet,
-                 checkpoint_name="checkpoint.pt")[0]
+                 checkpoint_name="checkpoint.pt", progress_every=progress_every)[0]
 
 
 def train_chunk(plan_path, data_dir, runs_dir, device: str | None = None, overrides=None, quiet: bool = True,
-                mem_mb: float | None = None) -> list[dict]:
+                mem_mb: float | None = None, progress_every: float = EVERY_S) -> list[dict]:
     """Train a chunk of a study's seeds as one population, from its chunk plan (onepass.study.chunk_plan)."""
     from . import study
 
@@ -256,8 +276,8 @@ def train_chunk(plan_path, data_dir, runs_dir, device: str | None = None, overri
     runs_dir = Path(runs_dir)
     return train(content["dataset"], content["algorithm"], members, data_dir,
                  [Path(study.run_dir(runs_dir, s)) for s in seeds],
-                 runs_dir / ".checkpoints" / study.chunk_name(seeds), device or content["device"], extra,
-                 quiet=quiet, mem_mb=mem_mb)
+                 runs_dir / ".checkpoints" / study.chunk_name(seeds), device or "cpu", extra,
+                 quiet=quiet, mem_mb=mem_mb, progress_every=progress_every)
 
 
 # ---- the command line ------------------------------------------------------------------------------------
@@ -280,13 +300,16 @@ def run_arguments(prog: str, description: str, **help) -> argparse.ArgumentParse
     p.add_argument("--plan", help="a chunk's plan (results/<study>/sweep/<dataset>/chunks/<algorithm>/seeds<A>-<B>.json)")
     p.add_argument("--runs-dir", help="with --plan: the algorithm's runs directory (one seed<S>/ per seed)")
     p.add_argument("--data-dir", required=True, help="where `python -m onepass.data prepare` wrote the data")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: the plan's, else cpu)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default cpu; the workflow passes the study's choice)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help=text["overrides"])
     p.add_argument("--threads", type=int, default=None, help=text["threads"])
     p.add_argument("--mem-mb", type=float, default=None, help="memory budget of the job (MB): the population "
                    "is trained in groups that fit it")
     p.add_argument("--quiet", action="store_true", help=text["quiet"])
+    p.add_argument("--progress-every", type=float, default=EVERY_S, metavar="SECONDS",
+                   help=f"without a progress bar: a progress line every SECONDS (default {EVERY_S:g}) or 5%% of "
+                        "the steps, whichever comes first")
     return p
 
 
@@ -323,7 +346,7 @@ def run_from_arguments(single, chunk, args, **kwargs):
                               args.data_dir, args.out, args.device or "cpu", args.overrides, quiet=args.quiet,
                               **kwargs)]
         return 0, chunk(args.plan, args.data_dir, args.runs_dir, args.device, parse_overrides(args.overrides),
-                        quiet=args.quiet, mem_mb=args.mem_mb, **kwargs)
+                        quiet=args.quiet, mem_mb=args.mem_mb, progress_every=args.progress_every, **kwargs)
     except (ConfigError, catalog.CatalogError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2, None

@@ -150,7 +150,8 @@ def test_quick_study_plan_with_the_slurm_profile(workflow_copy):
             " --runs-dir results/quick/runs/uci_energy/BayesOpt") in proc.stdout
     assert ("python -m onepass.train --plan results/quick/sweep/uci_energy/chunks/Ours_LR/seeds25-49.json"
             " --runs-dir results/quick/runs/uci_energy/Ours_LR") in proc.stdout
-    assert "--device cpu" in proc.stdout and "--device cuda" not in proc.stdout
+    # the profile offers GPUs (its gpu resource): with device: auto the training jobs go to them
+    assert "--device cuda" in proc.stdout and "--device cpu" not in proc.stdout
 
 
 # ---- config checks: one short message naming the key and the file ----------------------------------------

@@ -474,3 +474,52 @@ def test_step_with_reference_is_a_step_and_returns_the_exact_hypergradient_besid
     bad = load_settings("uci_energy", "Ours_LR_Momentum", {"update_interval": 2, "neumann_terms": 3})
     with pytest.raises(ValueError, match="neumann_terms"):
         Population(bad, dataset, group, torch.device("cpu")).step_with_reference()
+
+
+def test_running_job_writes_progress_lines_to_its_log(data_dir, tmp_path):
+    """As the workflow runs a job (--quiet, output to a log file, no terminal), the log shows progress
+    lines while the job is still running: steps done/total, alive/diverged, median losses, elapsed, ETA."""
+    plan = tiny_plan(tmp_path, "Ours_LR", seeds=range(3))
+    log = tmp_path / "job.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "onepass.train", "--plan", str(plan), "--data-dir", str(data_dir),
+             "--runs-dir", str(tmp_path / "runs"), "--threads", "1", "--quiet", "--progress-every", "0.5",
+             "--set", "weight_steps=40000", "--set", "log_every=2000"],
+            stdout=out, stderr=subprocess.STDOUT)
+        seen, deadline = [], time.time() + 300
+        while proc.poll() is None and time.time() < deadline:
+            seen = [line for line in log.read_text().splitlines() if line.startswith("[progress]")]
+            if seen:
+                break
+            time.sleep(0.05)
+        running = proc.poll() is None
+        proc.kill()
+        proc.wait()
+    assert seen and running, f"no progress line while the job ran:\n{log.read_text()[-2000:]}"
+    line = seen[0]
+    assert line.startswith("[progress] Ours_LR seeds 0-2: hyperparameter step ") and "/4000 (" in line
+    assert "| alive 3, diverged 0 | median train " in line and "| elapsed 0:00:" in line and ", ETA " in line
+
+
+def test_progress_line_cadence_and_eta():
+    """Lines every every_s seconds or every 5% of the steps, whichever first; the ETA extrapolates this
+    process's rate; medians skip NaN (by hand: 30 of 100 steps in 12 s -> 28 s left)."""
+    from io import StringIO
+
+    from onepass.progress import ProgressLog
+
+    now = [100.0]
+    out = StringIO()
+    log = ProgressLog("X seeds 0-1", total=100, initial=10, every_s=30, stream=out, clock=lambda: now[0])
+    assert not log.due(14)                      # 4 steps < 5 (5% of 100), 0 s
+    assert log.due(15)                          # another 5% of the steps
+    now[0] = 130.0
+    assert log.due(11)                          # 30 s since the last line
+    now[0] = 112.0
+    text = log.update(40, 2, 1, [1.0, 3.0, float("nan")], [0.5, 0.25], force=True)
+    assert text == ("[progress] X seeds 0-1: step 40/100 (40%) | alive 2, diverged 1 | median train 2, "
+                    "valid 0.375 | elapsed 0:00:12, ETA 0:00:24")
+    assert out.getvalue() == text + "\n"
+    assert not log.due(41)                      # the line just written restarts both counts
+    assert log.line(100, 2, 1, [], []).endswith("median train -, valid - | elapsed 0:00:12, ETA 0:00:00")

@@ -133,16 +133,17 @@ def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float,
 
 
 def run_chunk(plan_path, data_dir, runs_dir, device: str | None = None, overrides=None, quiet: bool = True,
-              mem_mb: float | None = None, threads: int | None = None) -> list:
+              mem_mb: float | None = None, threads: int | None = None, progress_every: float | None = None) -> list:
     """Run a chunk of a study's repetitions of a search, one after another, from its chunk plan (seed s is
     repetition s, written into ``runs_dir/seed<s>``); ``mem_mb`` is not used (a search trains one network at
-    a time)."""
+    a time); ``progress_every`` is not used either (a BayesOpt search writes a progress line per evaluation,
+    Ray Tune its own status table)."""
     from .. import study
 
     content = study.read_plan(plan_path)
     extra = {**content["overrides"], **(overrides or {})}
     return [run(content["dataset"], content["algorithm"], m["seed"], m["lr"], m["weight_decay"], m["momentum"],
-                data_dir, study.run_dir(runs_dir, m["seed"]), device or content["device"], extra, quiet=quiet,
+                data_dir, study.run_dir(runs_dir, m["seed"]), device or "cpu", extra, quiet=quiet,
                 threads=threads)
             for m in content["members"]]
 

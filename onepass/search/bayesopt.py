@@ -10,6 +10,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ..progress import ProgressLog
 from .record import add_evaluation, number, write_evaluations
 
 
@@ -92,6 +93,7 @@ def bayesopt(dataset: str, seed: int, settings: dict, inner_overrides: dict, dat
     penalty = diverged_penalty(settings)
     rows: list[dict] = []
     start = time.perf_counter()
+    lines = ProgressLog(f"BayesOpt seed {seed}", total, unit="evaluation")
     for i in range(total):
         with warnings.catch_warnings():  # a GP fitted to few or constant scores warns; it is still usable
             warnings.simplefilter("ignore")
@@ -103,7 +105,7 @@ def bayesopt(dataset: str, seed: int, settings: dict, inner_overrides: dict, dat
         m = finished(where, run_seed, lr, wd, mom)
         if m is None:
             m = train_run(dataset, settings["search_inner_algorithm"], run_seed, lr, wd, mom, data_dir, where,
-                          device, inner_overrides, data=data)
+                          device, inner_overrides, data=data, progress_every=0)
         score = penalty if m["diverged"] or not math.isfinite(m["valid_loss"]) else m["valid_loss"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -117,6 +119,9 @@ def bayesopt(dataset: str, seed: int, settings: dict, inner_overrides: dict, dat
             "cumulative_time_s": time.perf_counter() - start, "new_weight_steps": m["weight_steps"],
             "new_hyper_steps": m["hyperparameter_steps"]})
         write_evaluations(out / "evaluations.csv", rows)
+        diverged = sum(bool(r["diverged"]) for r in rows)
+        lines.update(i + 1, len(rows) - diverged, diverged, [r["train_loss"] for r in rows],
+                     [r["valid_loss"] for r in rows], force=True)
         if not quiet:
             print(f"evaluation {i}: lr={lr:.3g} wd={wd:.3g} momentum={mom:.3g} valid_loss={row['valid_loss']:.4g}"
                   f"{' (diverged)' if m['diverged'] else ''} best={row['best_valid_loss']:.4g}",

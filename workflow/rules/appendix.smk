@@ -86,6 +86,14 @@ rule sensitivity_table:
         " --out {output} > {log} 2>&1"
 
 
+# the quality job's resources, from the same estimates as training (the rule exists, unused, without it)
+QUALITY_RESOURCES = (
+    appendix.quality_resources(config)
+    if appendix.enabled(config, "quality")
+    else {"threads": 1, "mem_mb": 1000, "runtime": 10, "gpu": 0}
+)
+
+
 rule hypergradient_quality:
     input:
         data=lambda wildcards: ancient(
@@ -103,7 +111,11 @@ rule hypergradient_quality:
         f"{APPENDIX}/benchmarks/quality.tsv"
     conda:
         "../../envs/onepass.yaml"
-    threads: 1
+    threads: QUALITY_RESOURCES["threads"]
+    resources:
+        mem_mb=lambda wildcards, attempt: QUALITY_RESOURCES["mem_mb"] * attempt,
+        runtime=lambda wildcards, attempt: QUALITY_RESOURCES["runtime"] * attempt,
+        gpu=QUALITY_RESOURCES["gpu"],
     params:
         config=lambda wildcards: json.dumps(
             appendix.part_config(config, "quality"), sort_keys=True

@@ -7,13 +7,17 @@ import re
 from pathlib import Path
 
 import yaml
+from snakemake.logging import logger
+from snakemake.resources import Resource
+from snakemake.utils import update_config
 
-from onepass import appendix, catalog, figures, heatmaps, study
+from onepass import appendix, budget, catalog, figures, heatmaps, study
 
 
 def config_sources():
     """The config files in the order Snakemake merged them (the Snakefile's, then --configfile's), then
-    --config: for naming the file that sets a bad key."""
+    --config: for naming the file that sets a bad key. Each is (name, mapping, given on the command line).
+    """
     given = [Path(p).absolute() for p in workflow.overwrite_configfiles]
     default = [p for p in workflow.configfiles if Path(p).absolute() not in given]
     sources = []
@@ -21,12 +25,46 @@ def config_sources():
         with contextlib.suppress(
             OSError, yaml.YAMLError
         ):  # Snakemake reports those itself
+            data = yaml.safe_load(Path(path).read_text()) or {}
             sources.append(
-                (os.path.relpath(path), yaml.safe_load(Path(path).read_text()) or {})
+                (os.path.relpath(path), data, Path(path).absolute() in given)
             )
     if workflow.config_settings.config:
-        sources.append(("--config", dict(workflow.config_settings.config)))
+        sources.append(("--config", dict(workflow.config_settings.config), True))
     return sources
+
+
+def own_appendix(sources):
+    """The appendix studies belong to the config that asks for them: once a config is given on the command
+    line (--configfile, --config), the Snakefile's config/config.yaml lends it no `appendix` (mappings would
+    otherwise merge, and a three-line study would inherit the paper's 156 sensitivity cells).
+    """
+    appendix = {}
+    for _, data, on_command_line in sources:
+        if on_command_line and isinstance(data.get("appendix"), dict):
+            update_config(appendix, data["appendix"])
+    return appendix
+
+
+def gpus_offered():
+    """GPUs this run offers: the executor's `gpu` resource where the profile or --resources declares one
+    (a cluster job gets its own), else the CUDA devices of this machine, declared as that resource so that
+    jobs asking for a GPU share them one at a time."""
+    declared = workflow.global_resources.get("gpu")
+    if declared is not None and declared.value is not None:
+        return int(declared.value)
+    found = cuda_devices()
+    workflow.register_resource("gpu", Resource("gpu", found))
+    return found
+
+
+def cuda_devices():
+    """CUDA devices of this machine (0 without torch's CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def alternatives(names):
@@ -37,8 +75,15 @@ def alternatives(names):
 SCHEMA = yaml.safe_load(
     Path(workflow.basedir, "workflow/schemas/config.schema.yaml").read_text()
 )
-config.update(study.validate(config, SCHEMA, config_sources()))
-appendix.check(config, config_sources())
+SOURCES = config_sources()
+if any(on_command_line for _, _, on_command_line in SOURCES):
+    config["appendix"] = own_appendix(SOURCES)
+config.update(study.validate(config, SCHEMA, SOURCES))
+appendix.check(config, SOURCES)
+# cpu or cuda for the whole study; a cluster job re-decides it from its own gpu resource (never strictly)
+config["device"] = study.resolve_device(
+    config, gpus_offered(), SOURCES, strict=workflow.is_main_process
+)
 
 STUDY = study.study_dir(config)
 DATA = study.data_dir()
@@ -139,6 +184,18 @@ def deleted_runs(wildcards):
                     if not Path(f).exists()
                 ]
     return missing
+
+
+def plan_notice(wildcards):
+    """An input function of the target `all` that adds nothing: once, as Snakemake plans the study (a dry run too),
+    it logs what the study asks for (onepass.budget): runs, jobs, CPU- and GPU-hours."""
+    if not PLAN_SHOWN:
+        PLAN_SHOWN.append(True)
+        logger.info(budget.text(config))
+    return []
+
+
+PLAN_SHOWN = []
 
 
 class Wildcards:
