@@ -3,8 +3,9 @@
     PYTHONPATH=. python benchmarks/gpu.py --out DIR [--budget-s 420]      # on a GPU machine (benchmarks/gpu.sh)
     PYTHONPATH=. python benchmarks/gpu.py --out DIR --cpu --tiny           # every part at toy size on the CPU
 
-Writes ``DIR/gpu.json`` (rewritten after every part, so a run killed part-way still leaves what it finished)
-and ``DIR/gpu.log``. The parts, in order:
+Writes ``DIR/gpu.json`` (rewritten as every part goes: after each algorithm, every two seconds of pytest; so a
+run killed part-way still leaves what it finished, the part it was in marked ``running``) and ``DIR/gpu.log``.
+The parts, in order:
 
 - ``penn_treebank_lstm`` and ``cifar10_resnet18``: seconds per hyperparameter step of Random, Ours_LR_Momentum
   and DiffThroughOpt for a population of one of the real network (10,000-word vocabulary, 40 x 70 batches, 650
@@ -26,10 +27,13 @@ and ``DIR/gpu.log``. The parts, in order:
 
 The engine uses neither CUDA graphs nor ``torch.compile``; the JSON records them as not used. Each part has a
 share of ``--budget-s``: between steps a part past its share stops and records what it finished (status
-``stopped``), and one stuck inside a step is interrupted at 1.5 times its share. ``--tiny`` runs every part at
-toy size (well under two minutes on one CPU core); tests/test_gpu_benchmark.py runs it so.
+``stopped``; algorithms it did not start are ``not reached``), and one stuck inside a step is interrupted at
+1.5 times its share plus a minute (20 s with ``--tiny``). ``--tiny`` runs every part at toy size (about 20 s
+on one CPU core); tests/test_gpu_benchmark.py runs it so. Peaks on the CPU are the process's resident set,
+which keeps memory freed by earlier work: there they are lower bounds.
 
-Needs torch, numpy, pyyaml and pytest (and torchvision for ResNet-18): the GPU machine's image has them all,
+Needs torch, numpy and pyyaml (onepass.catalog and onepass.settings read YAML), pytest, tqdm and
+tensorboard for the cuda tests, and torchvision for ResNet-18: the GPU machine's image has them all,
 so nothing travels with the working tree but, optionally, the offline mirrors (``bash benchmarks/gpu.sh
 --stage``). Where pyyaml is missing, ``pip download pyyaml`` here and install the wheel there first.
 """
@@ -328,7 +332,7 @@ def large_model_part(name: str, ds: data.Dataset, overrides: dict, device, budge
     spec = study_sweep()
     initialisations = spec["initialisations"][name]
     peak = Peak(device)
-    algos = result.setdefault("algorithms", {})
+    algos = result.setdefault("algorithms", {a: {"status": "not reached"} for a in ALGORITHMS})
     for k, algorithm in enumerate(ALGORITHMS):
         mine = budget.share(len(ALGORITHMS) - k)
         settings = load_settings(name, algorithm, overrides)
@@ -448,7 +452,7 @@ def population_part(name: str, cfg: dict, device, budget: Budget, datasets: dict
     result.update(members=n, weight_steps=weight_steps, data=source)
     group = members(name, n)
     peak = Peak(device)
-    algos = result.setdefault("algorithms", {})
+    algos = result.setdefault("algorithms", {a: {"status": "not reached"} for a in ALGORITHMS})
     cpu = torch.device("cpu")
     for k, algorithm in enumerate(ALGORITHMS):
         mine = budget.share(len(ALGORITHMS) - k)
