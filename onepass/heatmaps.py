@@ -26,7 +26,7 @@ CAPTIONS = {
     "quality": "How near the paper's hypergradient comes to the exact one on {dataset}, per update interval T "
                "and Neumann terms K <= T, over the initialisations and the first hyperparameter steps: the cosine "
                "similarity and norm ratio of the two hypergradient vectors (log10 lr, log10 weight decay, "
-               "momentum logit), and the paper's relative error |exact - ours| / |exact| per hyperparameter "
+               "momentum logit), and the relative error abs(exact - ours) / abs(exact) per hyperparameter "
                "(its Figure 8 shows the first step's). The exact hypergradient differentiates the same last K "
                "weight steps from the same weights and batches; with K = 1 the two are the same derivative.",
 }

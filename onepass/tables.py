@@ -247,9 +247,9 @@ def _layout(summaries: pd.DataFrame):
     primary, errors = shown[shown["metric"] != ERROR_METRIC], shown[shown["metric"] == ERROR_METRIC]
     tables = (("Table 1: UCI regression (unnormalised test MSE)", primary,
                [d for d in datasets if catalog.family(d) == "uci"]),
-              ("Table 2: Fashion-MNIST, Penn Treebank and CIFAR-10", primary,
+              ("Table 2: {datasets}", primary,
                [d for d in datasets if catalog.family(d) != "uci"]),
-              (f"Table 3: Fashion-MNIST and CIFAR-10, {ERROR_METRIC}", errors,
+              (f"Table 3: {{datasets}}, {ERROR_METRIC}", errors,
                [d for d in datasets if d in set(errors["dataset"])]))
     out = []
     for title, frame, members in tables:
@@ -261,8 +261,10 @@ def _layout(summaries: pd.DataFrame):
             metric = part["metric"].iloc[0]
             scale = catalog.table_scale(d) if metric != ERROR_METRIC else 1.0
             sections.append((_heading(d, metric, scale), scaled(part, scale)))
-        if sections:
-            out.append((title, sections))
+        if sections:   # a title names the datasets the study has, not the paper's
+            present = [catalog.dataset_label(d) for d in members if not frame[frame["dataset"] == d].empty]
+            names = ", ".join(present[:-1]) + " and " + present[-1] if len(present) > 1 else present[0]
+            out.append((title.format(datasets=names), sections))
     return out
 
 

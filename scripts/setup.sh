@@ -12,7 +12,13 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-python3}"
 
 if [ ! -x "$root/.venv/bin/python" ]; then
-    "$python" -m venv --system-site-packages "$root/.venv"
+    # the system's packages only where they bring a torch (a GPU machine's own build): elsewhere they would
+    # only mix unrelated packages, and their pins, into .venv
+    if "$python" -c "import torch" 2>/dev/null; then
+        "$python" -m venv --system-site-packages "$root/.venv"
+    else
+        "$python" -m venv "$root/.venv"
+    fi
 fi
 # shellcheck disable=SC1091
 . "$root/.venv/bin/activate"

@@ -172,6 +172,8 @@ def test_paper_tables(study, tmp_path):
     text = md.read_text()
     assert text.index("## Table 1") < text.index("### UCI Energy") < text.index("## Table 2")
     assert text.index("## Table 2") < text.index("### Fashion-MNIST (test cross-entropy)")
+    # a title names the datasets the study has (here Fashion-MNIST alone), not the paper's three
+    assert "## Table 2: Fashion-MNIST\n" in text and "Penn Treebank" not in text
     assert "| Method | Mean ± SE | Median ± SE | Best | Runs (diverged) |" in text
     assert "Random (3-batched)" in text and "Random (validation)" not in text
     # each number to the precision its standard error supports (SE to two significant digits)

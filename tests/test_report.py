@@ -76,6 +76,36 @@ def tiny_report(tmp_path_factory, copy_workflow):
     return workdir, report
 
 
+def rst_messages(text: str) -> list[str]:
+    """The docutils system messages (errors, warnings) that rendering ``text`` as reStructuredText gives, as
+    the report renders every caption."""
+    from docutils.core import publish_parts
+
+    html = publish_parts(text, writer="html", settings_overrides={"report_level": 2, "halt_level": 5,
+                                                                         "warning_stream": False})["html_body"]
+    return [m for m in html.split('class="system-message"')[1:]]
+
+
+def test_every_caption_renders_without_docutils_messages():
+    """Captions are reStructuredText in the report: ``|x|`` (a substitution), a stray ``*`` or backquote
+    shows the reader a "Docutils System Messages" block instead."""
+    from onepass import heatmaps
+
+    assert rst_messages("bad |exact - ours| here")   # the check sees the mistake it guards against
+    captions = [figures.caption(kind, "UCI Energy") for kind in figures.KINDS]
+    captions += [heatmaps.caption(kind, "uci_energy") for kind in heatmaps.CAPTIONS]
+    for rst in sorted((Path(__file__).resolve().parents[1] / "workflow" / "report").glob("*.rst")):
+        captions.append(rst.read_text().replace("{{", "").replace("}}", ""))
+    for text in captions:
+        assert not rst_messages(text), text
+
+
+def test_built_report_has_no_docutils_message(tiny_report):
+    _, report = tiny_report
+    text = report.read_text()
+    assert "System Message" not in text and "system-message" not in text
+
+
 def wait_for(driver, xpath):
     from selenium.webdriver.support.ui import WebDriverWait
     return WebDriverWait(driver, WAIT_S).until(lambda d: d.find_element("xpath", xpath))
