@@ -103,7 +103,8 @@ def train_population(dataset: str, algorithm: str, settings: dict, members: list
     """Train ``members`` as one population and write each member's outputs into its ``out_dirs`` entry;
     returns every member's metrics. Progress shows as a bar on a terminal (unless ``quiet``), else as a log
     line every ``progress_every`` seconds or 5% of the steps (onepass.progress; 0: none, for the inner runs
-    of a search, which reports its own)."""
+    of a search, which reports its own), and then each member's history.csv so far, at most every
+    ``progress_every`` seconds (TensorBoard's events are written at the end)."""
     wall_start = time.perf_counter()
     population = Population(settings, data, members, device)
     signature = {"dataset": dataset, "algorithm": algorithm, "settings": identity(settings),
@@ -126,6 +127,7 @@ def train_population(dataset: str, algorithm: str, settings: dict, members: list
     label = f"{algorithm} seeds {members[0].seed}-{members[-1].seed}" if len(members) > 1 else \
         f"{algorithm} seed {members[0].seed}"
     with _progress(total, population.hyper_step, not quiet, label) as bar:
+        written = [time.monotonic()]
         lines = None if not bar.disable or progress_every <= 0 else ProgressLog(label, total, population.hyper_step, progress_every,
                                                          unit="hyperparameter step")
         if population.last_logged_step is None:
@@ -141,6 +143,11 @@ def train_population(dataset: str, algorithm: str, settings: dict, members: list
             bar.update(1)
             if lines is not None and lines.due(population.hyper_step):
                 report_progress(lines, population)
+                if time.monotonic() - written[0] >= progress_every:  # history.csv so far, every 30 s at most
+                    for history, out in zip(population.histories, out_dirs):
+                        Path(out).mkdir(parents=True, exist_ok=True)
+                        write_history(Path(out) / "history.csv", history)
+                    written[0] = time.monotonic()
             if population.hyper_step % settings["checkpoint_every"] == 0 or population.hyper_step == total:
                 save()
         if lines is not None and lines.last_done < population.hyper_step:

@@ -488,15 +488,18 @@ def test_running_job_writes_progress_lines_to_its_log(data_dir, tmp_path):
              "--set", "weight_steps=40000", "--set", "log_every=2000"],
             stdout=out, stderr=subprocess.STDOUT)
         seen, deadline = [], time.time() + 300
+        history = tmp_path / "runs" / "seed1" / "history.csv"
         while proc.poll() is None and time.time() < deadline:
             seen = [line for line in log.read_text().splitlines() if line.startswith("[progress]")]
-            if seen:
+            if len(seen) >= 2 and history.exists():
                 break
             time.sleep(0.05)
+        rows = history.read_text().splitlines() if history.exists() else []
         running = proc.poll() is None
         proc.kill()
         proc.wait()
     assert seen and running, f"no progress line while the job ran:\n{log.read_text()[-2000:]}"
+    assert len(rows) >= 2 and rows[0].startswith("step,"), "no history.csv written while the job ran"
     line = seen[0]
     assert line.startswith("[progress] Ours_LR seeds 0-2: hyperparameter step ") and "/4000 (" in line
     assert "| alive 3, diverged 0 | median train " in line and "| elapsed 0:00:" in line and ", ETA " in line
