@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from test_pipeline import job_counts, local, snakemake, trained
+from test_pipeline import job_counts, local, planned_jobs, snakemake, trained
 
 pytestmark = pytest.mark.pipeline
 
@@ -31,20 +31,6 @@ GPU_STUDY = {
 }
 
 
-def jobs(output: str) -> list[dict]:
-    """Every job of a dry run printed with -p: its rule, resources and shell command."""
-    found = []
-    for block in re.split(r"\n(?=(?:local)?rule \S+:\n)", output):
-        m = re.match(r"(?:local)?rule (\S+):\n", block)
-        if not m:
-            continue
-        res = re.search(r"^\s+resources: (.*)$", block, re.M)
-        shell = re.search(r"^Shell command: (.*)$", block, re.M)
-        resources = dict(kv.split("=", 1) for kv in res.group(1).split(", ")) if res else {}
-        found.append({"rule": m.group(1), "resources": resources, "shell": shell.group(1) if shell else ""})
-    return found
-
-
 @pytest.fixture(scope="module")
 def gpu_copy(tmp_path_factory, copy_workflow):
     return copy_workflow(tmp_path_factory.mktemp("gpu"), GPU_STUDY)
@@ -52,7 +38,7 @@ def gpu_copy(tmp_path_factory, copy_workflow):
 
 def test_every_job_that_passes_device_cuda_asks_for_a_gpu(gpu_copy):
     proc = snakemake(gpu_copy, "-n", "-p", "--resources", "gpu=1", "--configfile", "tiny.yaml")
-    found = jobs(proc.stdout)
+    found = planned_jobs(proc.stdout)
     on_gpu = [j for j in found if "--device cuda" in j["shell"]]
     kinds = {re.sub(r"_(uci_energy_)?[A-Za-z_]*\d.*$", "", j["rule"]) for j in on_gpu}
     # population chunks, the search's repetition, the sensitivity cells and the quality job
@@ -80,9 +66,9 @@ def test_no_gpu_offered_cuda_forced_stops_the_dry_run_in_one_line(gpu_copy):
 def test_auto_device_follows_the_gpus_offered(gpu_copy):
     """device: auto (the default): the same config on a machine with a GPU and on one without."""
     (gpu_copy / "auto.yaml").write_text("device: auto\n")
-    with_gpu = jobs(snakemake(gpu_copy, "-n", "-p", "--resources", "gpu=1", "--configfile", "tiny.yaml",
+    with_gpu = planned_jobs(snakemake(gpu_copy, "-n", "-p", "--resources", "gpu=1", "--configfile", "tiny.yaml",
                               "auto.yaml").stdout)
-    without = jobs(snakemake(gpu_copy, "-n", "-p", "--resources", "gpu=0", "--configfile", "tiny.yaml",
+    without = planned_jobs(snakemake(gpu_copy, "-n", "-p", "--resources", "gpu=0", "--configfile", "tiny.yaml",
                              "auto.yaml").stdout)
     training = [j for j in with_gpu if j["rule"].startswith("train_")]
     assert training and all("--device cuda" in j["shell"] and j["resources"]["gpu"] == "1" for j in training)

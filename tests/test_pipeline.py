@@ -57,6 +57,20 @@ def job_counts(output):
     return counts
 
 
+def planned_jobs(output: str) -> list[dict]:
+    """Every job of a dry run printed with -p: its rule, resources and shell command."""
+    found = []
+    for block in re.split(r"\n(?=(?:local)?rule \S+:\n)", output):
+        m = re.match(r"(?:local)?rule (\S+):\n", block)
+        if not m:
+            continue
+        res = re.search(r"^\s+resources: (.*)$", block, re.M)
+        shell = re.search(r"^Shell command: (.*)$", block, re.M)
+        resources = dict(kv.split("=", 1) for kv in res.group(1).split(", ")) if res else {}
+        found.append({"rule": m.group(1), "resources": resources, "shell": shell.group(1) if shell else ""})
+    return found
+
+
 def trained(counts):
     """{rule: count} of the training jobs of a job table."""
     return {rule: n for rule, n in counts.items() if rule.startswith("train_")}
@@ -115,8 +129,14 @@ def test_snakefmt_is_clean():
 
 
 def test_full_study_dry_run_plans_population_jobs(workflow_copy):
-    proc = snakemake(workflow_copy, "all", "-n", "--quiet", "rules")
+    """The paper's study planned where one GPU is offered: its jobs, and every job that passes --device cuda
+    asks for a GPU (and none asks for one it does not use)."""
+    proc = snakemake(workflow_copy, "all", "-n", "-p", "--resources", "gpu=1")
     counts = job_counts(proc.stdout)
+    planned = planned_jobs(proc.stdout)
+    assert sum("--device cuda" in j["shell"] for j in planned) == 438 + 156 + 1   # chunks, cells, quality
+    for job in planned:
+        assert ("--device cuda" in job["shell"]) == (int(job["resources"].get("gpu", 0)) >= 1), job
     config = study.validate(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()),
                             yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text()))
     runs = sum(len(study.seeds(config, d, a)) for d in config["datasets"] for a in study.algorithms(config, d))
