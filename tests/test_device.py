@@ -133,3 +133,22 @@ def mirror():
     from conftest import require_mirror
 
     return str(require_mirror("uci_energy/data.txt"))
+
+
+def test_visible_gpus_without_torch(monkeypatch, tmp_path):
+    """The GPUs counted for the device choice: the driver's, limited by CUDA_VISIBLE_DEVICES; inside a
+    cluster job, the devices the scheduler made visible."""
+    from onepass import devices
+
+    driver = tmp_path / "gpus"
+    for i in range(2):
+        (driver / f"0000:0{i}:00.0").mkdir(parents=True)
+    monkeypatch.setattr(devices, "DRIVER_GPUS", driver)
+    assert devices.visible_gpus(environ={}) == 2
+    assert devices.visible_gpus(environ={"CUDA_VISIBLE_DEVICES": "1"}) == 1
+    assert devices.visible_gpus(environ={"CUDA_VISIBLE_DEVICES": ""}) == 0
+    assert devices.visible_gpus(environ={"CUDA_VISIBLE_DEVICES": "NoDevFiles"}, in_job=True) == 0
+    monkeypatch.setattr(devices, "DRIVER_GPUS", tmp_path / "none")
+    monkeypatch.setenv("PATH", str(tmp_path))              # no nvidia-smi either: no driver
+    assert devices.visible_gpus(environ={"CUDA_VISIBLE_DEVICES": "0,1"}) == 0
+    assert devices.visible_gpus(environ={"CUDA_VISIBLE_DEVICES": "0,1"}, in_job=True) == 2

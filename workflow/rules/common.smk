@@ -11,7 +11,7 @@ from snakemake.logging import logger
 from snakemake.resources import Resource
 from snakemake.utils import update_config
 
-from onepass import appendix, budget, catalog, figures, heatmaps, study
+from onepass import appendix, budget, catalog, devices, figures, heatmaps, study
 
 
 def config_sources():
@@ -47,24 +47,16 @@ def own_appendix(sources):
 
 
 def gpus_offered():
-    """GPUs this run offers: the executor's `gpu` resource where the profile or --resources declares one
-    (a cluster job gets its own), else the CUDA devices of this machine, declared as that resource so that
-    jobs asking for a GPU share them one at a time."""
+    """GPUs this run offers: the executor's `gpu` resource where the profile or --resources declares one,
+    else the CUDA devices this process sees (declared as that resource, so that jobs asking for a GPU share
+    them one at a time). A cluster job (which gets no --resources) sees the GPUs SLURM gave it.
+    """
     declared = workflow.global_resources.get("gpu")
     if declared is not None and declared.value is not None:
         return int(declared.value)
-    found = cuda_devices()
+    found = devices.visible_gpus(in_job=not workflow.is_main_process)
     workflow.register_resource("gpu", Resource("gpu", found))
     return found
-
-
-def cuda_devices():
-    """CUDA devices of this machine (0 without torch's CUDA)."""
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def alternatives(names):
