@@ -41,11 +41,11 @@ def float64(one_torch_thread):
 def tiny_dataset() -> Dataset:
     """A generated regression problem: 24 training, 12 validation and 8 test rows of 4 inputs."""
     g = torch.Generator().manual_seed(20)
-    w = torch.tensor([1.0, -2.0, 0.5, 0.3])
+    w = torch.tensor([1.0, -2.0, 0.5, 0.3], dtype=torch.float64)
 
     def rows(n):
         x = torch.randn(n, INPUTS, generator=g, dtype=torch.float64)
-        y = torch.tanh(x @ w.double()) + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
+        y = torch.tanh(x @ w) + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
         return x, y.unsqueeze(1)
 
     return Dataset(name="tiny", family="uci", task="regression", train=rows(24), valid=rows(12), test=rows(8),
@@ -122,6 +122,11 @@ def mlp_loss(theta: torch.Tensor, batch) -> torch.Tensor:
     return ((torch.relu(x @ w1.T + b1) @ w2.T + b2 - y) ** 2).mean()
 
 
+def unconstrained(m: Member) -> torch.Tensor:
+    """lambda = (log10 lr, log10 wd, logit momentum) of a member's initial hyperparameters."""
+    return torch.tensor([math.log10(m.lr), math.log10(m.weight_decay), math.log(m.momentum / (1 - m.momentum))])
+
+
 def natural(lam: torch.Tensor):
     return 10.0 ** lam[0], 10.0 ** lam[1], torch.sigmoid(lam[2])
 
@@ -153,8 +158,7 @@ def test_the_reference_direct_term_is_the_finite_difference_derivative():
     theta = 0.3 * torch.randn(sum(math.prod(s) for s in SHAPES), generator=g, dtype=torch.float64)
     buf = 0.1 * torch.randn(len(theta), generator=g, dtype=torch.float64)
     data = tiny_dataset()
-    batch, val_batch = (t[:BATCH] for t in data.train), (t[:BATCH] for t in data.valid)
-    batch, val_batch = tuple(batch), tuple(val_batch)
+    batch, val_batch = tuple(t[:BATCH] for t in data.train), tuple(t[:BATCH] for t in data.valid)
     lam = torch.tensor([math.log10(0.05), math.log10(1e-2), 0.4])
     ours = dense_hypergradient(theta, lam, buf, batch, val_batch, terms=1)
 
@@ -200,8 +204,7 @@ def test_ours_population_is_sgd_with_the_dense_neumann_hypergradient(hyper_optim
     nets = [reference_net(initial, i) for i in range(len(MEMBERS))]
     opts = [torch.optim.SGD(net.parameters(), lr=m.lr, momentum=m.momentum, weight_decay=m.weight_decay)
             for net, m in zip(nets, MEMBERS)]
-    lams = [torch.tensor([math.log10(m.lr), math.log10(m.weight_decay), math.log(m.momentum / (1 - m.momentum))],
-                         requires_grad=True) for m in MEMBERS]
+    lams = [unconstrained(m).requires_grad_(True) for m in MEMBERS]
     cls = torch.optim.Adam if hyper_optimiser == "adam" else torch.optim.SGD
     hyper_opts = [cls([lam], lr=s["hyper_lr"]) for lam in lams]
     for step in range(STEPS):
@@ -224,11 +227,10 @@ def test_ours_population_is_sgd_with_the_dense_neumann_hypergradient(hyper_optim
             opt.param_groups[0].update(lr=float(lr), weight_decay=float(wd), momentum=float(mom))
         assert_weights_equal(pop, nets)
         got = pop.hyperparameters()
-        for name, column in zip(("lr", "weight_decay", "momentum"), range(3)):
+        for column, name in enumerate(("lr", "weight_decay", "momentum")):
             want = [float(natural(lam.detach())[column]) for lam in lams]
             assert got[name] == pytest.approx(want, rel=1e-12), (step, name)
     # every hyperparameter moved a million times the tolerance at least (under SGD weight decay's hypergradient
     # is small: a move of 1e-6 in log10(wd) is a relative change of 2e-6)
     for lam, m in zip(lams, MEMBERS):
-        start = torch.tensor([math.log10(m.lr), math.log10(m.weight_decay), math.log(m.momentum / (1 - m.momentum))])
-        assert bool(((lam.detach() - start).abs() > 1e-6).all()), lam
+        assert bool(((lam.detach() - unconstrained(m)).abs() > 1e-6).all()), lam
