@@ -74,7 +74,8 @@ class Population:
             [m.lr for m in self.members], [m.weight_decay for m in self.members],
             [m.momentum for m in self.members], settings["optimise"], per_weight_shapes=shapes,
             optimiser=settings["hyper_optimiser"], hyper_lr=settings["hyper_lr"],
-            log10_lr_bounds=(settings["log10_lr_min"], settings["log10_lr_max"]), device=device)
+            log10_lr_bounds=(settings["log10_lr_min"], settings["log10_lr_max"]), dtype=self.params[0].dtype,
+            device=device)
         factors = [m.settings.get("lr_step_factor", settings["lr_step_factor"]) for m in self.members]
         self.lr_step_factor = None if all(f is None for f in factors) else \
             torch.tensor([1.0 if f is None else f for f in factors], device=device)
