@@ -8,8 +8,8 @@ dimension, and every algorithm's logic is written once, for the whole population
 population of one with its seed computes (to the round-off of batched kernels). A single run is a population
 of one.
 
-A member that diverges (training loss NaN/inf or above ``divergence_threshold``, or hyperparameters no longer
-finite) is frozen at that hyperparameter step and recorded as diverged: its weights are zeroed and its learning
+A member that diverges (training loss NaN/inf or, where one is set, above ``divergence_threshold``, or
+hyperparameters no longer finite) is frozen at that hyperparameter step and recorded as diverged: its weights are zeroed and its learning
 rate masked to 0, so that it costs nothing numerically; the others go on.
 """
 
@@ -283,8 +283,10 @@ class Population:
     # ---- divergence -----------------------------------------------------------------------------------
     def check_divergence(self) -> list[int]:
         """Freeze and record the members that diverged in the last hyperparameter step; returns them."""
-        bad = self.alive & (~torch.isfinite(self.last_loss) | (self.last_loss > self.settings["divergence_threshold"])
-                            | ~self.hypers.finite())
+        bad = ~torch.isfinite(self.last_loss) | ~self.hypers.finite()
+        if self.settings["divergence_threshold"] is not None:
+            bad |= self.last_loss > self.settings["divergence_threshold"]
+        bad &= self.alive
         newly = bad.nonzero().flatten().tolist()
         if not newly:
             return []
