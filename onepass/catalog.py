@@ -27,6 +27,9 @@ import yaml
 ALGORITHM_KEYS = {"label", "style", "rank", "search", "settings", "by_family", "derived"}
 DATASET_KEYS = {"label", "family", "task", "metric", "table_scale", "data", "shape", "settings", "same_as"}
 SEARCH_KINDS = ("none", "bayesopt", "asha", "pbt")
+# A derived algorithm's groups: random groups of the finished runs (the paper's), or consecutive seeds
+DERIVED_KEYS = {"from", "best_of", "groups", "seed"}
+DERIVED_GROUPS = ("random", "by_seed")
 TASKS = ("regression", "classification", "language_model")
 FAMILIES = ("uci", "fashion_mnist", "penn_treebank", "cifar10")
 
@@ -47,7 +50,8 @@ class Algorithm:
     search: str = "none"
     settings: dict = field(default_factory=dict)
     by_family: dict = field(default_factory=dict)
-    derived: dict | None = None  # {"from": algorithm, "best_of": n}: computed from another's runs
+    # {"from": algorithm, "best_of": n, "groups": random | by_seed, "seed": s}: computed from another's runs
+    derived: dict | None = None
 
     @property
     def is_search(self) -> bool:
@@ -130,9 +134,12 @@ def _algorithm(path: Path) -> Algorithm:
         raise CatalogError(f"{path}: key 'search' must be one of {', '.join(SEARCH_KINDS)}, got {search!r}")
     derived = data.get("derived")
     if derived is not None:
-        if (not isinstance(derived, dict) or set(derived) != {"from", "best_of"}
-                or not isinstance(derived["best_of"], int) or derived["best_of"] < 1):
-            raise CatalogError(f"{path}: key 'derived' must be {{from: ALGORITHM, best_of: N}}")
+        if (not isinstance(derived, dict) or not {"from", "best_of"} <= set(derived) <= DERIVED_KEYS
+                or not isinstance(derived["best_of"], int) or derived["best_of"] < 1
+                or derived.get("groups", "random") not in DERIVED_GROUPS
+                or not isinstance(derived.get("seed", 0), int)):
+            raise CatalogError(f"{path}: key 'derived' must be {{from: ALGORITHM, best_of: N[, groups: "
+                               f"{' or '.join(DERIVED_GROUPS)}][, seed: INT]}}")
         if data.get("settings") or data.get("by_family") or search != "none":
             raise CatalogError(f"{path}: a derived algorithm has no settings, by_family or search")
     by_family = _mapping(path, data, "by_family")

@@ -103,6 +103,7 @@ def apply_defaults(config: dict) -> dict:
     for key in ("repetitions", "overrides", "gpu", "resources", "members_per_job", "appendix"):
         out[key] = out.get(key) or {}
     out.setdefault("data_mirrors", [])
+    out.setdefault("table_statistic", "bootstrap")
     return out
 
 

@@ -12,6 +12,8 @@ rule summary_table:
             subcategory="Tables",
             labels={"dataset": "{dataset}", "item": "summary table"},
         ),
+    params:
+        statistic=config["table_statistic"],
     log:
         f"{STUDY}/logs/tables/{{dataset}}.log",
     localrule: True
@@ -19,7 +21,7 @@ rule summary_table:
         "../../envs/onepass.yaml"
     shell:
         "python -m onepass.analysis summary --runs {input} --out {output.tsv} --html {output.html}"
-        " > {log} 2>&1"
+        " --statistic {params.statistic} > {log} 2>&1"
 
 
 rule paper_tables:
