@@ -525,3 +525,68 @@ def test_divergence_thresholds_of_the_datasets():
             assert threshold == 1e3, name
     assert load_settings("penn_treebank", "Random")["divergence_threshold"] == pytest.approx(math.log(1e5))
     assert load_settings("cifar10", "Random")["divergence_threshold"] == 1e3
+
+
+def _bn_problem(absorb: bool, steps: int):
+    """A population of one BatchNorm MLP (Random_Validation, trained on the training split; lr 0: the weights
+    stay at their initial values) on a small
+    synthetic classification set whose validation inputs are shifted, trained full batch for ``steps`` steps."""
+    import torch
+
+    from onepass.data import Dataset
+    from onepass.population import Population
+    from onepass.settings import load_settings
+
+    g = torch.Generator().manual_seed(0)
+    split = lambda n, shift: (torch.randn(n, 6, generator=g) + shift, torch.randint(0, 3, (n,), generator=g))  # noqa: E731
+    dataset = Dataset(name="fashion_mnist_bn", family="fashion_mnist", task="classification",
+                      train=split(40, 0.0), valid=split(30, 2.0), test=split(20, 1.0), input_shape=(6,),
+                      num_classes=3, vocab_size=None)
+    settings = load_settings("fashion_mnist_bn", "Random_Validation", {"hidden_units": 4, "batch_size": None,
+                                                            "hyperparameter_steps": 1, "update_interval": steps,
+                                                            "batchnorm_absorbs_validation": absorb})
+    population = Population(settings, dataset, [Member(3, 0.0, 0.0, 0.0)], "cpu")
+    population.step()
+    return population, dataset
+
+
+@pytest.mark.parametrize("absorb", [True, False])
+def test_batchnorm_mlp_has_no_hidden_bias_and_its_running_statistics_absorb_validation(absorb):
+    """The paper's BatchNorm MLP (its models.py:31-42): no bias on the Linear before BatchNorm; and, as its
+    validation loss was computed in train mode every weight step (train.py:576-582), the running statistics
+    absorb a validation batch after every training batch (batchnorm_absorbs_validation, the default).
+    Checked against the exponential moving averages by hand, and the eval-mode test loss by hand."""
+    import torch
+    import torch.nn.functional as F
+
+    from onepass.models import build_model
+    from onepass.settings import load_settings
+
+    assert load_settings("fashion_mnist_bn", "Random")["batchnorm_absorbs_validation"] is True
+    model = build_model({"model": "mlp_bn", "hidden_units": 50}, (28, 28), 10)
+    assert [(n, tuple(p.shape)) for n, p in model.named_parameters()] == [
+        ("net.1.weight", (50, 784)), ("net.2.weight", (50,)), ("net.2.bias", (50,)), ("net.4.weight", (10, 50)),
+        ("net.4.bias", (10,))]
+    assert [n for n, _ in build_model({"model": "mlp", "hidden_units": 50}, (28, 28), 10).named_parameters()] == [
+        "net.1.weight", "net.1.bias", "net.3.weight", "net.3.bias"]
+
+    steps = 7
+    population, dataset = _bn_problem(absorb, steps)
+    p = dict(zip(population.problem.names, (t[0].detach() for t in population.params)))
+    b = dict(zip(population.problem.buffer_names, (t[0] for t in population.buffers)))
+    hidden = lambda x: x @ p["net.1.weight"].T  # noqa: E731  (no bias)
+    h_train, h_valid = hidden(dataset.train[0]), hidden(dataset.valid[0])
+    mean, var = torch.zeros(4), torch.ones(4)
+    for _ in range(steps):   # momentum 0.1, unbiased batch variance, as torch's BatchNorm1d
+        for h in ([h_train, h_valid] if absorb else [h_train]):
+            mean = 0.9 * mean + 0.1 * h.mean(0)
+            var = 0.9 * var + 0.1 * h.var(0, unbiased=True)
+    assert torch.allclose(b["net.2.running_mean"], mean, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(b["net.2.running_var"], var, rtol=1e-5, atol=1e-6)
+    assert int(b["net.2.num_batches_tracked"]) == steps * (2 if absorb else 1)
+    # the test loss (eval mode) normalises with those statistics
+    x, y = dataset.test
+    h = (hidden(x) - mean) / torch.sqrt(var + 1e-5) * p["net.2.weight"] + p["net.2.bias"]
+    logits = torch.relu(h) @ p["net.4.weight"].T + p["net.4.bias"]
+    assert float(population.evaluate("test")["loss"][0]) == pytest.approx(float(F.cross_entropy(logits, y)),
+                                                                          rel=1e-5)
