@@ -299,32 +299,60 @@ STYLE = ("body{font-family:sans-serif;margin:1em;color:#222}"
          "td:first-child,th:first-child{text-align:left}")
 
 
+def _placement(algorithm: str) -> str:
+    """Where the paper's tables show an algorithm's rows: "main" (its dataset's section of Tables 1-3), the
+    catalogue's ``paper_table`` ("base", "separate"), or "search:<kind>" (a table of each search kind)."""
+    known = catalog.algorithms().get(str(algorithm).split(PAPER_SUFFIX)[0])
+    if known is None:
+        return "main"
+    if known.is_search:
+        return f"search:{known.search}"
+    return known.paper_table or "main"
+
+
 def _layout(summaries: pd.DataFrame):
-    """The paper's layout: [(table title, [(dataset heading, its summary rows)])], Table 1 the UCI sets."""
+    """The paper's layout (its paper_plots.py write_all_tables, lines 466-535): [(table title, [(dataset
+    heading, its summary rows)])]. Table 1 the UCI sets, Table 2 the others, Table 3 the test errors, with the
+    rows of Long Diff-through-Opt (Full) (``paper_table: base``) in UCI Energy's section though run on a variant;
+    then a table of its own for each ``paper_table: separate`` algorithm (Long Diff-through-Opt (Medium), with
+    Fashion-MNIST's rows) and for each search kind (BayesOpt, ASHA, PBT). Other variants' rows are studies of
+    their own, not in these tables."""
     sources = {a.derived["from"] for a in catalog.derived_algorithms().values()}
     shown = summaries[~summaries["algorithm"].isin(sources)]  # the paper shows the derived rows instead
     known = catalog.datasets()
-    datasets = [d for d in catalog.dataset_order(dict.fromkeys(shown["dataset"]))
-                if d not in known or not known[d].is_variant]   # variants are studies of their own
-    primary, errors = shown[shown["metric"] != ERROR_METRIC], shown[shown["metric"] == ERROR_METRIC]
-    tables = (("Table 1: UCI regression (unnormalised test MSE)", primary,
-               [d for d in datasets if catalog.family(d) == "uci"]),
-              ("Table 2: Fashion-MNIST, Penn Treebank and CIFAR-10", primary,
+    base = shown["dataset"].map(lambda d: known[d].base if d in known else d)
+    place = shown["algorithm"].map(_placement)
+    own = (base == shown["dataset"]) & (place == "main")
+    main = pd.concat([shown[own], shown[place == "base"].assign(dataset=base[place == "base"])])
+    datasets = catalog.dataset_order(dict.fromkeys(main["dataset"]))
+    primary, errors = main[main["metric"] != ERROR_METRIC], main[main["metric"] == ERROR_METRIC]
+    tables = [("UCI regression (unnormalised test MSE)", primary, [d for d in datasets if catalog.family(d) == "uci"]),
+              ("Fashion-MNIST, Penn Treebank and CIFAR-10", primary,
                [d for d in datasets if catalog.family(d) != "uci"]),
-              (f"Table 3: Fashion-MNIST and CIFAR-10, {ERROR_METRIC}", errors,
-               [d for d in datasets if d in set(errors["dataset"])]))
+              (f"Fashion-MNIST and CIFAR-10, {ERROR_METRIC}", errors,
+               [d for d in datasets if d in set(errors["dataset"])])]
+    separate = shown[place == "separate"]
+    for algorithm in catalog.order(dict.fromkeys(separate["algorithm"])):
+        rows = separate[separate["algorithm"] == algorithm]
+        for d in catalog.dataset_order(dict.fromkeys(rows["dataset"])):
+            frame = pd.concat([main[main["dataset"] == d], rows[rows["dataset"] == d]])
+            tables.append((f"{catalog.dataset_label(d)} with {catalog.label(algorithm)}", frame, [d]))
+    searches = catalog.order(dict.fromkeys(shown.loc[place.str.startswith("search:"), "algorithm"]))
+    for kind in dict.fromkeys(_placement(a) for a in searches):
+        frame = shown[place == kind]
+        labels = ", ".join(catalog.label(a) for a in catalog.order(dict.fromkeys(
+            a for a in frame["algorithm"] if PAPER_SUFFIX not in a)))
+        tables.append((labels, frame, catalog.dataset_order(dict.fromkeys(frame["dataset"]))))
     out = []
     for title, frame, members in tables:
         sections = []
         for d in members:
-            part = frame[frame["dataset"] == d].reset_index(drop=True)
-            if part.empty:
-                continue
-            metric = part["metric"].iloc[0]
-            scale = catalog.table_scale(d) if metric != ERROR_METRIC else 1.0
-            sections.append((_heading(d, metric, scale), scaled(part, scale)))
+            for metric in dict.fromkeys(frame.loc[frame["dataset"] == d, "metric"]):
+                part = frame[(frame["dataset"] == d) & (frame["metric"] == metric)].reset_index(drop=True)
+                scale = catalog.table_scale(d) if metric != ERROR_METRIC else 1.0
+                sections.append((_heading(d, metric, scale), scaled(part, scale)))
         if sections:
-            out.append((title, sections))
+            out.append((f"Table {len(out) + 1}: {title}", sections))
     return out
 
 
