@@ -311,7 +311,7 @@ def _placement(algorithm: str) -> str:
 
 
 def _layout(summaries: pd.DataFrame):
-    """The paper's layout (its paper_plots.py write_all_tables, lines 466-535): [(table title, [(dataset
+    """The paper's layout (its paper_plots.py write_all_tables, lines 466-542): [(table title, [(dataset
     heading, its summary rows)])]. Table 1 the UCI sets, Table 2 the others, Table 3 the test errors, with the
     rows of Long Diff-through-Opt (Full) (``paper_table: base``) in UCI Energy's section though run on a variant;
     then a table of its own for each ``paper_table: separate`` algorithm (Long Diff-through-Opt (Medium), with

@@ -874,7 +874,7 @@ def test_paper_tables_scale_kin8nm_and_add_test_error_tables(study, tmp_path):
 
 
 def test_paper_tables_place_long_diff_through_opt_and_the_searches_as_the_paper():
-    """The paper's tables (paper_plots.py:466-535): Long Diff-through-Opt (Full), run on uci_energy_long, is a row
+    """The paper's tables (paper_plots.py:466-542): Long Diff-through-Opt (Full), run on uci_energy_long, is a row
     of UCI Energy's table after the 4000-step algorithms; Medium is not in Table 2 but in a table of its own with
     Fashion-MNIST's rows (cross-entropy and error); BayesOpt, ASHA and PBT have tables of their own; the other
     rows of a variant (the short-horizon study) stay out."""
