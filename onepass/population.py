@@ -9,8 +9,8 @@ population of one with its seed computes (to the round-off of batched kernels). 
 of one.
 
 A member that diverges (training loss NaN/inf or, where one is set, above ``divergence_threshold``, or
-hyperparameters no longer finite) is frozen at that hyperparameter step and recorded as diverged: its weights are zeroed and its learning
-rate masked to 0, so that it costs nothing numerically; the others go on.
+hyperparameters no longer finite) is frozen at that hyperparameter step and recorded as diverged: its weights
+are zeroed and its learning rate masked to 0, so that it costs nothing numerically; the others go on.
 """
 
 from __future__ import annotations

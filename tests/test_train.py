@@ -527,10 +527,11 @@ def test_divergence_thresholds_of_the_datasets():
     assert load_settings("cifar10", "Random")["divergence_threshold"] == 1e3
 
 
-def _bn_problem(absorb: bool, steps: int):
+def _bn_problem(absorb: bool, steps: int, batch_size: int | None = None):
     """A population of one BatchNorm MLP (Random_Validation, trained on the training split; lr 0: the weights
     stay at their initial values) on a small
-    synthetic classification set whose validation inputs are shifted, trained full batch for ``steps`` steps."""
+    synthetic classification set whose validation inputs are shifted, trained for ``steps`` steps (full batch
+    unless ``batch_size``)."""
     import torch
 
     from onepass.data import Dataset
@@ -542,7 +543,7 @@ def _bn_problem(absorb: bool, steps: int):
     dataset = Dataset(name="fashion_mnist_bn", family="fashion_mnist", task="classification",
                       train=split(40, 0.0), valid=split(30, 2.0), test=split(20, 1.0), input_shape=(6,),
                       num_classes=3, vocab_size=None)
-    settings = load_settings("fashion_mnist_bn", "Random_Validation", {"hidden_units": 4, "batch_size": None,
+    settings = load_settings("fashion_mnist_bn", "Random_Validation", {"hidden_units": 4, "batch_size": batch_size,
                                                             "hyperparameter_steps": 1, "update_interval": steps,
                                                             "batchnorm_absorbs_validation": absorb})
     population = Population(settings, dataset, [Member(3, 0.0, 0.0, 0.0)], "cpu")
@@ -590,3 +591,20 @@ def test_batchnorm_mlp_has_no_hidden_bias_and_its_running_statistics_absorb_vali
     logits = torch.relu(h) @ p["net.4.weight"].T + p["net.4.bias"]
     assert float(population.evaluate("test")["loss"][0]) == pytest.approx(float(F.cross_entropy(logits, y)),
                                                                           rel=1e-5)
+
+
+def test_batchnorm_validation_stream_resumes_from_a_checkpoint():
+    """The validation batches the running statistics absorb are part of the checkpoint: a population stopped
+    after one hyperparameter step and resumed ends with the statistics of an uninterrupted one."""
+    import torch
+
+    from onepass.population import Population
+
+    whole, _ = _bn_problem(True, 3, batch_size=8)
+    whole.step()
+    half, dataset = _bn_problem(True, 3, batch_size=8)
+    resumed = Population(half.settings, dataset, half.members, "cpu")
+    resumed.load_state_dict(half.state_dict())
+    resumed.step()
+    for a, b in zip(whole.buffers, resumed.buffers):
+        assert torch.equal(a, b)
