@@ -539,7 +539,10 @@ def _bn_problem(absorb: bool, steps: int, batch_size: int | None = None):
     from onepass.settings import load_settings
 
     g = torch.Generator().manual_seed(0)
-    split = lambda n, shift: (torch.randn(n, 6, generator=g) + shift, torch.randint(0, 3, (n,), generator=g))  # noqa: E731
+
+    def split(n, shift):
+        return torch.randn(n, 6, generator=g) + shift, torch.randint(0, 3, (n,), generator=g)
+
     dataset = Dataset(name="fashion_mnist_bn", family="fashion_mnist", task="classification",
                       train=split(40, 0.0), valid=split(30, 2.0), test=split(20, 1.0), input_shape=(6,),
                       num_classes=3, vocab_size=None)
