@@ -2,7 +2,8 @@
 
     python -m onepass.analysis collect --plan results/S/sweep/D/plan.json --runs-dir results/S/runs/D \\
         --out results/S/tables/D/runs.tsv
-    python -m onepass.analysis summary --runs runs.tsv --out summary.tsv [--html summary.html]
+    python -m onepass.analysis summary --runs runs.tsv --out summary.tsv [--html summary.html] \\
+        [--statistic bootstrap|sample]
     python -m onepass.analysis paper-tables --summaries S1.tsv S2.tsv --markdown M.md --tsv T.tsv [--html T.html]
     python -m onepass.analysis figure --kind edf --runs runs.tsv --runs-dir results/S/runs/D --out f.png f.svg
     python -m onepass.analysis page --runs runs.tsv --summary summary.tsv --sweep-summary sweep.tsv \\
@@ -30,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--html")
-    s.add_argument("--bootstrap", type=int, default=1000)
+    s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    s.add_argument("--statistic", default="bootstrap", choices=("bootstrap", "sample"),
+                   help="estimator of the mean, median and their SEs: bootstrap (the paper's) or sample")
 
     t = sub.add_parser("paper-tables", help="summary.tsv files -> paper-style tables")
     t.add_argument("--summaries", nargs="+", required=True)
@@ -63,7 +66,8 @@ def main(argv=None) -> int:
         print(collection.status_line(runs))
     elif args.command == "summary":
         from . import tables
-        summary = tables.summarise(collection.read_runs(args.runs), n_boot=args.bootstrap)
+        summary = tables.summarise(collection.read_runs(args.runs), n_boot=args.bootstrap,
+                                   statistic=args.statistic)
         summary.to_csv(args.out, sep="\t", index=False, na_rep="NaN")
         if args.html:
             tables.write_summary_html(summary, args.html)

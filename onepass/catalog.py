@@ -24,9 +24,16 @@ from pathlib import Path
 
 import yaml
 
-ALGORITHM_KEYS = {"label", "style", "rank", "search", "settings", "by_family", "derived"}
+ALGORITHM_KEYS = {"label", "style", "rank", "search", "settings", "by_family", "derived", "paper_table"}
+# Where the paper's tables show an algorithm besides its dataset's section (onepass.tables): "base", also when
+# run on a variant of the dataset (Long Diff-through-Opt (Full) in UCI Energy's); "separate", a table of its
+# own with the dataset's other rows (Long Diff-through-Opt (Medium) with Fashion-MNIST's)
+PAPER_TABLES = ("base", "separate")
 DATASET_KEYS = {"label", "family", "task", "metric", "table_scale", "data", "shape", "settings", "same_as"}
 SEARCH_KINDS = ("none", "bayesopt", "asha", "pbt")
+# A derived algorithm's groups: random groups of the finished runs (the paper's), or consecutive seeds
+DERIVED_KEYS = {"from", "best_of", "groups", "seed"}
+DERIVED_GROUPS = ("random", "by_seed")
 TASKS = ("regression", "classification", "language_model")
 FAMILIES = ("uci", "fashion_mnist", "penn_treebank", "cifar10")
 
@@ -47,7 +54,9 @@ class Algorithm:
     search: str = "none"
     settings: dict = field(default_factory=dict)
     by_family: dict = field(default_factory=dict)
-    derived: dict | None = None  # {"from": algorithm, "best_of": n}: computed from another's runs
+    # {"from": algorithm, "best_of": n, "groups": random | by_seed, "seed": s}: computed from another's runs
+    derived: dict | None = None
+    paper_table: str | None = None  # PAPER_TABLES, or None: its dataset's section of the paper's tables
 
     @property
     def is_search(self) -> bool:
@@ -130,18 +139,25 @@ def _algorithm(path: Path) -> Algorithm:
         raise CatalogError(f"{path}: key 'search' must be one of {', '.join(SEARCH_KINDS)}, got {search!r}")
     derived = data.get("derived")
     if derived is not None:
-        if (not isinstance(derived, dict) or set(derived) != {"from", "best_of"}
-                or not isinstance(derived["best_of"], int) or derived["best_of"] < 1):
-            raise CatalogError(f"{path}: key 'derived' must be {{from: ALGORITHM, best_of: N}}")
+        if (not isinstance(derived, dict) or not {"from", "best_of"} <= set(derived) <= DERIVED_KEYS
+                or not isinstance(derived["best_of"], int) or derived["best_of"] < 1
+                or derived.get("groups", "random") not in DERIVED_GROUPS
+                or not isinstance(derived.get("seed", 0), int)):
+            raise CatalogError(f"{path}: key 'derived' must be {{from: ALGORITHM, best_of: N[, groups: "
+                               f"{' or '.join(DERIVED_GROUPS)}][, seed: INT]}}")
         if data.get("settings") or data.get("by_family") or search != "none":
             raise CatalogError(f"{path}: a derived algorithm has no settings, by_family or search")
+    paper_table = data.get("paper_table")
+    if paper_table is not None and paper_table not in PAPER_TABLES:
+        raise CatalogError(f"{path}: key 'paper_table' must be one of {', '.join(PAPER_TABLES)}, got {paper_table!r}")
     by_family = _mapping(path, data, "by_family")
     for family in by_family:
         if family not in FAMILIES:
             raise CatalogError(f"{path}: key 'by_family.{family}': unknown family; known: {', '.join(FAMILIES)}")
     return Algorithm(name=path.stem, label=_require(path, data, "label"), colour=colour.lower(),
                      linestyle=linestyle, rank=_require(path, data, "rank", int), search=search,
-                     settings=_mapping(path, data, "settings"), by_family=by_family, derived=derived)
+                     settings=_mapping(path, data, "settings"), by_family=by_family, derived=derived,
+                     paper_table=paper_table)
 
 
 def _dataset(path: Path) -> Dataset:

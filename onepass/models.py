@@ -11,11 +11,13 @@ VMAPPABLE = frozenset({"mlp", "mlp_bn"})
 
 
 class MLP(nn.Module):
-    """inputs - hidden (ReLU) - outputs, optionally with BatchNorm after the hidden layer."""
+    """inputs - hidden (ReLU) - outputs, optionally with BatchNorm after the hidden layer. With BatchNorm the
+    hidden Linear has no bias (BatchNorm's own shift replaces it), as the paper's MultiLayerPerceptron
+    (its models.py:31-42)."""
 
     def __init__(self, inputs: int, hidden: int, outputs: int, batchnorm: bool = False):
         super().__init__()
-        layers = [nn.Flatten(), nn.Linear(inputs, hidden)]
+        layers = [nn.Flatten(), nn.Linear(inputs, hidden, bias=not batchnorm)]
         if batchnorm:
             layers.append(nn.BatchNorm1d(hidden))
         layers += [nn.ReLU(), nn.Linear(hidden, outputs)]

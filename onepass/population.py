@@ -8,9 +8,9 @@ dimension, and every algorithm's logic is written once, for the whole population
 population of one with its seed computes (to the round-off of batched kernels). A single run is a population
 of one.
 
-A member that diverges (training loss NaN/inf or above ``divergence_threshold``, or hyperparameters no longer
-finite) is frozen at that hyperparameter step and recorded as diverged: its weights are zeroed and its learning
-rate masked to 0, so that it costs nothing numerically; the others go on.
+A member that diverges (training loss NaN/inf or, where one is set, above ``divergence_threshold``, or
+hyperparameters no longer finite) is frozen at that hyperparameter step and recorded as diverged: its weights
+are zeroed and its learning rate masked to 0, so that it costs nothing numerically; the others go on.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .updates import (Hyperparameters, clip_by_norm, clip_by_norm_, per_member, 
 
 PER_MEMBER_SETTINGS = ("lr_step_factor",)
 VALID_SEED_OFFSET = 1_000_003  # a member's validation batches: their own stream, seeded seed + this
+STATS_SEED_OFFSET = 2_000_006  # the validation batches BatchNorm's running statistics absorb (their own stream)
 NAN = float("nan")
 
 
@@ -83,6 +84,9 @@ class Population:
         self.train_stream = self.problem.stream(settings["train_on"], seeds)
         self.val_stream = self.problem.stream("valid", [s + VALID_SEED_OFFSET for s in seeds])
         self.has_batchnorm = any(name.endswith("running_mean") for name in self.problem.buffer_names)
+        # the paper's quirk (batchnorm_absorbs_validation): a validation batch in train mode every weight step
+        self.stats_stream = self.problem.stream("valid", [s + STATS_SEED_OFFSET for s in seeds]) \
+            if self.has_batchnorm and settings["batchnorm_absorbs_validation"] else None
         # cuDNN's LSTM has no double backward: on CUDA the hypergradients of a recurrent model run on the
         # native kernels (cuDNN's convolutions and BatchNorm have one, so the ResNet keeps them)
         self.no_cudnn = device.type == "cuda" and any(isinstance(m, torch.nn.RNNBase)
@@ -141,6 +145,9 @@ class Population:
         self.loss_sum += losses
         self.loss_count += 1
         self.weight_step += 1
+        if self.stats_stream is not None:
+            with torch.no_grad():
+                self._losses(self.params, self.stats_stream.next(), self.stats_stream, track_stats=True)
 
     def _weight_step(self, hypers, batch=None) -> None:
         """One plain SGD step of every member, in place (autograd.grad plus foreach updates), on the next
@@ -284,8 +291,10 @@ class Population:
     # ---- divergence -----------------------------------------------------------------------------------
     def check_divergence(self) -> list[int]:
         """Freeze and record the members that diverged in the last hyperparameter step; returns them."""
-        bad = self.alive & (~torch.isfinite(self.last_loss) | (self.last_loss > self.settings["divergence_threshold"])
-                            | ~self.hypers.finite())
+        bad = ~torch.isfinite(self.last_loss) | ~self.hypers.finite()
+        if self.settings["divergence_threshold"] is not None:
+            bad |= self.last_loss > self.settings["divergence_threshold"]
+        bad &= self.alive
         newly = bad.nonzero().flatten().tolist()
         if not newly:
             return []
@@ -437,6 +446,7 @@ class Population:
         return {"params": [p.detach() for p in self.params], "buffers": self.buffers, "bufs": self.bufs,
                 "hypers": self.hypers.state_dict(), "train_stream": self.train_stream.state_dict(),
                 "val_stream": self.val_stream.state_dict(), "initial_weights": self.initial_weights,
+                "stats_stream": None if self.stats_stream is None else self.stats_stream.state_dict(),
                 "hyper_step": self.hyper_step, "weight_step": self.weight_step, "train_time": self.train_time,
                 "grads_prev": self.grads_prev, "last_loss": self.last_loss, "loss_sum": self.loss_sum,
                 "loss_count": self.loss_count, "alive": self.alive, "stopped": self.stopped,
@@ -450,6 +460,8 @@ class Population:
         self.hypers.load_state_dict(state["hypers"])
         self.train_stream.load_state_dict(state["train_stream"])
         self.val_stream.load_state_dict(state["val_stream"])
+        if self.stats_stream is not None:
+            self.stats_stream.load_state_dict(state["stats_stream"])
         for key in ("initial_weights", "hyper_step", "weight_step", "train_time", "grads_prev", "last_loss",
                     "loss_sum", "loss_count", "alive", "stopped", "histories", "last_logged_step"):
             setattr(self, key, state[key])

@@ -19,7 +19,7 @@ import pandas as pd
 from onepass import catalog, study
 from onepass.collection import read_runs, status_line
 from onepass.figures import FIGURES
-from onepass.tables import html_table, with_se
+from onepass.tables import ESTIMATORS, html_table, with_se
 
 TOP = 5
 STYLE = """
@@ -97,11 +97,11 @@ def render(dataset: str, runs: pd.DataFrame, summary: pd.DataFrame, sweep_summar
               html_table(_fmt(sweep_summary.fillna(""))),
               "<details><summary>Settings of each algorithm</summary>", html_table(_settings(plan)), "</details>",
               "<h2>Summary</h2>",
-              "<p class='note'>Mean and median with standard errors (median: 1000 bootstrap resamples) of the "
-              "finished runs, rounded to the precision their standard error supports. "
-              + " ".join(f"{html.escape(a.label)}: the best validation loss of each group of "
-                         f"{a.derived['best_of']} {html.escape(catalog.label(a.derived['from']))} seeds."
-                         for a in catalog.derived_algorithms().values()) + "</p>",
+              "<p class='note'>Mean and median with standard errors of the finished runs, rounded to the "
+              "precision their standard error supports"
+              + "".join(f"; {ESTIMATORS[k]}" for k in dict.fromkeys(summary.get("statistic", []))
+                        if k in ESTIMATORS) + ". "
+              + " ".join(_derived_note(a) for a in catalog.derived_algorithms().values()) + "</p>",
               html_table(_summary(summary))]
     for kind, fig in FIGURES.items():
         parts.append(f"<h2>{html.escape(fig.title)}</h2>"
@@ -111,6 +111,14 @@ def render(dataset: str, runs: pd.DataFrame, summary: pd.DataFrame, sweep_summar
         parts.append(_img(figures[kind]) if kind in figures else "<p>(figure not made)</p>")
     parts.append(f"<p class='note'>One row per run: runs.tsv ({len(runs)} runs).</p></body></html>")
     return "\n".join(parts)
+
+
+def _derived_note(a) -> str:
+    """How a derived algorithm (Random (3-batched)) is computed, in a sentence."""
+    how = ("random groups of the runs that did not diverge" if a.derived.get("groups", "random") == "random"
+           else "groups of consecutive seeds")
+    return (f"{html.escape(a.label)}: the best validation loss of each group of {a.derived['best_of']} "
+            f"{html.escape(catalog.label(a.derived['from']))} runs ({how}).")
 
 
 def write(runs_path, summary_path, sweep_summary_path, plan_path, figure_paths, out) -> None:

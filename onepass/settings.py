@@ -72,7 +72,12 @@ SETTINGS: dict[str, Setting] = {
     "clip_grad_norm": Setting(OPT_FLOAT, None, "clip the training gradient to this global norm", positive=True),
     "baydin_clipped_gradients": Setting((bool,), False, "baydin: its hypergradient from the clipped training "
                                         "gradients (default: unclipped, as the paper's code; the step is clipped)"),
-    "divergence_threshold": Setting(FLOAT, 1e3, "training loss above this marks the run diverged", positive=True),
+    "batchnorm_absorbs_validation": Setting((bool,), True, "BatchNorm models: the running statistics also "
+                                            "absorb one validation batch (a train-mode forward pass) every weight "
+                                            "step, as the paper's code, which computed its validation loss in "
+                                            "train mode; false: training batches only"),
+    "divergence_threshold": Setting(OPT_FLOAT, None, "training loss above this marks the run diverged (null: only "
+                                    "a NaN/inf loss does, as the paper's code for UCI)", positive=True),
     "weight_steps": Setting(OPT_INT, None, "total weight steps; when set, it fixes hyperparameter_steps to "
                             "ceil(weight_steps / update_interval), so one budget fits every algorithm", minimum=1),
     "log_every": Setting(INT, 100, "weight steps between logged evaluations (taken at the end of the "

@@ -104,6 +104,7 @@ def apply_defaults(config: dict) -> dict:
         out[key] = out.get(key) or {}
     out.setdefault("data_mirrors", [])
     out.setdefault("device", "auto")
+    out.setdefault("table_statistic", "bootstrap")
     return out
 
 

@@ -1,4 +1,13 @@
-"""The paper's tables: mean, median (bootstrap SE) and best final test metric per algorithm."""
+"""The paper's tables: mean, median (with standard errors) and best final test metric per algorithm.
+
+Two estimators (``STATISTICS_KINDS``, the study config's ``table_statistic``):
+
+- ``bootstrap`` (the default, the paper's: its paper_plots.py write_statistics, lines 443-458): 1000
+  bootstrap resamples of the finite values; the median is the mean of the resamples' medians, ± their standard
+  deviation; the mean is the mean of the resamples' means, ± their standard deviation.
+- ``sample``: the sample median ± the standard deviation of 1000 bootstrap medians, and the sample mean ± its
+  standard error (std / sqrt(n)).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +22,9 @@ import pandas as pd
 from onepass import catalog
 
 N_BOOT = 1000
+STATISTICS_KINDS = ("bootstrap", "sample")
 COLUMNS = ["dataset", "algorithm", "label", "metric", "runs", "done", "diverged", "stale", "missing",
-           "mean", "mean_se", "median", "median_se", "best"]
+           "mean", "mean_se", "median", "median_se", "best", "statistic"]
 
 
 def mean_se(values) -> tuple:
@@ -40,6 +50,27 @@ def median_se(values, n_boot: int = N_BOOT, seed: int = 0) -> tuple:
     return float(np.median(x)), float(medians.std(ddof=1))
 
 
+def bootstrap(values, n_boot: int = N_BOOT, seed: int = 0) -> tuple:
+    """The paper's estimator: (mean of the bootstrap means, their std, mean of the bootstrap medians, their std)
+    over ``n_boot`` resamples of the finite values (the same resamples for both), NaNs ignored."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return (float("nan"),) * 4
+    resamples = x[np.random.default_rng(seed).integers(0, len(x), size=(max(n_boot, 1), len(x)))]
+    means, medians = resamples.mean(axis=1), np.median(resamples, axis=1)
+    return float(means.mean()), float(means.std()), float(medians.mean()), float(medians.std())
+
+
+def estimate(values, statistic: str = "bootstrap", n_boot: int = N_BOOT) -> tuple:
+    """(mean, mean SE, median, median SE) of ``values`` by the estimator ``statistic`` (``STATISTICS_KINDS``)."""
+    if statistic == "bootstrap":
+        return bootstrap(values, n_boot)
+    if statistic == "sample":
+        return (*mean_se(values), *median_se(values, n_boot))
+    raise ValueError(f"table statistic must be one of {', '.join(STATISTICS_KINDS)}, got {statistic!r}")
+
+
 def best(values) -> float:
     """Lowest finite value (NaN if there is none)."""
     x = np.asarray(values, dtype=float)
@@ -47,21 +78,34 @@ def best(values) -> float:
     return float(x.min()) if len(x) else float("nan")
 
 
-def best_of_groups(runs: pd.DataFrame, source: str, size: int) -> pd.DataFrame:
-    """A derived population such as Random (3-batched): the seeds of ``source`` grouped in ``size``s
-    (0-2, 3-5, ...), keeping in each complete group the run with the best validation loss.
+def best_of_groups(runs: pd.DataFrame, source: str, size: int, groups: str = "random", seed: int = 0) -> pd.DataFrame:
+    """A derived population such as Random (3-batched): groups of ``size`` runs of ``source``, keeping in each
+    the run with the best final validation loss.
 
-    Returns one row per group with the chosen run's test metric (NaN if every run of the group
-    diverged); groups with a missing run are left out.
+    ``groups="random"`` (the paper's design, its figures.py parse_data_by_algorithm, lines 474-486): the
+    finished runs of ``source`` that did not diverge, in a random order drawn with ``seed``, cut into
+    len // size groups (the remainder left out); every chosen run is finished. (The paper's code drew the order
+    over the runs left after removing the diverged ones but looked their validation losses up in the unfiltered
+    list, a slip once runs diverge; here each group's losses are its own runs'.) ``groups="by_seed"``:
+    consecutive seeds (0-2, 3-5, ...), a group with a missing or stale run left out and a diverged run never
+    chosen unless the whole group diverged (then its test metric is NaN).
+
+    Returns one row per group with the chosen run's seed, status, validation loss and test metric.
     """
-    rv = runs[runs["algorithm"] == source].copy()
-    rv["group"] = rv["seed"] // size
+    rv = runs[runs["algorithm"] == source]
+    if groups == "random":
+        done = rv[rv["status"] == "done"].sort_values("seed")
+        order = np.random.default_rng(seed).permutation(len(done))
+        members = [done.iloc[order[i:i + size]] for i in range(0, len(order) - size + 1, size)]
+    elif groups == "by_seed":
+        members = [m for _, m in rv.assign(group=rv["seed"] // size).groupby("group")
+                   if len(m) == size and not m["status"].isin(("missing", "stale")).any()]
+    else:
+        raise ValueError(f"derived groups must be one of {', '.join(catalog.DERIVED_GROUPS)}, got {groups!r}")
     rows = []
-    for group, members in rv.groupby("group"):
-        if len(members) < size or members["status"].isin(("missing", "stale")).any():
-            continue
-        valid = pd.to_numeric(members["valid_loss"], errors="coerce").fillna(np.inf)
-        chosen = members.loc[valid.idxmin()]
+    for group, m in enumerate(members):
+        valid = pd.to_numeric(m["valid_loss"], errors="coerce").fillna(np.inf).to_numpy()
+        chosen = m.iloc[int(np.argmin(valid))]
         rows.append({"group": group, "seed": chosen["seed"], "status": chosen["status"],
                      "valid_loss": chosen["valid_loss"], "test_metric": chosen["test_metric"]})
     return pd.DataFrame(rows, columns=["group", "seed", "status", "valid_loss", "test_metric"])
@@ -71,23 +115,24 @@ def derived_populations(runs: pd.DataFrame) -> dict:
     """Every derived algorithm of the catalogue whose source has runs here: {name: its population}."""
     out = {}
     for name, algorithm in catalog.derived_algorithms().items():
-        population = best_of_groups(runs, algorithm.derived["from"], algorithm.derived["best_of"])
+        d = algorithm.derived
+        population = best_of_groups(runs, d["from"], d["best_of"], d.get("groups", "random"), d.get("seed", 0))
         if len(population):
             out[name] = population
     return out
 
 
-def _row(dataset, algorithm, metric, runs: pd.DataFrame, n_boot: int) -> dict:
+def _row(dataset, algorithm, metric, runs: pd.DataFrame, n_boot: int, statistic: str = "bootstrap") -> dict:
     """An algorithm's statistics over its finished runs (stale, missing and diverged runs left out)."""
     values = pd.to_numeric(runs["test_metric"].where(runs["status"] == "done"), errors="coerce")
-    mean, mse = mean_se(values)
-    median, mdse = median_se(values, n_boot)
+    mean, mse, median, mdse = estimate(values, statistic, n_boot)
     status = runs["status"].value_counts()
     return {"dataset": dataset, "algorithm": algorithm, "label": catalog.label(algorithm),
             "metric": metric, "runs": len(runs), "done": int(status.get("done", 0)),
             "diverged": int(status.get("diverged", 0)), "stale": int(status.get("stale", 0)),
             "missing": int(status.get("missing", 0)),
-            "mean": mean, "mean_se": mse, "median": median, "median_se": mdse, "best": best(values)}
+            "mean": mean, "mean_se": mse, "median": median, "median_se": mdse, "best": best(values),
+            "statistic": statistic}
 
 
 HONEST_LABEL = "test at best validation"
@@ -109,7 +154,8 @@ def paper_values(runs: pd.DataFrame) -> tuple[list[float], str | None]:
     return values, name
 
 
-def _paper_row(dataset, algorithm, metric, runs: pd.DataFrame, n_boot: int) -> dict | None:
+def _paper_row(dataset, algorithm, metric, runs: pd.DataFrame, n_boot: int,
+               statistic: str = "bootstrap") -> dict | None:
     """The paper's statistic of a search beside the honest one: BayesOpt, the best test metric seen by each
     repetition (optimistic: selected on the test set); ASHA/PBT, the final test metric of every trial that
     ran to the end. ``runs`` counts the values, ``diverged`` the NaN ones among them."""
@@ -118,13 +164,12 @@ def _paper_row(dataset, algorithm, metric, runs: pd.DataFrame, n_boot: int) -> d
         return None
     x = np.asarray(values, dtype=float)
     finite = np.isfinite(x)
-    mean, mse = mean_se(x)
-    median, mdse = median_se(x, n_boot)
+    mean, mse, median, mdse = estimate(x, statistic, n_boot)
     return {"dataset": dataset, "algorithm": algorithm + PAPER_SUFFIX,
             "label": f"{catalog.label(algorithm)} ({PAPER_LABELS.get(name, 'paper: ' + name)})",
             "metric": metric, "runs": len(x), "done": int(finite.sum()), "diverged": int((~finite).sum()),
             "stale": 0, "missing": 0, "mean": mean, "mean_se": mse, "median": median, "median_se": mdse,
-            "best": best(x)}
+            "best": best(x), "statistic": statistic}
 
 
 def populations(runs: pd.DataFrame) -> dict:
@@ -134,10 +179,12 @@ def populations(runs: pd.DataFrame) -> dict:
     return groups
 
 
-def summarise(runs: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
+def summarise(runs: pd.DataFrame, n_boot: int = N_BOOT, statistic: str = "bootstrap") -> pd.DataFrame:
     """One row per algorithm (plus Random (3-batched)) in the paper's order; a search that recorded the
     paper's statistic gets a second row right after its own (algorithm ``<name>@paper``), and its own row's
-    label says that it is the test metric at the best validation loss."""
+    label says that it is the test metric at the best validation loss. ``statistic``: the estimator of the
+    mean, median and their standard errors (``STATISTICS_KINDS``; ``bootstrap`` is the paper's)."""
+    estimate([], statistic)  # a bad name fails before any work
     if runs.empty:
         return pd.DataFrame(columns=COLUMNS)
     dataset = str(runs["dataset"].iloc[0])
@@ -145,18 +192,18 @@ def summarise(runs: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
     groups = populations(runs)
     rows = []
     for a in catalog.order(groups):
-        row = _row(dataset, a, metric, groups[a], n_boot)
-        paper = _paper_row(dataset, a, metric, groups[a], n_boot) if catalog.is_search(a) else None
+        row = _row(dataset, a, metric, groups[a], n_boot, statistic)
+        paper = _paper_row(dataset, a, metric, groups[a], n_boot, statistic) if catalog.is_search(a) else None
         if paper is not None:
             row["label"] = f"{row['label']} ({HONEST_LABEL})"
         rows += [row] + ([paper] if paper is not None else [])
-    return pd.DataFrame(rows + error_rows(dataset, runs, n_boot), columns=COLUMNS)
+    return pd.DataFrame(rows + error_rows(dataset, runs, n_boot, statistic), columns=COLUMNS)
 
 
 ERROR_METRIC = "test error (1 − accuracy)"
 
 
-def error_rows(dataset: str, runs: pd.DataFrame, n_boot: int = N_BOOT) -> list[dict]:
+def error_rows(dataset: str, runs: pd.DataFrame, n_boot: int = N_BOOT, statistic: str = "bootstrap") -> list[dict]:
     """For a classification dataset, the same statistics of the final test error (1 - test accuracy), the
     paper's other measure for Fashion-MNIST and CIFAR-10 (metric ``ERROR_METRIC``); algorithms whose runs
     recorded no accuracy are left out."""
@@ -169,7 +216,7 @@ def error_rows(dataset: str, runs: pd.DataFrame, n_boot: int = N_BOOT) -> list[d
     for a in catalog.order(groups):
         finished = groups[a][groups[a]["status"] == "done"]
         if pd.to_numeric(finished["test_metric"], errors="coerce").notna().any():
-            rows.append(_row(dataset, a, ERROR_METRIC, groups[a], n_boot))
+            rows.append(_row(dataset, a, ERROR_METRIC, groups[a], n_boot, statistic))
     return rows
 
 
@@ -224,47 +271,90 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
-INTRODUCTION = ("Mean ± standard error, median ± standard error (1000 bootstrap resamples) and best final "
-                "test metric over the initialisations of each algorithm, each rounded to the precision its "
-                "standard error supports; diverged runs (NaN) are left out. Lower is better; the lowest value "
-                "is bold. A black-box search has two rows: its test metric at the best validation loss, over "
-                "its repetitions (honest), and the paper's statistic: for BayesOpt the lowest test metric "
-                "logged by any evaluation of each repetition (selected on the test set), for ASHA and PBT the "
-                "final test metric of every trial that ran to the end (Runs: those trials).")
+ESTIMATORS = {
+    "bootstrap": "the mean of 1000 bootstrap resamples' means ± their standard deviation, the mean of their medians "
+                 "± their standard deviation (the paper's estimator)",
+    "sample": "the sample mean ± its standard error, the sample median ± the standard deviation of 1000 "
+              "bootstrap medians",
+}
+INTRODUCTION = ("Mean and median with their standard errors, and the best final test metric, over the "
+                "initialisations of each algorithm, each rounded to the precision its standard error supports; "
+                "diverged runs (NaN) are left out. Lower is better; the lowest value is bold. A black-box search "
+                "has two rows: its test metric at the best validation loss, over its repetitions (honest), and "
+                "the paper's statistic: for BayesOpt the lowest test metric logged by any evaluation of each "
+                "repetition (selected on the test set), for ASHA and PBT the final test metric of every trial "
+                "that ran to the end (Runs: those trials).")
+
+
+def introduction(summaries: pd.DataFrame) -> str:
+    """:data:`INTRODUCTION` with the estimator(s) the summaries were computed by (column ``statistic``)."""
+    kinds = [k for k in dict.fromkeys(summaries.get("statistic", pd.Series(dtype=object)).dropna())
+             if k in ESTIMATORS]
+    return INTRODUCTION + "".join(f" Estimator ({k}): {ESTIMATORS[k]}." for k in kinds)
+
+
 STYLE = ("body{font-family:sans-serif;margin:1em;color:#222}"
          "table{border-collapse:collapse;font-size:.9em;margin:.5em 0 1.2em}"
          "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}"
          "td:first-child,th:first-child{text-align:left}")
 
 
+def _placement(algorithm: str) -> str:
+    """Where the paper's tables show an algorithm's rows: "main" (its dataset's section of Tables 1-3), the
+    catalogue's ``paper_table`` ("base", "separate"), or "search:<kind>" (a table of each search kind)."""
+    known = catalog.algorithms().get(str(algorithm).split(PAPER_SUFFIX)[0])
+    if known is None:
+        return "main"
+    if known.is_search:
+        return f"search:{known.search}"
+    return known.paper_table or "main"
+
+
 def _layout(summaries: pd.DataFrame):
-    """The paper's layout: [(table title, [(dataset heading, its summary rows)])], Table 1 the UCI sets."""
+    """The paper's layout (its paper_plots.py write_all_tables, lines 466-542): [(table title, [(dataset
+    heading, its summary rows)])]. Table 1 the UCI sets, Table 2 the others, Table 3 the test errors, with the
+    rows of Long Diff-through-Opt (Full) (``paper_table: base``) in UCI Energy's section though run on a variant;
+    then a table of its own for each ``paper_table: separate`` algorithm (Long Diff-through-Opt (Medium), with
+    Fashion-MNIST's rows) and for each search kind (BayesOpt, ASHA, PBT). Other variants' rows are studies of
+    their own, not in these tables."""
     sources = {a.derived["from"] for a in catalog.derived_algorithms().values()}
     shown = summaries[~summaries["algorithm"].isin(sources)]  # the paper shows the derived rows instead
     known = catalog.datasets()
-    datasets = [d for d in catalog.dataset_order(dict.fromkeys(shown["dataset"]))
-                if d not in known or not known[d].is_variant]   # variants are studies of their own
-    primary, errors = shown[shown["metric"] != ERROR_METRIC], shown[shown["metric"] == ERROR_METRIC]
-    tables = (("Table 1: UCI regression (unnormalised test MSE)", primary,
-               [d for d in datasets if catalog.family(d) == "uci"]),
-              ("Table 2: {datasets}", primary,
+    base = shown["dataset"].map(lambda d: known[d].base if d in known else d)
+    place = shown["algorithm"].map(_placement)
+    own = (base == shown["dataset"]) & (place == "main")
+    main = pd.concat([shown[own], shown[place == "base"].assign(dataset=base[place == "base"])])
+    datasets = catalog.dataset_order(dict.fromkeys(main["dataset"]))
+    primary, errors = main[main["metric"] != ERROR_METRIC], main[main["metric"] == ERROR_METRIC]
+    tables = [("UCI regression (unnormalised test MSE)", primary, [d for d in datasets if catalog.family(d) == "uci"]),
+              ("{datasets}", primary,
                [d for d in datasets if catalog.family(d) != "uci"]),
-              (f"Table 3: {{datasets}}, {ERROR_METRIC}", errors,
-               [d for d in datasets if d in set(errors["dataset"])]))
+              (f"{{datasets}}, {ERROR_METRIC}", errors,
+               [d for d in datasets if d in set(errors["dataset"])])]
+    separate = shown[place == "separate"]
+    for algorithm in catalog.order(dict.fromkeys(separate["algorithm"])):
+        rows = separate[separate["algorithm"] == algorithm]
+        for d in catalog.dataset_order(dict.fromkeys(rows["dataset"])):
+            frame = pd.concat([main[main["dataset"] == d], rows[rows["dataset"] == d]])
+            tables.append((f"{catalog.dataset_label(d)} with {catalog.label(algorithm)}", frame, [d]))
+    searches = catalog.order(dict.fromkeys(shown.loc[place.str.startswith("search:"), "algorithm"]))
+    for kind in dict.fromkeys(_placement(a) for a in searches):
+        frame = shown[place == kind]
+        labels = ", ".join(catalog.label(a) for a in catalog.order(dict.fromkeys(
+            a for a in frame["algorithm"] if PAPER_SUFFIX not in a)))
+        tables.append((labels, frame, catalog.dataset_order(dict.fromkeys(frame["dataset"]))))
     out = []
     for title, frame, members in tables:
         sections = []
         for d in members:
-            part = frame[frame["dataset"] == d].reset_index(drop=True)
-            if part.empty:
-                continue
-            metric = part["metric"].iloc[0]
-            scale = catalog.table_scale(d) if metric != ERROR_METRIC else 1.0
-            sections.append((_heading(d, metric, scale), scaled(part, scale)))
+            for metric in dict.fromkeys(frame.loc[frame["dataset"] == d, "metric"]):
+                part = frame[(frame["dataset"] == d) & (frame["metric"] == metric)].reset_index(drop=True)
+                scale = catalog.table_scale(d) if metric != ERROR_METRIC else 1.0
+                sections.append((_heading(d, metric, scale), scaled(part, scale)))
         if sections:   # a title names the datasets the study has, not the paper's
-            present = [catalog.dataset_label(d) for d in members if not frame[frame["dataset"] == d].empty]
+            present = list(dict.fromkeys(h.split(" (")[0] for h, _ in sections))
             names = ", ".join(present[:-1]) + " and " + present[-1] if len(present) > 1 else present[0]
-            out.append((title.format(datasets=names), sections))
+            out.append((f"Table {len(out) + 1}: {title.replace('{datasets}', names)}", sections))
     return out
 
 
@@ -288,7 +378,7 @@ def _heading(dataset: str, metric: str, scale: float) -> str:
 
 def paper_markdown(summaries: pd.DataFrame) -> str:
     """All datasets laid out like the paper: Table 1 for UCI, Table 2 for the rest."""
-    parts = ["# Final test metrics of the population study", "", INTRODUCTION]
+    parts = ["# Final test metrics of the population study", "", introduction(summaries)]
     for title, sections in _layout(summaries):
         parts += ["", f"## {title}"]
         for heading, part in sections:
@@ -312,7 +402,7 @@ def _page(title: str, body: list[str]) -> str:
 
 def paper_html(summaries: pd.DataFrame) -> str:
     """The paper's tables as one HTML page (for the report)."""
-    body = ["<h1>Final test metrics of the population study</h1>", f"<p>{html.escape(INTRODUCTION)}</p>"]
+    body = ["<h1>Final test metrics of the population study</h1>", f"<p>{html.escape(introduction(summaries))}</p>"]
     for title, sections in _layout(summaries):
         body.append(f"<h2>{html.escape(title)}</h2>")
         for heading, part in sections:
@@ -335,7 +425,7 @@ def summary_html(summary: pd.DataFrame) -> str:
         title = f"{catalog.dataset_label(dataset)}: final {metric}"
         body += [f"<h2>{html.escape(title)}</h2>", html_table(cells, raw=("Mean ± SE", "Median ± SE", "Best"))]
     title = f"{catalog.dataset_label(dataset)}: final {summary['metric'].iloc[0]}"
-    return _page(title, [body[0], f"<p>{html.escape(INTRODUCTION)}</p>", *body[1:]])
+    return _page(title, [body[0], f"<p>{html.escape(introduction(summary))}</p>", *body[1:]])
 
 
 def write_summary_html(summary: pd.DataFrame, path) -> None:

@@ -14,7 +14,7 @@ budget (``--mem-mb``, or the GPU's free memory), one after another; each group c
 with the same metrics. A checkpoint that cannot be read, or that was written under other settings, is moved
 aside with a one-line notice and the group starts afresh. A finished population deletes its checkpoints
 unless ``keep_checkpoint`` is set. A member whose training loss becomes NaN/inf or exceeds
-``divergence_threshold`` is frozen and recorded as diverged (the command still exits 0).
+``divergence_threshold`` (where set) is frozen and recorded as diverged (the command still exits 0).
 """
 
 from __future__ import annotations

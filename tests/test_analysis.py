@@ -133,9 +133,85 @@ def test_median_se_matches_bootstrap_theory():
     assert se == pytest.approx(1.2533 / 20, rel=0.25)
 
 
+def test_bootstrap_estimator_on_a_fixed_sample():
+    """The paper's table estimator (its paper_plots.py:443-458): 1000 bootstrap resamples of the finite values;
+    mean of the resamples' means ± their (population) std, mean of their medians ± their std. Checked against a
+    plain loop over the same resample indices (numpy's default_rng(0)), with the standard library's statistics."""
+    import statistics
+
+    values = [3.0, 1.0, float("nan"), 4.0, 1.0, 5.0, 9.0, 2.0]
+    finite = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0]
+    rows = np.random.default_rng(0).integers(0, len(finite), size=(1000, len(finite)))
+    means = [statistics.fmean(finite[i] for i in row) for row in rows]
+    medians = [statistics.median(finite[i] for i in row) for row in rows]
+    got = tables.bootstrap(values)
+    expected = (statistics.fmean(means), statistics.pstdev(means), statistics.fmean(medians),
+                statistics.pstdev(medians))
+    assert got == pytest.approx(expected, rel=1e-12)
+    # and what it estimates: the sample mean (25/7), and its SE sigma/sqrt(n) (sigma the population std)
+    assert got[0] == pytest.approx(25 / 7, abs=4 * got[1] / math.sqrt(1000))
+    assert got[1] == pytest.approx(statistics.pstdev(finite) / math.sqrt(7), rel=0.1)
+    assert 2.0 < got[2] < 4.0 and got[2] != statistics.median(finite)   # not the sample median (3.0)
+    assert tables.bootstrap(values) == got                                 # deterministic
+    assert tables.bootstrap([5.0, 5.0]) == (5.0, 0.0, 5.0, 0.0)
+    assert all(math.isnan(v) for v in tables.bootstrap([float("nan")]))
+    # the sample estimator stays a setting: the sample mean ± SE and the sample median ± bootstrap SE
+    sample = tables.estimate(values, "sample")
+    assert sample[0] == pytest.approx(25 / 7) and sample[2] == 3.0
+    assert sample == (*tables.mean_se(values), *tables.median_se(values))
+    with pytest.raises(ValueError, match="table statistic must be one of bootstrap, sample, got 'mode'"):
+        tables.estimate(values, "mode")
+
+
+def test_summaries_use_the_papers_estimator_by_default(study):
+    _, runs = study
+    s = tables.summarise(runs).set_index("algorithm")
+    ours = [2.5, 5.0, 7.5]   # Ours_LR's final test metrics
+    assert (s.loc["Ours_LR", "mean"], s.loc["Ours_LR", "mean_se"], s.loc["Ours_LR", "median"],
+            s.loc["Ours_LR", "median_se"]) == pytest.approx(tables.bootstrap(ours), rel=1e-12)
+    assert set(s["statistic"]) == {"bootstrap"}
+    sample = tables.summarise(runs, statistic="sample").set_index("algorithm")
+    assert sample.loc["Ours_LR", "mean"] == 5.0 and sample.loc["Ours_LR", "median"] == 5.0
+    assert set(sample["statistic"]) == {"sample"}
+    assert "mean of their medians" in tables.paper_markdown(s.reset_index())
+
+
+def _validation_runs(valid, status):
+    return pd.DataFrame({"algorithm": "Random_Validation", "seed": range(len(valid)), "status": status,
+                         "valid_loss": valid, "test_metric": [10.0 + i for i in range(len(valid))]})
+
+
+def test_three_batched_draws_random_triples_of_the_runs_that_did_not_diverge():
+    """The paper's Random (3-batched): a random order of the Random_Validation runs that did not diverge, cut
+    into triples, each keeping its best final validation loss; deterministic given the seed."""
+    nan = float("nan")
+    valid = [5.0, nan, 3.0, 8.0, nan, 1.0, 7.0, 2.0, 6.0, 4.0]
+    status = ["done", "diverged", "done", "done", "diverged", "done", "done", "done", "done", "done"]
+    runs = _validation_runs(valid, status)
+    done = [0, 2, 3, 5, 6, 7, 8, 9]   # seeds of the finished runs
+    for seed in (0, 1, 7):
+        order = np.random.default_rng(seed).permutation(len(done))
+        triples = [[done[i] for i in order[0:3]], [done[i] for i in order[3:6]]]   # 8 runs: two triples
+        expected = [min(t, key=lambda s: valid[s]) for t in triples]
+        got = tables.best_of_groups(runs, "Random_Validation", 3, "random", seed)
+        assert got["seed"].tolist() == expected
+        assert got["test_metric"].tolist() == [10.0 + s for s in expected]
+        assert set(got["status"]) == {"done"}
+        assert tables.best_of_groups(runs, "Random_Validation", 3, "random", seed).equals(got)
+    # the catalogue's Random (3-batched) is this design
+    assert catalog.algorithm("Random_3Batched").derived == {"from": "Random_Validation", "best_of": 3,
+                                                            "groups": "random", "seed": 0}
+    assert tables.derived_populations(runs)["Random_3Batched"].equals(
+        tables.best_of_groups(runs, "Random_Validation", 3, "random", 0))
+    # a diverged run never takes a slot: all 6 finished runs of a population with 3 diverged make 2 triples
+    six = _validation_runs([1.0, nan, 2.0, nan, 3.0, 4.0, nan, 5.0, 6.0],
+                           ["done", "diverged"] * 2 + ["done", "done", "diverged", "done", "done"])
+    assert len(tables.best_of_groups(six, "Random_Validation", 3)) == 2
+
+
 def test_three_batched_keeps_best_validation_of_each_group(study):
     _, runs = study
-    batched = tables.best_of_groups(runs, "Random_Validation", 3)
+    batched = tables.best_of_groups(runs, "Random_Validation", 3, "by_seed")
     # groups (0,1,2): valid 3,1,2 -> seed 1 (test 8); (3,4,5): valid NaN,5,4 -> seed 5 (test 4)
     assert batched["seed"].tolist() == [1, 5]
     assert batched["test_metric"].tolist() == [8.0, 4.0]
@@ -144,27 +220,29 @@ def test_three_batched_keeps_best_validation_of_each_group(study):
 def test_three_batched_skips_incomplete_groups(study):
     _, runs = study
     cut = runs[~((runs["algorithm"] == "Random_Validation") & (runs["seed"] == 4))]
-    assert tables.best_of_groups(cut, "Random_Validation", 3)["seed"].tolist() == [1]
+    assert tables.best_of_groups(cut, "Random_Validation", 3, "by_seed")["seed"].tolist() == [1]
 
 
 def test_summary_rows_in_paper_order(study):
     _, runs = study
-    summary = tables.summarise(runs)
+    summary = tables.summarise(runs, statistic="sample")
     assert summary["algorithm"].tolist() == ["Random", "Random_SteppedLR", "Random_3Batched",
                                              "Random_Validation", "Ours_LR"]
     s = summary.set_index("algorithm")
     assert s.loc["Random", "mean"] == 15.0 and s.loc["Random", "diverged"] == 1
     assert s.loc["Ours_LR", "median"] == 5.0 and s.loc["Ours_LR", "best"] == 2.5
     assert s.loc["Random_3Batched", "label"] == "Random (3-batched)"
-    assert s.loc["Random_3Batched", "runs"] == 2 and s.loc["Random_3Batched", "best"] == 4.0
+    assert s.loc["Random_3Batched", "runs"] == 2   # its random triples: see test_three_batched_draws_random_...
+    triples = tables.best_of_groups(runs, "Random_Validation", 3)
+    assert s.loc["Random_3Batched", "best"] == triples["test_metric"].min()
     assert s.loc["Random_SteppedLR", "missing"] == 4
 
 
 def test_paper_tables(study, tmp_path):
     _, runs = study
     summary_path = tmp_path / "summary.tsv"
-    tables.summarise(runs).to_csv(summary_path, sep="\t", index=False)
-    other = tables.summarise(runs.assign(dataset="fashion_mnist"))
+    tables.summarise(runs, statistic="sample").to_csv(summary_path, sep="\t", index=False)
+    other = tables.summarise(runs.assign(dataset="fashion_mnist"), statistic="sample")
     other_path = tmp_path / "fm.tsv"
     other.to_csv(other_path, sep="\t", index=False)
     md, tsv = tmp_path / "paper.md", tmp_path / "paper.tsv"
@@ -340,7 +418,7 @@ def test_searches_show_the_papers_statistic_beside_the_honest_one(study, tmp_pat
     (out.parent / "plan.json").write_text(json.dumps(fake_plan(algorithms, range(3), {"BayesOpt": 2, "ASHA": 1})))
     analysis.main(["collect", "--plan", str(out.parent / "plan.json"), "--runs-dir", str(runs_dir),
                    "--out", str(out)])
-    summary = tables.summarise(collection.read_runs(out))
+    summary = tables.summarise(collection.read_runs(out), statistic="sample")
     assert list(summary["algorithm"]) == ["Random", "BayesOpt", "BayesOpt@paper", "ASHA", "ASHA@paper"]
     s = summary.set_index("algorithm")
     assert s.loc["BayesOpt", "label"] == "Bayesian Optimisation (test at best validation)"
@@ -773,11 +851,11 @@ def test_paper_tables_scale_kin8nm_and_add_test_error_tables(study, tmp_path):
     """Kin8nm's MSE is shown x 1000 as in the paper's Table 1 (the TSV keeps the raw values); a classification
     dataset also gets its test error (1 - accuracy) in Table 3."""
     _, runs = study
-    kin = tables.summarise(runs.assign(dataset="uci_kin8nm"))
+    kin = tables.summarise(runs.assign(dataset="uci_kin8nm"), statistic="sample")
     fm_runs = runs.assign(dataset="fashion_mnist", test_accuracy=0.875)
     ours = fm_runs["algorithm"] == "Ours_LR"
     fm_runs.loc[ours, "test_accuracy"] = 0.9 - 0.01 * fm_runs.loc[ours, "seed"].astype(float)
-    fm = tables.summarise(fm_runs)
+    fm = tables.summarise(fm_runs, statistic="sample")
     errors = fm[fm["metric"] == tables.ERROR_METRIC].set_index("algorithm")
     assert errors.loc["Random", "mean"] == pytest.approx(0.125)
     done = fm_runs[(fm_runs["algorithm"] == "Ours_LR") & (fm_runs["status"] == "done")]
@@ -796,3 +874,46 @@ def test_paper_tables_scale_kin8nm_and_add_test_error_tables(study, tmp_path):
     assert raw[(raw["dataset"] == "uci_kin8nm") & (raw["algorithm"] == "Random")]["mean"].iloc[0] == 15.0
     html_page = tables.summary_html(fm)
     assert html_page.count("<table>") == 2 and tables.ERROR_METRIC in html_page
+
+
+def test_paper_tables_place_long_diff_through_opt_and_the_searches_as_the_paper():
+    """The paper's tables (paper_plots.py:466-542): Long Diff-through-Opt (Full), run on uci_energy_long, is a row
+    of UCI Energy's table after the 4000-step algorithms; Medium is not in Table 2 but in a table of its own with
+    Fashion-MNIST's rows (cross-entropy and error); BayesOpt, ASHA and PBT have tables of their own; the other
+    rows of a variant (the short-horizon study) stay out."""
+    def rows(dataset, algorithms, metric="m"):
+        return [{"dataset": dataset, "algorithm": a, "label": catalog.label(a.split("@")[0]), "metric": metric,
+                 "runs": 3, "done": 3, "diverged": 0, "stale": 0, "missing": 0, "mean": 1.0 + i, "mean_se": 0.1,
+                 "median": 1.0 + i, "median_se": 0.1, "best": 0.5 + i, "statistic": "bootstrap"}
+                for i, a in enumerate(algorithms)]
+
+    summaries = pd.DataFrame(
+        rows("uci_energy", ["Random", "Random_3Batched", "Ours_LR", "BayesOpt", "BayesOpt@paper", "ASHA",
+                            "ASHA@paper", "PBT", "PBT@paper"], "test MSE (unnormalised)")
+        + rows("uci_energy_long", ["Random", "LongDiffThroughOpt_Standalone", "LongDiffThroughOpt_Full"],
+               "test MSE (unnormalised)")
+        + rows("fashion_mnist", ["Random", "Ours_LR", "LongDiffThroughOpt_Medium", "BayesOpt"],
+               "test cross-entropy")
+        + rows("fashion_mnist", ["Random", "Ours_LR", "LongDiffThroughOpt_Medium"], tables.ERROR_METRIC),
+        columns=tables.COLUMNS)
+    layout = {title.split(": ", 1)[1]: {h: list(part["algorithm"]) for h, part in sections}
+              for title, sections in tables._layout(summaries)}
+    # titles name the datasets present (Fashion-MNIST alone here)
+    assert list(layout) == ["UCI regression (unnormalised test MSE)", "Fashion-MNIST",
+                            f"Fashion-MNIST, {tables.ERROR_METRIC}",
+                            "Fashion-MNIST with Long Diff-through-Opt (Medium)", "Bayesian Optimisation",
+                            "ASHA", "PBT"]
+    energy = "UCI Energy (test MSE (unnormalised))"
+    assert layout["UCI regression (unnormalised test MSE)"] == {
+        energy: ["Random", "Random_3Batched", "Ours_LR", "LongDiffThroughOpt_Full"]}
+    fm, fm_error = "Fashion-MNIST (test cross-entropy)", f"Fashion-MNIST ({tables.ERROR_METRIC})"
+    assert layout["Fashion-MNIST"] == {fm: ["Random", "Ours_LR"]}
+    assert layout[f"Fashion-MNIST, {tables.ERROR_METRIC}"] == {fm_error: ["Random", "Ours_LR"]}
+    assert layout["Fashion-MNIST with Long Diff-through-Opt (Medium)"] == {
+        fm: ["Random", "Ours_LR", "LongDiffThroughOpt_Medium"], fm_error: ["Random", "Ours_LR",
+                                                                          "LongDiffThroughOpt_Medium"]}
+    assert layout["Bayesian Optimisation"] == {energy: ["BayesOpt", "BayesOpt@paper"], fm: ["BayesOpt"]}
+    assert layout["ASHA"] == {energy: ["ASHA", "ASHA@paper"]} and layout["PBT"] == {energy: ["PBT", "PBT@paper"]}
+    text = tables.paper_markdown(summaries)
+    assert "## Table 4: Fashion-MNIST with Long Diff-through-Opt (Medium)" in text
+    assert "Long Diff-through-Opt (Standalone)" not in text

@@ -134,11 +134,41 @@ def test_a_dataset_variant_uses_its_bases_data_and_initialisations():
     assert study.initialisations(config, "uci_energy_long") == study.initialisations(config, "uci_energy")[:60]
     assert study.member_of(config, "uci_energy_long", "Random", 7) == study.member_of(config, "uci_energy",
                                                                                        "Random", 7)
-    # the short horizons: 20 hyperparameter steps of every algorithm, 30 for Long Diff-through-Opt (Full)
-    assert study.settings(config, "uci_energy_long", "Ours_LR_Momentum")["hyperparameter_steps"] == 20
-    assert study.settings(config, "uci_energy_long", "LongDiffThroughOpt_Full")["hyperparameter_steps"] == 30
-    assert study.settings(config, "fashion_mnist_long", "Random")["hyperparameter_steps"] == 100
     assert load_settings("uci_energy", "Ours_LR_Momentum")["hyperparameter_steps"] == 400
+
+
+def _steps(config, dataset, algorithm):
+    from onepass import study
+
+    s = study.settings(config, dataset, algorithm)
+    return s["hyperparameter_steps"], s["update_interval"]
+
+
+def test_the_short_horizon_studies_keep_long_diff_through_opts_own_steps():
+    """The paper's run_all.py passed --hyperparameter_steps 20 (UCI) / 100 (Fashion-MNIST) on the command line,
+    and each algorithm's YAML was read after it (parallel_exec.run_parallel), so Long Diff-through-Opt's own
+    hyperparameter_steps won: Standalone 30 windows of 200 weight steps on UCI, 50 of 1000 on Fashion-MNIST."""
+    from snakemake.utils import update_config
+
+    from onepass import study
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    full = study.validate(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), schema)
+    for dataset in ("uci_energy_long", "uci_kin8nm_long", "uci_power_long"):
+        for short in ("Random", "Ours_LR_Momentum", "DiffThroughOpt"):
+            assert _steps(full, dataset, short) == (20, 10), (dataset, short)
+        assert _steps(full, dataset, "LongDiffThroughOpt_Standalone") == (30, 200)
+    assert _steps(full, "uci_energy_long", "LongDiffThroughOpt_Full") == (30, 4000)
+    for short in ("Random", "Ours_LR_Momentum", "DiffThroughOpt"):
+        assert _steps(full, "fashion_mnist_long", short) == (100, 10)
+    assert _steps(full, "fashion_mnist_long", "LongDiffThroughOpt_Standalone") == (50, 1000)
+    assert study.settings(full, "fashion_mnist_long", "LongDiffThroughOpt_Standalone")["unroll_steps"] == 1000
+    # the quick study layers its overrides over the full one's (as Snakemake merges config files)
+    quick = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    update_config(quick, yaml.safe_load((ROOT / "config" / "quick.yaml").read_text()))
+    quick = study.validate(quick, schema)
+    assert _steps(quick, "uci_energy_long", "Random") == (20, 10)
+    assert _steps(quick, "uci_energy_long", "LongDiffThroughOpt_Standalone") == (30, 200)
 
 
 def test_a_variant_of_a_variant_is_refused(tmp_path):
