@@ -143,6 +143,9 @@ def check(config: dict, sources=None) -> None:
         key = f"appendix.{part}"
         if s["dataset"] not in catalog.datasets():
             study.fail(f"{key}.dataset", f"unknown dataset {s['dataset']!r}", sources)
+        if study.takes_files(config, s["dataset"]):
+            study.fail(f"{key}.dataset", f"{s['dataset']} takes its initialisations from the paper's files "
+                       "(sweep sampler from_files); the appendix grids need drawn ones", sources)
         if part == SENSITIVITY:
             names = s["algorithms"] + ([s["baseline"]["algorithm"]] if s.get("baseline") else [])
         else:
