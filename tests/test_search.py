@@ -26,6 +26,7 @@ from onepass.catalog import is_search
 from onepass.settings import ConfigError
 from onepass.search import main, run, search_settings
 from onepass.search.ray_tune import perturb
+from onepass.search.space import space_point
 from onepass.search.record import EVALUATION_COLUMNS, PAPER_STATISTICS, add_evaluation, paper_test_metrics
 from onepass.records import HISTORY_COLUMNS
 from onepass.train import run as train_run
@@ -323,6 +324,40 @@ def test_pbt_explore_multiplies_log10_lr_and_weight_decay_by_default(data_dir, a
     trial = Population(inner, datasets.load("uci_energy", data_dir), [Member(0, 0.01, 1e-4, 0.9)], torch.device("cpu"))
     perturb(trial, random.Random(seed), settings)
     assert trial.hyperparameters()["momentum"][0] == pytest.approx(1 - 1e-6, abs=3e-7)
+
+
+def test_pbt_ours_scales_its_tuned_hyperparameters_by_new_over_old_config(data_dir):
+    """The paper's PBT trial restored under a perturbed config multiplies each tuned hyperparameter by
+    new / old of its config value: log10 lr and log10 weight decay, momentum's logit; a resample scales too."""
+    settings, inner = search_settings("uci_energy", "PBT_Ours", ["pbt_resample_probability=0"])
+    trial = Population(inner, datasets.load("uci_energy", data_dir), [Member(0, 0.01, 1e-4, 0.3)],
+                       torch.device("cpu"))
+    config = {"lr": 0.01, "weight_decay": 1e-4, "momentum": 0.3}   # what the trial started from
+    for name, tuned in (("lr", 1e-3), ("weight_decay", 1e-5), ("momentum", 0.8)):   # where Ours took it
+        trial.set_hyperparameter(0, name, tuned)
+    f = _expected_factors(0)
+    new = perturb(trial, random.Random(0), settings, config)
+    logit = lambda m: math.log(m / (1 - m))   # noqa: E731
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))   # noqa: E731
+    # by hand: new config log10 lr = -2 f0, ratio f0, tuned log10 lr -3 -> -3 f0; likewise weight decay
+    assert new["lr"] == pytest.approx(10 ** (-2 * f[0]), rel=1e-12)
+    assert new["momentum"] == pytest.approx(0.3 * f[2], rel=1e-12)
+    s = {k: v[0] for k, v in trial.hyperparameters().items()}
+    assert s["lr"] == pytest.approx(10 ** (-3 * f[0]), rel=1e-5)
+    assert s["weight_decay"] == pytest.approx(10 ** (-5 * f[1]), rel=1e-5)
+    assert s["momentum"] == pytest.approx(sigmoid(logit(0.8) * logit(0.3 * f[2]) / logit(0.3)), rel=1e-5)
+    # a resample: the new config is a point of the space, and the tuned value is scaled by it, not replaced
+    settings, _ = search_settings("uci_energy", "PBT_Ours", ["pbt_resample_probability=1"])
+    point = space_point(settings, random.Random(5))
+    old = dict(new)
+    before = {k: v[0] for k, v in trial.hyperparameters().items()}
+    assert perturb(trial, random.Random(5), settings, old) == point
+    s = {k: v[0] for k, v in trial.hyperparameters().items()}
+    assert math.log10(s["lr"]) == pytest.approx(math.log10(before["lr"]) * math.log10(point["lr"])
+                                                / math.log10(old["lr"]), rel=1e-5)
+    assert s["lr"] != pytest.approx(point["lr"], rel=1e-3)
+    assert logit(s["momentum"]) == pytest.approx(logit(before["momentum"]) * logit(point["momentum"])
+                                                 / logit(old["momentum"]), rel=1e-4)
 
 
 def test_paper_statistic_of_bayesopt_is_the_best_test_seen_by_any_evaluation():
