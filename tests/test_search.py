@@ -375,13 +375,41 @@ def test_paper_statistic_of_bayesopt_is_the_best_test_seen_by_any_evaluation():
     assert PAPER_STATISTICS["bayesopt"] == "best test seen"
 
 
-def test_lowest_test_metric_reads_the_evaluations_history(tmp_path):
+def test_lowest_test_metric_falls_back_to_the_evaluations_history(tmp_path):
     from onepass.search.bayesopt import lowest_test_metric
 
     (tmp_path / "history.csv").write_text("step,test_metric\n100,5.0\n200,nan\n300,2.5\n400,3.0\n")
     assert lowest_test_metric(tmp_path, {"test_metric": 3.0}) == 2.5
     assert lowest_test_metric(tmp_path, {"test_metric": 1.0}) == 1.0
     assert math.isnan(lowest_test_metric(tmp_path / "none", {"test_metric": float("nan")}))
+
+
+def test_bayesopt_evaluations_track_the_test_minimum_over_every_weight_step(data_dir, tmp_path):
+    """track_min_test (set for BayesOpt's evaluations) keeps the running minimum of the test metric over the
+    initial weights and every weight step: checked against a plain loop, the same run with one weight step
+    per hyperparameter step logging every step, and lower than what its logged history alone shows."""
+    common = {"hyperparameter_steps": 4, "log_every": 10, "track_min_test": True, "keep_checkpoint": True}
+    tracked = train_run("uci_energy", "Random_Validation", 0, 0.1, 1e-4, 0.99, data_dir, tmp_path / "tracked",
+                        overrides=common)
+    plain = train_run("uci_energy", "Random_Validation", 0, 0.1, 1e-4, 0.99, data_dir, tmp_path / "plain",
+                      overrides={"hyperparameter_steps": 40, "update_interval": 1, "log_every": 1})
+    with open(tmp_path / "plain" / "history.csv", newline="") as f:
+        every = [float(r["test_metric"]) for r in csv.DictReader(f)]
+    assert len(every) == 41   # the initial weights and each of the 40 weight steps
+    lowest = math.inf
+    for value in every:        # the running minimum, by a plain loop
+        lowest = min(lowest, value)
+    assert tracked["min_test_metric"] == pytest.approx(lowest, rel=1e-6)
+    with open(tmp_path / "tracked" / "history.csv", newline="") as f:
+        logged = [float(r["test_metric"]) for r in csv.DictReader(f)]
+    assert len(logged) == 5 and tracked["min_test_metric"] < min(logged)
+    assert "min_test_metric" not in plain
+    # kept in the checkpoint: the run started again from its finished checkpoint writes the same minimum
+    again = train_run("uci_energy", "Random_Validation", 0, 0.1, 1e-4, 0.99, data_dir, tmp_path / "tracked",
+                      overrides=common)
+    assert again["min_test_metric"] == tracked["min_test_metric"]
+    from onepass.search.bayesopt import lowest_test_metric
+    assert lowest_test_metric(tmp_path / "tracked", tracked) == tracked["min_test_metric"]
 
 
 def test_paper_statistic_of_asha_and_pbt_is_every_finished_trials_final_test_metric():
