@@ -215,5 +215,5 @@ def test_heatmaps_draw_the_papers_figures(tmp_path):
         text = heatmaps.caption(kind, "uci_energy")
         assert "|" not in text and (kind == "sensitivity" or "relative error" in text)
         doc = publish_doctree(text, settings_overrides={"report_level": 5})
-        assert not doc.traverse(lambda n: n.tagname in ("problematic", "system_message"))
+        assert not list(doc.findall(lambda n: n.tagname in ("problematic", "system_message")))
     assert "not the paper's" in heatmaps.caption("quality_direct", "uci_energy")
