@@ -9,6 +9,7 @@ written down per dataset as a *plan* (``plan.json``), and the directories where 
 workflow's rules are thin adapters to these functions; nothing here knows about Snakemake.
 
     python -m onepass.study sweep --config JSON --dataset D --out-dir results/<study>/sweep/D
+    python -m onepass.study chunk-plan --plan JSON --out PATH     (a plan referring to initialisation files)
 """
 
 from __future__ import annotations
@@ -414,6 +415,15 @@ def resolve_chunk_plan(content: dict, data_dir) -> dict:
     return {**content, "members": members}
 
 
+def write_chunk_plan(content: dict, data_root, path) -> None:
+    """Write a chunk plan, its references to the paper's initialisation files resolved
+    (:func:`resolve_chunk_plan`), as JSON."""
+    from .records import atomic_write
+
+    text = json.dumps(resolve_chunk_plan(content, data_root), indent=1, sort_keys=True)
+    atomic_write(Path(path), lambda tmp: tmp.write_text(f"{text}\n"))
+
+
 def read_plan(path) -> dict:
     """A plan (a dataset's, or a chunk's) written by this module (a ConfigError if it is not one)."""
     try:
@@ -497,8 +507,17 @@ def main(argv=None) -> int:
     s.add_argument("--out-dir", required=True)
     s.add_argument("--data-dir", default=data_dir(),
                    help="where the paper's initialisation files are fetched, for a dataset that takes them")
+    c = sub.add_parser("chunk-plan", help="a chunk plan whose members refer to the paper's initialisation "
+                                          "files, written with their values")
+    c.add_argument("--plan", required=True, help="the chunk plan (onepass.study.chunk_plan) as JSON")
+    c.add_argument("--data-dir", default=data_dir(), help="where the initialisation files are fetched")
+    c.add_argument("--out", required=True)
     args = p.parse_args(argv)
     try:
+        if args.command == "chunk-plan":
+            write_chunk_plan(json.loads(args.plan), args.data_dir, args.out)
+            print(f"wrote {args.out}")
+            return 0
         config = from_json(args.config)
         check(config)
         content = write_sweep(config, args.dataset, args.out_dir, args.data_dir)

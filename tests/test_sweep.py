@@ -201,6 +201,11 @@ def test_full_config_starts_penn_treebank_and_cifar10_from_the_papers_files(data
     finally:
         os.environ.pop("ONEPASS_DATA_MIRRORS") if old is None else os.environ.update(ONEPASS_DATA_MIRRORS=old)
     assert resolved["members"] == [study.member_of(config, dataset, "Random_SteppedLR", s, inits) for s in (0, 1, 17)]
+    out = tmp_path / "plan.json"   # the chunk-plan command of the rule chunk_plan_from_files
+    os.environ["ONEPASS_DATA_MIRRORS"] = str(shared_datasets)
+    assert study.main(["chunk-plan", "--plan", json.dumps(plan), "--data-dir", str(tmp_path / "d"), "--out", str(out)]) == 0
+    os.environ.pop("ONEPASS_DATA_MIRRORS") if old is None else os.environ.update(ONEPASS_DATA_MIRRORS=old)
+    assert json.loads(out.read_text())["members"] == resolved["members"]
     # the other datasets still draw theirs
     assert not study.takes_files(config, "uci_energy") and not study.takes_files(config, "fashion_mnist")
 

@@ -23,6 +23,45 @@ rule sweep:
         " --out-dir {params.out_dir} --data-dir {params.data_dir} > {log} 2>&1"
 
 
+# The chunk plans of a dataset that takes its initial values from the paper's initialisation files
+# (sampler type from_files: Penn Treebank and CIFAR-10 by default). Its params hold references to the files
+# and their SHA-256s, so a plan is rewritten when its members' files change; the values are read when the
+# plan is written, from the files the sweep rule fetched (ancient: a rewritten sweep retrains nothing).
+FILE_DATASETS = [d for d in DATASETS if study.takes_files(config, d)]
+
+
+ruleorder: chunk_plan_from_files > chunk_plan
+
+
+rule chunk_plan_from_files:
+    input:
+        ancient(rules.sweep.output.table),
+    output:
+        f"{STUDY}/sweep/{{dataset}}/chunks/{{algorithm}}/seeds{{first}}-{{last}}.json",
+    log:
+        f"{STUDY}/logs/sweep/{{dataset}}/{{algorithm}}/seeds{{first}}-{{last}}.log",
+    wildcard_constraints:
+        dataset=alternatives(FILE_DATASETS),
+    localrule: True
+    conda:
+        "../../envs/onepass.yaml"
+    params:
+        plan=lambda wildcards: json.dumps(
+            study.chunk_plan(
+                config,
+                wildcards.dataset,
+                wildcards.algorithm,
+                list(range(int(wildcards.first), int(wildcards.last) + 1)),
+            ),
+            indent=1,
+            sort_keys=True,
+        ),
+        data_dir=DATA,
+    shell:
+        "python -m onepass.study chunk-plan --plan {params.plan:q} --data-dir {params.data_dir}"
+        " --out {output} > {log} 2>&1"
+
+
 # The plan of one training job: its (dataset, algorithm), settings and members. Its params are exactly
 # that content, so a change of a chunk's settings or members rewrites its plan and retrains it, and a change
 # elsewhere leaves it alone. (A job is not made to depend on the dataset's plan above: Snakemake would then
@@ -47,44 +86,3 @@ rule chunk_plan:
     run:
         Path(output[0]).write_text(params.plan + "\n")
         Path(log[0]).write_text(f"wrote {output[0]}\n")
-
-
-# The chunk plans of a dataset that takes its initial values from the paper's initialisation files
-# (sampler type from_files: Penn Treebank and CIFAR-10 by default). Its params hold references to the files
-# and their SHA-256s, so a plan is rewritten when its members' files change; the values are read when the
-# plan is written, from the files the sweep rule fetched (ancient: a rewritten sweep retrains nothing).
-FILE_DATASETS = [d for d in DATASETS if study.takes_files(config, d)]
-
-
-ruleorder: chunk_plan_from_files > chunk_plan
-
-
-rule chunk_plan_from_files:
-    input:
-        ancient(rules.sweep.output.table),
-    output:
-        f"{STUDY}/sweep/{{dataset}}/chunks/{{algorithm}}/seeds{{first}}-{{last}}.json",
-    log:
-        f"{STUDY}/logs/sweep/{{dataset}}/{{algorithm}}/seeds{{first}}-{{last}}.log",
-    wildcard_constraints:
-        dataset=alternatives(FILE_DATASETS),
-    localrule: True
-    params:
-        plan=lambda wildcards: json.dumps(
-            study.chunk_plan(
-                config,
-                wildcards.dataset,
-                wildcards.algorithm,
-                list(range(int(wildcards.first), int(wildcards.last) + 1)),
-            ),
-            indent=1,
-            sort_keys=True,
-        ),
-    run:
-        content = study.resolve_chunk_plan(json.loads(params.plan), DATA)
-        Path(output[0]).write_text(
-            json.dumps(content, indent=1, sort_keys=True) + "\n"
-        )
-        Path(log[0]).write_text(
-            f"wrote {output[0]} from the initialisation files\n"
-        )
