@@ -142,6 +142,9 @@ def check(config: dict, sources=None) -> None:
         key = f"appendix.{part}"
         if s["dataset"] not in catalog.datasets():
             study.fail(f"{key}.dataset", f"unknown dataset {s['dataset']!r}", sources)
+        if study.takes_files(config, s["dataset"]):
+            study.fail(f"{key}.dataset", f"{s['dataset']} takes its initialisations from the paper's files "
+                       "(sweep sampler from_files); the appendix grids need drawn ones", sources)
         if part == SENSITIVITY:
             names = s["algorithms"] + ([s["baseline"]["algorithm"]] if s.get("baseline") else [])
         else:
@@ -154,10 +157,16 @@ def check(config: dict, sources=None) -> None:
                 for algorithm, cell in sensitivity_cells(config):
                     load_settings(s["dataset"], algorithm, cell_overrides(config, algorithm, cell))
             else:
+                exact = exact_algorithm(config)
+                if exact not in catalog.algorithms() or catalog.is_search(exact):
+                    study.fail(f"{key}.exact_algorithm", f"unknown or search algorithm {exact!r}", sources)
                 for T, K in quality_cells(config):
                     settings = load_settings(s["dataset"], s["algorithm"], quality_overrides(config, T, K))
                     if settings["hypergradient"] != "neumann":
                         raise ConfigError(f"{s['algorithm']} is not a Neumann-series method")
+                    if load_settings(s["dataset"], exact, exact_overrides(config, T, K))["hypergradient"] != "unroll":
+                        raise ConfigError(f"exact_algorithm {exact} does not differentiate through its steps "
+                                          "(hypergradient unroll)")
         except ConfigError as err:
             study.fail(key, str(err), sources)
 
@@ -179,6 +188,18 @@ def quality_overrides(config: dict, T: int, K: int) -> dict:
     s = spec(config, QUALITY)
     return {**study.overrides(config, s["dataset"], s["algorithm"]), "weight_steps": None,
             "update_interval": T, "neumann_terms": K}
+
+
+def exact_algorithm(config: dict) -> str:
+    """The algorithm of the quality study's exact runs (``exact_algorithm``, default Diff-through-Opt)."""
+    return spec(config, QUALITY).get("exact_algorithm", "DiffThroughOpt")
+
+
+def exact_overrides(config: dict, T: int, K: int) -> dict:
+    """The settings of the exact run matched to the quality study's cell (T, K): K unrolled steps."""
+    s = spec(config, QUALITY)
+    return {**study.overrides(config, s["dataset"], exact_algorithm(config)), "weight_steps": None,
+            "update_interval": T, "unroll_steps": K}
 
 
 # ---- where the appendix lives -----------------------------------------------------------------------------

@@ -465,6 +465,14 @@ def fetch(
         return _fetch_into(name, data_dir, mirrors, sources, download, created)
 
 
+def init_digests(name: str, sources: str | os.PathLike | None = None) -> dict[int, str]:
+    """The paper's published initialisations of ``name`` as listed in the sources table, without fetching
+    them: ``{N: SHA-256}`` of its ``paper_init_N.yaml`` rows (empty for a dataset that has none)."""
+    rows = read_sources(sources).get(name) or []
+    return dict(sorted((int(s.file[len(INIT_PREFIX):].split(".")[0]), s.sha256)
+                       for s in rows if s.file.startswith(INIT_PREFIX)))
+
+
 def fetch_inits(
     name: str,
     data_dir: str | os.PathLike,

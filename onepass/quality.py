@@ -1,13 +1,19 @@
 """The hypergradient-quality study (the paper's Figure 8): how near the paper's approximate hypergradient
 comes to the exact one.
 
-In every cell (T, K <= T) of onepass.appendix's grid, a population of the paper's method (K Neumann terms,
-T weight steps per hyperparameter step) takes its first few hyperparameter steps; beside each, the exact
-hypergradient through the same last K weight steps, from the same weights, on the same batches and the same
-validation batch (Population.step_with_reference). Compared: the cosine similarity and the norm ratio of the
-two hypergradient vectors, and the paper's relative error per hyperparameter. The paper compared the first
-hyperparameter updates of matched runs; comparing the hypergradients themselves leaves the hyperparameter
-optimiser out.
+The paper's quantity (the default figure): in every cell (T, K <= T) of onepass.appendix's grid, matched runs
+of the paper's method (K Neumann terms) and of Diff-through-Opt (K unrolled steps), from the same
+initialisations, weights and batches, with no clipping of the hyperparameters, take their first
+hyperparameter step (T weight steps, then the hypergradient through Adam); per run, the relative error
+abs(update_true - update_ours) / abs(update_true) of the first *update* of lr and of weight decay (in natural
+units), averaged over the runs (its paper_plots.py, hypergradient_comparison).
+
+This project's own comparison (a second figure): beside each of the first few hyperparameter steps of a
+population of the paper's method, the exact hypergradient through the same last K weight steps, from the
+same weights, on the same batches and the same validation batch (Population.step_with_reference): the cosine
+similarity and the norm ratio of the two hypergradient vectors, and the relative error of each
+hyperparameter's hypergradient. It leaves the hyperparameter optimiser out (Adam's first step is nearly
+sign-only, so the paper's quantity mostly tells whether the two signs agree).
 """
 
 from __future__ import annotations
@@ -27,9 +33,13 @@ from .train import resolve_device
 
 MEMBER_COLUMNS = ("update_interval", "lookback", "hyper_step", "seed", "hyperparameter", "ours", "exact")
 SUMMARY_COLUMNS = ("update_interval", "lookback", "quantity", "values", "mean", "median")
+UPDATE_COLUMNS = ("update_interval", "lookback", "seed", "hyperparameter", "ours", "exact")
 # per cell: how the two hypergradients (vectors over the optimised hyperparameters) compare, then the
-# paper's relative error per hyperparameter
+# relative error of each hyperparameter's hypergradient
 VECTOR_QUANTITIES = ("cosine_similarity", "magnitude_ratio")
+# the paper's quantity: the first update of these, in natural units
+PAPER_HYPERPARAMETERS = ("lr", "weight_decay")
+NO_CLIPPING = {"log10_lr_min": -1.0e6, "log10_lr_max": 1.0e6}   # the paper's comparison clipped nothing
 
 
 def relative_error(ours: float, exact: float) -> float:
@@ -56,7 +66,7 @@ def compare(config: dict, data_dir, device: str = "cpu") -> list[dict]:
     s = appendix.spec(config, appendix.QUALITY)
     dataset, algorithm = s["dataset"], s["algorithm"]
     dev = resolve_device(device)
-    members = [Member(**study.member_of(config, dataset, algorithm, seed)) for seed in range(s["initialisations"])]
+    members = _members(config, dataset, algorithm)
     data, rows = None, []
     for T, K in appendix.quality_cells(config):
         settings = load_settings(dataset, algorithm, appendix.quality_overrides(config, T, K))
@@ -77,15 +87,62 @@ def compare(config: dict, data_dir, device: str = "cpu") -> list[dict]:
     return rows
 
 
+def _members(config: dict, dataset: str, algorithm: str) -> list[Member]:
+    s = appendix.spec(config, appendix.QUALITY)
+    return [Member(**study.member_of(config, dataset, algorithm, seed)) for seed in range(s["initialisations"])]
+
+
+def first_updates(config: dict, data_dir, device: str = "cpu") -> list[dict]:
+    """The paper's comparison: every member's first update of lr and weight decay (natural units) in matched
+    runs of the paper's method and of the exact algorithm (``appendix.quality.exact_algorithm``,
+    Diff-through-Opt) in every cell of the quality grid, no hyperparameter clipping (NaN for a member that
+    diverged)."""
+    s = appendix.spec(config, appendix.QUALITY)
+    dataset, dev = s["dataset"], resolve_device(device)
+    data, rows = None, []
+    for T, K in appendix.quality_cells(config):
+        updates = {}
+        for role, algorithm, overrides in (("ours", s["algorithm"], appendix.quality_overrides(config, T, K)),
+                                           ("exact", appendix.exact_algorithm(config),
+                                            appendix.exact_overrides(config, T, K))):
+            settings = load_settings(dataset, algorithm, {**overrides, **NO_CLIPPING})
+            if data is None:
+                data = to_device(load(catalog.dataset(dataset).base, data_dir, settings["preprocessing"]), dev)
+            population = Population(settings, data, _members(config, dataset, algorithm), dev)
+            before = population.hyperparameters()
+            population.step()
+            after, alive = population.hyperparameters(), population.alive.tolist()
+            updates[role] = {n: [a - b if ok else math.nan for a, b, ok in zip(after[n], before[n], alive)]
+                             for n in PAPER_HYPERPARAMETERS}
+        for name in PAPER_HYPERPARAMETERS:
+            for seed, a, b in zip(range(s["initialisations"]), updates["ours"][name], updates["exact"][name]):
+                rows.append({"update_interval": T, "lookback": K, "seed": seed, "hyperparameter": name,
+                             "ours": a, "exact": b})
+    return rows
+
+
+def paper_summary(rows: list[dict]) -> list[dict]:
+    """Per cell and hyperparameter: the relative error of the first update, ``relative_error_<name>``, its mean
+    over the runs (the paper's statistic: NaN ones left out, as its nanmean) and median; ``values`` counts the
+    finite ones."""
+    cells: dict = {}
+    for row in rows:
+        key = (row["update_interval"], row["lookback"], f"relative_error_{row['hyperparameter']}")
+        cells.setdefault(key, []).append(relative_error(row["ours"], row["exact"]))
+    return [{"update_interval": T, "lookback": K, "quantity": quantity,
+             "values": sum(math.isfinite(v) for v in values), "mean": _mean(values),
+             "median": appendix.nanmedian(values)} for (T, K, quantity), values in cells.items()]
+
+
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else math.nan
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per cell: the mean and median over members and steps of the cosine similarity and the norm ratio of
-    the two hypergradient vectors, and of the relative error of each hyperparameter's (the paper's
-    statistic is its mean); ``values`` counts the finite ones."""
+    """This project's comparison, per cell: the mean and median over members and steps of the cosine
+    similarity and the norm ratio of the two hypergradient vectors, and of the relative error of each
+    hyperparameter's hypergradient; ``values`` counts the finite ones."""
     cells: dict = {}
     for row in rows:
         member = cells.setdefault((row["update_interval"], row["lookback"]), {}).setdefault(
@@ -115,21 +172,26 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", required=True, help="where `python -m onepass.data prepare` wrote the data")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--updates", required=True, help="output: every run's first updates, ours and exact (TSV)")
+    p.add_argument("--paper", required=True, help="output: the paper's relative error per cell (TSV)")
     p.add_argument("--members", required=True, help="output: every member's hypergradients (TSV)")
-    p.add_argument("--summary", required=True, help="output: per cell and hyperparameter (TSV)")
+    p.add_argument("--summary", required=True, help="output: this project's comparison per cell (TSV)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         config = study.from_json(args.config)
+        updates = first_updates(config, args.data_dir, args.device)
         rows = compare(config, args.data_dir, args.device)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summary = summarise(rows)
+    appendix.write_table(args.updates, updates, UPDATE_COLUMNS)
+    appendix.write_table(args.paper, paper_summary(updates), SUMMARY_COLUMNS)
     appendix.write_table(args.members, rows, MEMBER_COLUMNS)
-    appendix.write_table(args.summary, summary, SUMMARY_COLUMNS)
-    print(f"{len(appendix.quality_cells(config))} cells, {len(rows)} member hypergradients -> {args.summary}")
+    appendix.write_table(args.summary, summarise(rows), SUMMARY_COLUMNS)
+    print(f"{len(appendix.quality_cells(config))} cells: {len(updates)} first updates -> {args.paper}, "
+          f"{len(rows)} member hypergradients -> {args.summary}")
     return 0
 
 

@@ -83,6 +83,9 @@ SETTINGS: dict[str, Setting] = {
     "log_every": Setting(INT, 100, "weight steps between logged evaluations (taken at the end of the "
                          "hyperparameter step that reaches them, so every algorithm logs at comparable steps)",
                          minimum=1),
+    "track_min_test": Setting((bool,), False, "evaluate the test metric at the start and after every weight "
+                              "step and record its running minimum (min_test_metric in metrics.json): the "
+                              "paper's BayesOpt statistic, set for BayesOpt's evaluations"),
     "checkpoint_every": Setting(INT, 50, "hyperparameter steps between checkpoints", minimum=1),
     "keep_checkpoint": Setting((bool,), False, "keep the checkpoint of a finished run (default: deleted)"),
     # black-box searches (python -m onepass.search): each evaluation / trial is a run of search_inner_algorithm

@@ -9,6 +9,7 @@ written down per dataset as a *plan* (``plan.json``), and the directories where 
 workflow's rules are thin adapters to these functions; nothing here knows about Snakemake.
 
     python -m onepass.study sweep --config JSON --dataset D --out-dir results/<study>/sweep/D
+    python -m onepass.study chunk-plan --plan JSON --out PATH     (a plan referring to initialisation files)
 """
 
 from __future__ import annotations
@@ -143,6 +144,8 @@ def check(config: dict, sources=None) -> None:
             if dataset not in known_datasets:
                 fail(f"sweep.samplers.{key}.by_dataset.{dataset}", f"unknown dataset {dataset!r}", sources)
             _check_sampler(key, sweep.for_dataset(spec, dataset), sources, f"sweep.samplers.{key}.by_dataset.{dataset}")
+    for dataset in config["datasets"]:
+        _check_files(config, dataset, sources)
     for dataset, per_algorithm in config["overrides"].items():
         if dataset != "all" and dataset not in known_datasets:
             fail(f"overrides.{dataset}", f"unknown dataset {dataset!r}", sources)
@@ -170,6 +173,28 @@ def check(config: dict, sources=None) -> None:
                       f"the merged run settings of {algorithm} on {dataset} are invalid: {err}", sources)
 
 
+def _check_files(config: dict, dataset: str, sources) -> None:
+    """A dataset taking keys from the paper's initialisation files must have as many files as seeds."""
+    keys = sweep.from_files(config["sweep"], dataset)
+    if not keys:
+        return
+    from . import data  # imports torch: only for a study that reads the files
+
+    base = catalog.dataset(dataset).base
+    available = len(data.init_digests(base))
+    spec = config["sweep"]["samplers"][keys[0]]
+    key = f"sweep.samplers.{keys[0]}" + (".by_dataset." + dataset if dataset in (spec.get("by_dataset") or {})
+                                         else "")
+    if not available:
+        fail(key, f"{dataset} has no published initialisation files (paper_init_N.yaml rows of {base} in "
+                  "config/sources.tsv) to take from_files", sources)
+    wanted = config["sweep"]["initialisations"][dataset]
+    if wanted > available:
+        fail(f"sweep.initialisations.{dataset}", f"{wanted} initialisations requested, but the paper published "
+             f"{available} for {base}, which {', '.join(keys)} take from_files: ask for at most {available}, "
+             "or draw them at random", sources)
+
+
 def _check_sampler(key: str, spec: dict, sources, where_key: str | None = None) -> None:
     where_key = where_key or f"sweep.samplers.{key}"
     try:
@@ -181,6 +206,8 @@ def _check_sampler(key: str, spec: dict, sources, where_key: str | None = None) 
     for name in spec.get("algorithms", []):
         if name not in catalog.algorithms():
             fail(f"{where_key}.algorithms", f"unknown algorithm {name!r}", sources)
+    if spec["type"] == "from_files":
+        return
     values = spec.get("values") if spec["type"] == "choice" else spec["range"]
     for value in values:
         if key in ("lr", "weight_decay"):
@@ -237,11 +264,31 @@ def settings_identity(config: dict, dataset: str, algorithm: str) -> dict:
     return identity(settings(config, dataset, algorithm))
 
 
-def member_of(config: dict, dataset: str, algorithm: str, seed: int) -> dict:
-    """A seed's member of (dataset, algorithm): its drawn initial hyperparameters and per-member settings."""
-    drawn = sweep.draw(config["sweep"], dataset, seed, catalog.dataset(dataset).base)
-    return {"seed": seed, **{k: float(drawn[k]) for k in INITIAL},
+def member_of(config: dict, dataset: str, algorithm: str, seed: int, inits: dict | None = None) -> dict:
+    """A seed's member of (dataset, algorithm): its drawn initial hyperparameters and per-member settings.
+    ``inits`` ({N: path}, :func:`init_files`) gives the values a dataset takes from the paper's files; without
+    it they are references ``{"file": N}`` (:func:`resolve_chunk_plan` fills them in)."""
+    drawn = sweep.draw(config["sweep"], dataset, seed, catalog.dataset(dataset).base, inits)
+    return {"seed": seed, **{k: drawn[k] if isinstance(drawn[k], dict) else float(drawn[k]) for k in INITIAL},
             "settings": {k: drawn[k] for k in member_settings(config, algorithm)}}
+
+
+def takes_files(config: dict, dataset: str) -> bool:
+    """Whether a dataset takes initial values from the paper's initialisation files (``from_files``)."""
+    return bool(sweep.from_files(config["sweep"], dataset))
+
+
+def init_files(config: dict, dataset: str, data_dir, download: bool = True) -> dict | None:
+    """The paper's initialisation files of a dataset that takes values from them, fetched and verified into
+    ``data_dir`` (from the mirrors of ``ONEPASS_DATA_MIRRORS`` first): {N: path}; None for one that does not."""
+    if not takes_files(config, dataset):
+        return None
+    from . import data
+
+    try:
+        return data.fetch_inits(catalog.dataset(dataset).base, data_dir, download=download)
+    except data.DataError as err:
+        raise ConfigError(f"the initialisation files of {dataset}: {err}") from None
 
 
 def mirrors_variable(config: dict, current: str = "") -> str:
@@ -250,11 +297,11 @@ def mirrors_variable(config: dict, current: str = "") -> str:
     return ":".join(d for d in [*given, current] if d)
 
 
-def initialisations(config: dict, dataset: str) -> list[dict]:
-    """Every seed's drawn initialisation (the rows of initialisations.tsv)."""
+def initialisations(config: dict, dataset: str, inits: dict | None = None) -> list[dict]:
+    """Every seed's drawn initialisation (the rows of initialisations.tsv); ``inits`` as :func:`member_of`."""
     n = config["sweep"]["initialisations"][dataset]
     base = catalog.dataset(dataset).base  # a variant draws its base's initialisations
-    return [{"seed": s, **sweep.draw(config["sweep"], dataset, s, base)} for s in range(n)]
+    return [{"seed": s, **sweep.draw(config["sweep"], dataset, s, base, inits)} for s in range(n)]
 
 
 def members_per_job(config: dict, dataset: str) -> int:
@@ -350,12 +397,12 @@ def dataset_config(config: dict, dataset: str) -> dict:
             "data_mirrors": []}
 
 
-def plan(config: dict, dataset: str) -> dict:
+def plan(config: dict, dataset: str, inits: dict | None = None) -> dict:
     """Everything the runs of a dataset need and everything collection checks them against: per algorithm its
     search kind, seeds, chunks, overrides, per-member settings and resolved settings (their identity); per
-    seed its initialisation."""
+    seed its initialisation (``inits``: the paper's files, for a dataset that takes values from them)."""
     out = {"format": PLAN_FORMAT, "study": config["study"], "dataset": dataset,
-           "initialisations": initialisations(config, dataset), "algorithms": {}}
+           "initialisations": initialisations(config, dataset, inits), "algorithms": {}}
     for algorithm in algorithms(config, dataset):
         out["algorithms"][algorithm] = {
             "search": catalog.algorithm(algorithm).search, "seeds": seeds(config, dataset, algorithm),
@@ -365,17 +412,50 @@ def plan(config: dict, dataset: str) -> dict:
     return out
 
 
-def chunk_plan(config: dict, dataset: str, algorithm: str, chunk: list[int]) -> dict:
+def chunk_plan(config: dict, dataset: str, algorithm: str, chunk: list[int], inits: dict | None = None) -> dict:
     """Everything one job needs, and nothing else: the (dataset, algorithm), the settings it changes and
     their resolved identity, and every member of the chunk. Written per chunk, so that a change elsewhere in
     the config leaves the chunk's plan, and so its runs, alone. The device is no part of it: a run trained on
     the CPU and one trained on a GPU from the same plan are the same run (they agree to floating-point
-    round-off; tests/test_cuda.py), so moving a study to another machine retrains nothing."""
-    return {"format": PLAN_FORMAT, "study": config["study"], "dataset": dataset, "algorithm": algorithm,
-            "search": catalog.algorithm(algorithm).search,
-            "overrides": overrides(config, dataset, algorithm),
-            "settings": settings_identity(config, dataset, algorithm),
-            "members": [member_of(config, dataset, algorithm, s) for s in chunk]}
+    round-off; tests/test_cuda.py), so moving a study to another machine retrains nothing. For a dataset that
+    takes values from the paper's files, without ``inits`` the members hold references to them, and
+    ``init_files`` their SHA-256s (so the plan changes with them); :func:`resolve_chunk_plan` reads them."""
+    content = {"format": PLAN_FORMAT, "study": config["study"], "dataset": dataset, "algorithm": algorithm,
+               "search": catalog.algorithm(algorithm).search,
+               "overrides": overrides(config, dataset, algorithm),
+               "settings": settings_identity(config, dataset, algorithm),
+               "members": [member_of(config, dataset, algorithm, s, inits) for s in chunk]}
+    if takes_files(config, dataset):
+        from . import data
+
+        digests = data.init_digests(catalog.dataset(dataset).base)
+        content["init_files"] = {str(sweep.file_number(s)): digests.get(sweep.file_number(s)) for s in chunk}
+    return content
+
+
+def resolve_chunk_plan(content: dict, data_dir) -> dict:
+    """A chunk plan with the references to the paper's initialisation files replaced by their values, read
+    from the files (fetched and verified into ``data_dir``); a plan without references is returned as is."""
+    if "init_files" not in content:
+        return content
+    from . import data
+
+    try:
+        inits = data.fetch_inits(catalog.dataset(content["dataset"]).base, data_dir)
+    except data.DataError as err:
+        raise ConfigError(f"the initialisation files of {content['dataset']}: {err}") from None
+    members = [{**sweep.resolve({k: v for k, v in m.items() if k != "settings"}, inits),
+                "settings": sweep.resolve(m["settings"], inits)} for m in content["members"]]
+    return {**content, "members": members}
+
+
+def write_chunk_plan(content: dict, data_root, path) -> None:
+    """Write a chunk plan, its references to the paper's initialisation files resolved
+    (:func:`resolve_chunk_plan`), as JSON."""
+    from .records import atomic_write
+
+    text = json.dumps(resolve_chunk_plan(content, data_root), indent=1, sort_keys=True)
+    atomic_write(Path(path), lambda tmp: tmp.write_text(f"{text}\n"))
 
 
 def read_plan(path) -> dict:
@@ -434,18 +514,21 @@ def resources(config: dict, dataset: str, algorithm: str, n_members: int, attemp
 
 
 # ---- the command -------------------------------------------------------------------------------------------
-def write_sweep(config: dict, dataset: str, out_dir) -> dict:
-    """Write a dataset's initialisations.tsv, summary.tsv and plan.json into ``out_dir``; returns the plan."""
+def write_sweep(config: dict, dataset: str, out_dir, data_root=None) -> dict:
+    """Write a dataset's initialisations.tsv, summary.tsv and plan.json into ``out_dir``; returns the plan.
+    A dataset that takes values from the paper's initialisation files fetches them into ``data_root``
+    (default :func:`data_dir`)."""
     from .records import atomic_write
 
+    inits = init_files(config, dataset, data_root or data_dir())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     drawn = sweep.table(config["sweep"], dataset, config["sweep"]["initialisations"][dataset],
-                        catalog.dataset(dataset).base)
+                        catalog.dataset(dataset).base, inits)
     atomic_write(out_dir / "initialisations.tsv", lambda tmp: drawn.to_csv(tmp, sep="\t", index=False))
     summary = sweep.summary(config["sweep"], drawn, dataset)
     atomic_write(out_dir / "summary.tsv", lambda tmp: summary.to_csv(tmp, sep="\t", index=False))
-    content = plan(config, dataset)
+    content = plan(config, dataset, inits)
     atomic_write(out_dir / "plan.json", lambda tmp: tmp.write_text(json.dumps(content, indent=1) + "\n"))
     return content
 
@@ -457,11 +540,22 @@ def main(argv=None) -> int:
     s.add_argument("--config", required=True, help="the study config (or its dataset_config) as JSON")
     s.add_argument("--dataset", required=True)
     s.add_argument("--out-dir", required=True)
+    s.add_argument("--data-dir", default=data_dir(),
+                   help="where the paper's initialisation files are fetched, for a dataset that takes them")
+    c = sub.add_parser("chunk-plan", help="a chunk plan whose members refer to the paper's initialisation "
+                                          "files, written with their values")
+    c.add_argument("--plan", required=True, help="the chunk plan (onepass.study.chunk_plan) as JSON")
+    c.add_argument("--data-dir", default=data_dir(), help="where the initialisation files are fetched")
+    c.add_argument("--out", required=True)
     args = p.parse_args(argv)
     try:
+        if args.command == "chunk-plan":
+            write_chunk_plan(json.loads(args.plan), args.data_dir, args.out)
+            print(f"wrote {args.out}")
+            return 0
         config = from_json(args.config)
         check(config)
-        content = write_sweep(config, args.dataset, args.out_dir)
+        content = write_sweep(config, args.dataset, args.out_dir, args.data_dir)
     except (StudyConfigError, ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

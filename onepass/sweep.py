@@ -10,6 +10,11 @@ A sweep spec (the ``sweep`` section of the workflow config) looks like::
                        by_dataset: {cifar10: {range: [0.995, 1.001]}}}
       hidden_units: {type: choice, values: [64, 128]}
 
+A ``from_files`` sampler draws nothing: seed ``s`` takes the key's value from the paper's published
+initialisation file ``iteration_{s+1}.yaml`` (``inits`` of :func:`draw`, from ``onepass.data.fetch_inits``),
+the same for every algorithm; :data:`FROM_FILES` says how each key is stored there. Without the files
+(``inits`` None) :func:`draw` gives a reference ``{"file": N}`` in its place, which :func:`resolve` fills in.
+
 Every (sweep seed, dataset, run seed, key) has its own random stream, so a run's
 initialisation does not depend on how many runs are drawn or on the other keys:
 seed ``s`` of a dataset is the same initialisation for every algorithm, and
@@ -26,9 +31,16 @@ import hashlib
 import json
 import math
 import random
+from pathlib import Path
 
-SAMPLER_TYPES = ("uniform", "log_uniform", "normal", "log_normal", "choice")
+SAMPLER_TYPES = ("uniform", "log_uniform", "normal", "log_normal", "choice", "from_files")
 MAX_REJECTIONS = 10_000
+# How the paper's initialisation files store each key (config_dicts.network_weight of
+# {CIFAR-10,PennTreebank}/inits/iteration_N.yaml): lr and weight decay as log10, momentum as its logit (its
+# configs' transformed_hyperparameters: 10^, 10^, sigmoid), and Random_SteppedLR's per-iteration factor
+# as the commented line `# lr_multiplier: x` (uncommented in its inits_scheduled_lr copies, which equal them).
+FROM_FILES = {"lr": ("lr", "log10"), "weight_decay": ("weight_decay", "log10"),
+              "momentum": ("momentum", "logit"), "lr_step_factor": ("lr_multiplier", "natural")}
 
 
 def _stream(sweep_seed: int, dataset: str, seed: int, key: str) -> random.Random:
@@ -65,6 +77,10 @@ def check_sampler(key: str, spec: dict) -> None:
     kind = spec.get("type")
     if kind not in SAMPLER_TYPES:
         raise ValueError(f"sweep.samplers.{key}.type: {kind!r} is not one of {SAMPLER_TYPES}")
+    if kind == "from_files":
+        if key not in FROM_FILES:
+            raise ValueError(f"sweep.samplers.{key}.type: from_files can give only {', '.join(FROM_FILES)}")
+        return
     if kind == "choice":
         if not spec.get("values"):
             raise ValueError(f"sweep.samplers.{key}.values: choice needs a non-empty list")
@@ -80,10 +96,33 @@ def _uniform(rng: random.Random, low: float, high: float) -> float:
     return low + (high - low) * rng.random()
 
 
+def read_init(path) -> dict:
+    """The values of every :data:`FROM_FILES` key in one of the paper's initialisation files, in natural
+    units (a ValueError naming the file if one is missing)."""
+    import re
+
+    import yaml
+
+    text = Path(path).read_text()
+    stored = dict(((yaml.safe_load(text) or {}).get("config_dicts") or {}).get("network_weight") or {})
+    commented = re.search(r"^\s*#\s*lr_multiplier:\s*(\S+)\s*$", text, re.MULTILINE)
+    if commented and "lr_multiplier" not in stored:
+        stored["lr_multiplier"] = float(commented.group(1))
+    out = {}
+    for key, (field, form) in FROM_FILES.items():
+        if field not in stored:
+            raise ValueError(f"{path}: no config_dicts.network_weight.{field}")
+        x = float(stored[field])
+        out[key] = 10 ** x if form == "log10" else 1 / (1 + math.exp(-x)) if form == "logit" else x
+    return out
+
+
 def sample(key: str, spec: dict, rng: random.Random):
-    """Draw one value for ``key`` from its sampler ``spec``."""
+    """Draw one value for ``key`` from its sampler ``spec`` (not ``from_files``: see :func:`draw`)."""
     check_sampler(key, spec)
     kind = spec["type"]
+    if kind == "from_files":
+        raise ValueError(f"sweep.samplers.{key}: a from_files value is read by draw(), not sampled")
     if kind == "choice":
         values = spec["values"]
         return values[min(int(rng.random() * len(values)), len(values) - 1)]
@@ -105,14 +144,42 @@ def for_dataset(spec: dict, dataset: str) -> dict:
     return {**own, **(spec.get("by_dataset") or {}).get(dataset, {})}
 
 
-def draw(sweep: dict, dataset: str, seed: int, stream: str | None = None) -> dict:
+def from_files(sweep: dict, dataset: str) -> list[str]:
+    """The keys whose values ``dataset`` takes from the paper's initialisation files."""
+    return [key for key, spec in sweep["samplers"].items() if for_dataset(spec, dataset)["type"] == "from_files"]
+
+
+def file_number(seed: int) -> int:
+    """The initialisation file of a seed: seed s is the paper's iteration_{s+1}.yaml (its SLURM array 1..50)."""
+    return int(seed) + 1
+
+
+def draw(sweep: dict, dataset: str, seed: int, stream: str | None = None, inits: dict | None = None) -> dict:
     """Initial values of every sampled key for run ``seed`` of ``dataset``; ``stream`` names the random
-    streams when they are another dataset's (a variant draws its base's initialisations)."""
-    samplers = sweep["samplers"]
-    return {
-        key: sample(key, for_dataset(spec, dataset), _stream(sweep["seed"], stream or dataset, seed, key))
-        for key, spec in samplers.items()
-    }
+    streams when they are another dataset's (a variant draws its base's initialisations). ``inits``
+    ({N: path} of the paper's files) gives the ``from_files`` keys; without it they are references
+    ``{"file": N}`` (see :func:`resolve`)."""
+    out, stored = {}, None
+    for key, spec in sweep["samplers"].items():
+        spec = for_dataset(spec, dataset)
+        if spec["type"] != "from_files":
+            out[key] = sample(key, spec, _stream(sweep["seed"], stream or dataset, seed, key))
+        elif inits is None:
+            out[key] = {"file": file_number(seed)}
+        else:
+            if file_number(seed) not in inits:
+                raise ValueError(f"sweep.samplers.{key}: seed {seed} needs initialisation file "
+                                 f"{file_number(seed)}, and there are {len(inits)}")
+            stored = stored or read_init(inits[file_number(seed)])
+            out[key] = stored[key]
+    return out
+
+
+def resolve(values: dict, inits: dict) -> dict:
+    """``values`` (a draw, or a member's values) with every reference ``{"file": N}`` replaced by the key's
+    value in file N of ``inits``."""
+    return {key: read_init(inits[v["file"]])[key] if isinstance(v, dict) and set(v) == {"file"} else v
+            for key, v in values.items()}
 
 
 def applies_to(spec: dict, algorithm: str) -> bool:
@@ -121,11 +188,11 @@ def applies_to(spec: dict, algorithm: str) -> bool:
     return algorithms is None or algorithm in algorithms
 
 
-def table(sweep: dict, dataset: str, n: int, stream: str | None = None):
+def table(sweep: dict, dataset: str, n: int, stream: str | None = None, inits: dict | None = None):
     """The drawn initialisations of seeds 0..n-1, one row per seed (a DataFrame)."""
     import pandas as pd
 
-    rows = [{"seed": s, **draw(sweep, dataset, s, stream)} for s in range(n)]
+    rows = [{"seed": s, **draw(sweep, dataset, s, stream, inits)} for s in range(n)]
     return pd.DataFrame(rows, columns=["seed", *sweep["samplers"]])
 
 
@@ -142,7 +209,8 @@ def summary(sweep: dict, drawn, dataset: str | None = None):
         rows.append({
             "key": key,
             "type": spec["type"],
-            "range": json.dumps(spec.get("range", spec.get("values"))),
+            "range": "paper files" if spec["type"] == "from_files" else
+                     json.dumps(spec.get("range", spec.get("values"))),
             "quantize": spec.get("quantize", ""),
             "algorithms": ",".join(spec.get("algorithms", [])) or "all",
             "n": len(col),

@@ -97,6 +97,24 @@ def _progress(total: int, initial: int, enabled: bool, label: str):
                 disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True, leave=False)
 
 
+def track_min_test(population: Population) -> torch.Tensor:
+    """Every member's running minimum of the test metric, evaluated now and after every weight step (the
+    population's weight-step hook) while it trains, NaN ignored: the paper's BayesOpt statistic took the
+    minimum over the test metric its runs logged at every weight step. Returns the [N] float64 minima, kept
+    up to date in place."""
+    lowest = torch.full((population.size,), math.inf, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update() -> None:
+        metric = population.evaluate("test")["metric"].detach().double().cpu()
+        metric[~population.alive.cpu()] = math.nan   # a frozen member's zeroed weights are no run's
+        torch.fmin(lowest, metric, out=lowest)
+
+    population.weight_step_hook = update
+    update()
+    return lowest
+
+
 def train_population(dataset: str, algorithm: str, settings: dict, members: list[Member], data, device,
                      out_dirs: list[Path], checkpoint: Path, quiet: bool = True,
                      progress_every: float = EVERY_S) -> list[dict]:
@@ -111,9 +129,12 @@ def train_population(dataset: str, algorithm: str, settings: dict, members: list
                  "members": [m.as_dict() for m in members]}
     state = load_checkpoint(checkpoint, signature, device)
     elapsed_before = 0.0
+    lowest = track_min_test(population) if settings["track_min_test"] else None
     if state is not None:
         population.load_state_dict(state["population"])
         elapsed_before = state["wall_time"]
+        if lowest is not None:
+            lowest.copy_(state["min_test"])
         print(f"resumed from {checkpoint} at hyperparameter step {population.hyper_step}", file=sys.stderr)
 
     def save():
@@ -121,6 +142,8 @@ def train_population(dataset: str, algorithm: str, settings: dict, members: list
         from .records import atomic_write
         content = {"version": CHECKPOINT_VERSION, "signature": signature, "population": population.state_dict(),
                    "wall_time": elapsed_before + time.perf_counter() - wall_start}
+        if lowest is not None:
+            content["min_test"] = lowest
         atomic_write(checkpoint, lambda tmp: torch.save(content, tmp))
 
     total = settings["hyperparameter_steps"]
@@ -154,7 +177,8 @@ def train_population(dataset: str, algorithm: str, settings: dict, members: list
             report_progress(lines, population, force=True)
     save()  # the finished state: a job killed while writing its outputs resumes at once
     wall = elapsed_before + time.perf_counter() - wall_start
-    return write_members(dataset, algorithm, population, data, device, out_dirs, wall)
+    return write_members(dataset, algorithm, population, data, device, out_dirs, wall,
+                         None if lowest is None else lowest.tolist())
 
 
 def report_progress(lines: ProgressLog, population: Population, force: bool = False) -> None:
@@ -166,8 +190,10 @@ def report_progress(lines: ProgressLog, population: Population, force: bool = Fa
                  [r["train_loss"] for r in last], [r["valid_loss"] for r in last], force=force)
 
 
-def write_members(dataset: str, algorithm: str, population: Population, data, device, out_dirs, wall: float):
-    """Write every member's history.csv, TensorBoard events and metrics.json; returns the metrics."""
+def write_members(dataset: str, algorithm: str, population: Population, data, device, out_dirs, wall: float,
+                  min_test: list | None = None):
+    """Write every member's history.csv, TensorBoard events and metrics.json (with ``min_test``, each
+    member's running minimum of the test metric, as ``min_test_metric``); returns the metrics."""
     results = population.results()
     share = population.size
     metrics = []
@@ -188,6 +214,8 @@ def write_members(dataset: str, algorithm: str, population: Population, data, de
              "population_size": population.size, "device": str(device), "diverged": result["diverged"],
              "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "versions": versions(),
              "settings": population.member_settings(i)}
+        if min_test is not None:
+            m["min_test_metric"] = min_test[i] if math.isfinite(min_test[i]) else math.nan
         write_metrics(out / "metrics.json", m)
         metrics.append(m)
     return metrics

@@ -123,3 +123,97 @@ def test_quality_compares_against_the_exact_hypergradient(uci_energy_dir):
     # at T = 1 the first step's momentum buffer is still zero, so its exact momentum derivative is zero
     first = [r for r in rows if r["update_interval"] == 1 and r["hyper_step"] == 0 and r["hyperparameter"] == "momentum"]
     assert all(r["exact"] == 0 for r in first)
+
+
+def test_the_papers_quality_is_the_first_updates_relative_error():
+    """abs(true - ours) / abs(true) of each run's first update, averaged over the runs (NaN left out), per
+    cell, lr and weight decay."""
+    rows = [{"update_interval": 2, "lookback": 1, "seed": s, "hyperparameter": n, "ours": o, "exact": e}
+            for n, pairs in {"lr": [(0.8e-3, 1e-3), (-3e-4, 2e-4), (1e-5, 0.0)],
+                             "weight_decay": [(5e-6, 4e-6), (2e-6, 2e-6), (math.nan, 1e-6)]}.items()
+            for s, (o, e) in enumerate(pairs)]
+    summary = {r["quantity"]: r for r in quality.paper_summary(rows)}
+    assert set(summary) == {"relative_error_lr", "relative_error_weight_decay"}
+    # lr: 0.2e-3 / 1e-3 = 0.2 and 5e-4 / 2e-4 = 2.5 (a zero true update counts as NaN); weight decay 0.25, 0
+    assert summary["relative_error_lr"]["mean"] == pytest.approx((0.2 + 2.5) / 2)
+    assert summary["relative_error_lr"]["values"] == 2
+    assert summary["relative_error_weight_decay"]["mean"] == pytest.approx(0.25 / 2)
+
+
+def test_the_papers_quality_on_a_tiny_problem_against_a_hand_computation(uci_energy_dir):
+    """Matched runs of Ours (WD+LR+M) and Diff-through-Opt take their first hyperparameter step; by hand,
+    Adam's first step moves each unconstrained hyperparameter (log10 lr, log10 weight decay) by
+    -hyper_lr * g / (abs(g) + 1e-8), g its hypergradient, which the direct comparison gives for the same
+    weights and batches; the relative error of the two natural-unit updates follows."""
+    cfg = config(quality={"dataset": "uci_energy", "initialisations": 3, "algorithm": "Ours_LR_Momentum",
+                          "update_intervals": [3], "lookbacks": [1, 3], "hyperparameter_steps": 1})
+    rows = quality.first_updates(cfg, uci_energy_dir)
+    assert len(rows) == 2 * 3 * 2   # cells (3,1), (3,3) x 3 runs x lr, weight decay
+    grads = quality.compare(cfg, uci_energy_dir)   # the hypergradients of the first step, ours and exact
+    hyper_lr = load_settings("uci_energy", "Ours_LR_Momentum")["hyper_lr"]
+    assert hyper_lr == load_settings("uci_energy", "DiffThroughOpt")["hyper_lr"]
+    for row in rows:
+        g = next(r for r in grads if (r["update_interval"], r["lookback"], r["seed"], r["hyperparameter"]) ==
+                 (row["update_interval"], row["lookback"], row["seed"], row["hyperparameter"]))
+        x0 = math.log10(study.member_of(cfg, "uci_energy", "Ours_LR_Momentum", row["seed"])[row["hyperparameter"]])
+        for side in ("ours", "exact"):
+            by_hand = 10 ** (x0 - hyper_lr * g[side] / (abs(g[side]) + 1e-8)) - 10 ** x0
+            assert row[side] == pytest.approx(by_hand, rel=2e-4, abs=1e-12), (row, side)
+        if row["lookback"] == 1:   # one Neumann term is the one-step unrolled derivative: the same update
+            assert quality.relative_error(row["ours"], row["exact"]) < 1e-4
+    summary = {(r["lookback"], r["quantity"]): r["mean"] for r in quality.paper_summary(rows)}
+    for name in ("lr", "weight_decay"):
+        errors = [quality.relative_error(r["ours"], r["exact"]) for r in rows
+                  if r["lookback"] == 3 and r["hyperparameter"] == name]
+        assert summary[(3, f"relative_error_{name}")] == pytest.approx(sum(errors) / len(errors))
+
+
+def test_quality_runs_clip_no_hyperparameter_and_match_diff_through_opt():
+    cfg = config()
+    assert appendix.exact_algorithm(cfg) == "DiffThroughOpt"
+    assert appendix.exact_overrides(cfg, 7, 4)["unroll_steps"] == 4
+    assert appendix.exact_overrides(cfg, 7, 4)["update_interval"] == 7
+    bounds = load_settings("uci_energy", "DiffThroughOpt", quality.NO_CLIPPING)
+    assert bounds["log10_lr_min"] < -1000 and bounds["log10_lr_max"] > 1000
+    with pytest.raises(study.StudyConfigError, match=r"appendix\.quality"):
+        config(quality={**cfg["appendix"]["quality"], "exact_algorithm": "Ours_LR"})
+
+
+def test_heatmaps_draw_the_papers_figures(tmp_path):
+    """Sensitivity: values x 1000 without decimals, T = 1 at the bottom, the colour scale's top the largest
+    grid median (not the baseline's); quality: the paper's two panels; captions free of reST markup."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from docutils.core import publish_doctree
+
+    from onepass import heatmaps
+
+    table = pd.DataFrame([
+        {"algorithm": a, "cell": f"T{T}_K{K}", "update_interval": T, "lookback": K, "runs": 2, "diverged": 0,
+         "median_test_metric": v, "mean_test_metric": v}
+        for a, T, K, v in [("Ours_LR_Momentum", 1, 1, 0.0042), ("Ours_LR_Momentum", 2, 1, 0.0061),
+                           ("Ours_LR_Momentum", 2, 2, 0.0055), ("DiffThroughOpt", 1, 1, 0.0049),
+                           ("DiffThroughOpt", 2, 1, 0.0070), ("DiffThroughOpt", 2, 2, 0.0058)]]
+        + [{"algorithm": "Random", "cell": "baseline", "update_interval": None, "lookback": None, "runs": 2,
+            "diverged": 0, "median_test_metric": 0.0400, "mean_test_metric": 0.04}])
+    fig = heatmaps.sensitivity(table, "uci_energy")
+    ours, exact, baseline = fig.axes[:3]
+    assert sorted(t.get_text() for t in ours.texts) == ["4", "6", "6"]   # 4.2, 6.1 and 5.5 (x 1000)
+    assert sorted(t.get_text() for t in exact.texts) == ["5", "6", "7"]
+    assert [t.get_text() for t in baseline.texts] == ["40"]
+    image = ours.images[0]
+    assert image.origin == "lower" and image.norm.vmax == pytest.approx(0.0070) and image.norm.vmin == 0
+    assert [t.get_text() for t in ours.get_yticklabels()] == ["1", "2"]   # row 0 (T = 1) at the bottom
+    assert baseline.images[0].norm is image.norm
+    plt.close(fig)
+    paper = pd.DataFrame([{"update_interval": 1, "lookback": 1, "quantity": q, "values": 3, "mean": m, "median": m}
+                          for q, m in (("relative_error_lr", 0.0123), ("relative_error_weight_decay", 0.456))])
+    fig = heatmaps.quality(paper, "uci_energy")
+    assert [t.get_text() for ax in fig.axes for t in ax.texts] == ["1.2%", "46%"]
+    plt.close(fig)
+    for kind in ("sensitivity", "quality", "quality_direct"):
+        text = heatmaps.caption(kind, "uci_energy")
+        assert "|" not in text and (kind == "sensitivity" or "relative error" in text)
+        doc = publish_doctree(text, settings_overrides={"report_level": 5})
+        assert not list(doc.findall(lambda n: n.tagname in ("problematic", "system_message")))
+    assert "not the paper's" in heatmaps.caption("quality_direct", "uci_energy")

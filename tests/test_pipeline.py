@@ -420,7 +420,8 @@ def test_appendix_studies_run_as_jobs_of_their_own(tmp_path, copy_workflow, mirr
                     "update_intervals": [1, 2], "lookbacks": [1, 2], "hyperparameter_steps": 2}}}
     wd = copy_workflow(tmp_path / "wf", config)
     figures_dir = "results/tiny/appendix/figures"
-    proc = snakemake(wd, f"{figures_dir}/sensitivity.png", f"{figures_dir}/quality.png", *local("tiny.yaml"))
+    figures = [f"{figures_dir}/{name}.png" for name in ("sensitivity", "quality", "quality_direct")]
+    proc = snakemake(wd, *figures, *local("tiny.yaml"))
     counts = job_counts(proc.stdout)
     cells = {rule for rule in counts if rule.startswith("sensitivity_") and rule not in
              ("sensitivity_plan", "sensitivity_table")}
@@ -429,6 +430,7 @@ def test_appendix_studies_run_as_jobs_of_their_own(tmp_path, copy_workflow, mirr
                      "sensitivity_DiffThroughOpt_T1_K1", "sensitivity_DiffThroughOpt_T2_K1",
                      "sensitivity_DiffThroughOpt_T2_K2", "sensitivity_Random_baseline"}
     assert counts["hypergradient_quality"] == 1 and counts["appendix_figure"] == 2
+    assert counts["quality_direct_figure"] == 1
     runs = wd / "results/tiny/appendix/sensitivity/runs"
     for algorithm, cell, weight_steps in [("Ours_LR_Momentum", "T2_K1", 2 * steps), ("DiffThroughOpt", "T1_K1", steps),
                                           ("Random", "baseline", 20)]:
@@ -437,11 +439,14 @@ def test_appendix_studies_run_as_jobs_of_their_own(tmp_path, copy_workflow, mirr
             assert metrics["weight_steps"] == weight_steps, (algorithm, cell)
     table = (wd / "results/tiny/appendix/sensitivity/sensitivity.tsv").read_text().splitlines()
     assert len(table) == 1 + 8 and table[0].startswith("algorithm\tcell\tupdate_interval\tlookback")
-    summary = (wd / "results/tiny/appendix/quality/quality.tsv").read_text().splitlines()
-    # cells (1,1), (2,1), (2,2) x cosine similarity, norm ratio, relative error of lr, weight decay, momentum
-    assert len(summary) == 1 + 3 * 5
-    for name in ("sensitivity", "quality"):
+    # the paper's quantity: cells (1,1), (2,1), (2,2) x the first update's relative error of lr, weight decay
+    paper = (wd / "results/tiny/appendix/quality/quality.tsv").read_text().splitlines()
+    assert len(paper) == 1 + 3 * 2
+    # this project's: cosine similarity, norm ratio, relative error of lr, weight decay, momentum
+    direct = (wd / "results/tiny/appendix/quality/direct.tsv").read_text().splitlines()
+    assert len(direct) == 1 + 3 * 5
+    for name in ("sensitivity", "quality", "quality_direct"):
         assert (wd / figures_dir / f"{name}.svg").stat().st_size > 10_000
     # nothing left to do
-    again = snakemake(wd, f"{figures_dir}/sensitivity.png", f"{figures_dir}/quality.png", *local("tiny.yaml"))
+    again = snakemake(wd, *figures, *local("tiny.yaml"))
     assert "Nothing to be done" in again.stdout

@@ -26,6 +26,7 @@ from onepass.catalog import is_search
 from onepass.settings import ConfigError
 from onepass.search import main, run, search_settings
 from onepass.search.ray_tune import perturb
+from onepass.search.space import space_point
 from onepass.search.record import EVALUATION_COLUMNS, PAPER_STATISTICS, add_evaluation, paper_test_metrics
 from onepass.records import HISTORY_COLUMNS
 from onepass.train import run as train_run
@@ -325,6 +326,40 @@ def test_pbt_explore_multiplies_log10_lr_and_weight_decay_by_default(data_dir, a
     assert trial.hyperparameters()["momentum"][0] == pytest.approx(1 - 1e-6, abs=3e-7)
 
 
+def test_pbt_ours_scales_its_tuned_hyperparameters_by_new_over_old_config(data_dir):
+    """The paper's PBT trial restored under a perturbed config multiplies each tuned hyperparameter by
+    new / old of its config value: log10 lr and log10 weight decay, momentum's logit; a resample scales too."""
+    settings, inner = search_settings("uci_energy", "PBT_Ours", ["pbt_resample_probability=0"])
+    trial = Population(inner, datasets.load("uci_energy", data_dir), [Member(0, 0.01, 1e-4, 0.3)],
+                       torch.device("cpu"))
+    config = {"lr": 0.01, "weight_decay": 1e-4, "momentum": 0.3}   # what the trial started from
+    for name, tuned in (("lr", 1e-3), ("weight_decay", 1e-5), ("momentum", 0.8)):   # where Ours took it
+        trial.set_hyperparameter(0, name, tuned)
+    f = _expected_factors(0)
+    new = perturb(trial, random.Random(0), settings, config)
+    logit = lambda m: math.log(m / (1 - m))   # noqa: E731
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))   # noqa: E731
+    # by hand: new config log10 lr = -2 f0, ratio f0, tuned log10 lr -3 -> -3 f0; likewise weight decay
+    assert new["lr"] == pytest.approx(10 ** (-2 * f[0]), rel=1e-12)
+    assert new["momentum"] == pytest.approx(0.3 * f[2], rel=1e-12)
+    s = {k: v[0] for k, v in trial.hyperparameters().items()}
+    assert s["lr"] == pytest.approx(10 ** (-3 * f[0]), rel=1e-5)
+    assert s["weight_decay"] == pytest.approx(10 ** (-5 * f[1]), rel=1e-5)
+    assert s["momentum"] == pytest.approx(sigmoid(logit(0.8) * logit(0.3 * f[2]) / logit(0.3)), rel=1e-5)
+    # a resample: the new config is a point of the space, and the tuned value is scaled by it, not replaced
+    settings, _ = search_settings("uci_energy", "PBT_Ours", ["pbt_resample_probability=1"])
+    point = space_point(settings, random.Random(5))
+    old = dict(new)
+    before = {k: v[0] for k, v in trial.hyperparameters().items()}
+    assert perturb(trial, random.Random(5), settings, old) == point
+    s = {k: v[0] for k, v in trial.hyperparameters().items()}
+    assert math.log10(s["lr"]) == pytest.approx(math.log10(before["lr"]) * math.log10(point["lr"])
+                                                / math.log10(old["lr"]), rel=1e-5)
+    assert s["lr"] != pytest.approx(point["lr"], rel=1e-3)
+    assert logit(s["momentum"]) == pytest.approx(logit(before["momentum"]) * logit(point["momentum"])
+                                                 / logit(old["momentum"]), rel=1e-4)
+
+
 def test_paper_statistic_of_bayesopt_is_the_best_test_seen_by_any_evaluation():
     """Optimistic, selected on test: the lowest test metric logged by any evaluation, not the test metric of
     the best evaluation by validation loss."""
@@ -340,13 +375,41 @@ def test_paper_statistic_of_bayesopt_is_the_best_test_seen_by_any_evaluation():
     assert PAPER_STATISTICS["bayesopt"] == "best test seen"
 
 
-def test_lowest_test_metric_reads_the_evaluations_history(tmp_path):
+def test_lowest_test_metric_falls_back_to_the_evaluations_history(tmp_path):
     from onepass.search.bayesopt import lowest_test_metric
 
     (tmp_path / "history.csv").write_text("step,test_metric\n100,5.0\n200,nan\n300,2.5\n400,3.0\n")
     assert lowest_test_metric(tmp_path, {"test_metric": 3.0}) == 2.5
     assert lowest_test_metric(tmp_path, {"test_metric": 1.0}) == 1.0
     assert math.isnan(lowest_test_metric(tmp_path / "none", {"test_metric": float("nan")}))
+
+
+def test_bayesopt_evaluations_track_the_test_minimum_over_every_weight_step(data_dir, tmp_path):
+    """track_min_test (set for BayesOpt's evaluations) keeps the running minimum of the test metric over the
+    initial weights and every weight step: checked against a plain loop, the same run with one weight step
+    per hyperparameter step logging every step, and lower than what its logged history alone shows."""
+    common = {"hyperparameter_steps": 4, "log_every": 10, "track_min_test": True, "keep_checkpoint": True}
+    tracked = train_run("uci_energy", "Random_Validation", 0, 0.1, 1e-4, 0.99, data_dir, tmp_path / "tracked",
+                        overrides=common)
+    plain = train_run("uci_energy", "Random_Validation", 0, 0.1, 1e-4, 0.99, data_dir, tmp_path / "plain",
+                      overrides={"hyperparameter_steps": 40, "update_interval": 1, "log_every": 1})
+    with open(tmp_path / "plain" / "history.csv", newline="") as f:
+        every = [float(r["test_metric"]) for r in csv.DictReader(f)]
+    assert len(every) == 41   # the initial weights and each of the 40 weight steps
+    lowest = math.inf
+    for value in every:        # the running minimum, by a plain loop
+        lowest = min(lowest, value)
+    assert tracked["min_test_metric"] == pytest.approx(lowest, rel=1e-6)
+    with open(tmp_path / "tracked" / "history.csv", newline="") as f:
+        logged = [float(r["test_metric"]) for r in csv.DictReader(f)]
+    assert len(logged) == 5 and tracked["min_test_metric"] < min(logged)
+    assert "min_test_metric" not in plain
+    # kept in the checkpoint: the run started again from its finished checkpoint writes the same minimum
+    again = train_run("uci_energy", "Random_Validation", 0, 0.1, 1e-4, 0.99, data_dir, tmp_path / "tracked",
+                      overrides=common)
+    assert again["min_test_metric"] == tracked["min_test_metric"]
+    from onepass.search.bayesopt import lowest_test_metric
+    assert lowest_test_metric(tmp_path / "tracked", tracked) == tracked["min_test_metric"]
 
 
 def test_paper_statistic_of_asha_and_pbt_is_every_finished_trials_final_test_metric():

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -105,10 +106,13 @@ def test_cli_writes_table_and_summary(tmp_path):
 def test_full_config_uses_the_papers_samplers_and_counts():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     samplers = config["sweep"]["samplers"]
-    assert samplers["lr"] == {"type": "log_uniform", "range": [1e-6, 1e-1]}
-    assert samplers["weight_decay"] == {"type": "log_uniform", "range": [1e-7, 1e-2]}
-    assert samplers["momentum"] == {"type": "uniform", "range": [0.0, 1.0]}
+    files = {"penn_treebank": {"type": "from_files"}, "cifar10": {"type": "from_files"}}
+    assert samplers["lr"] == {"type": "log_uniform", "range": [1e-6, 1e-1], "by_dataset": files}
+    assert samplers["weight_decay"] == {"type": "log_uniform", "range": [1e-7, 1e-2], "by_dataset": files}
+    assert samplers["momentum"] == {"type": "uniform", "range": [0.0, 1.0], "by_dataset": files}
     assert samplers["lr_step_factor"]["range"] == [0.95, 1.01]
+    assert {d: v["type"] for d, v in samplers["lr_step_factor"]["by_dataset"].items()} == {
+        "penn_treebank": "from_files", "cifar10": "from_files"}
     n = config["sweep"]["initialisations"]
     assert all(n[d] == 200 for d in config["datasets"] if d.startswith("uci_") and not d.endswith("_long"))
     assert (n["fashion_mnist"], n["penn_treebank"], n["cifar10"]) == (100, 50, 50)
@@ -184,3 +188,91 @@ def test_a_variant_of_a_variant_is_refused(tmp_path):
         catalog.datasets(tmp_path)
     (datasets / "c.yaml").unlink()
     assert catalog.datasets(tmp_path)["b"].base == "a" and catalog.datasets(tmp_path)["b"].family == "uci"
+
+
+# ---- the paper's published initialisations (Penn Treebank and CIFAR-10) ----------------------------------
+def full_config():
+    from onepass import study
+
+    return study.validate(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()),
+                          yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text()))
+
+
+@pytest.mark.parametrize("dataset", ["penn_treebank", "cifar10"])
+def test_full_config_starts_penn_treebank_and_cifar10_from_the_papers_files(dataset, shared_datasets, tmp_path):
+    """Seed 0 is the paper's iteration_1.yaml (lr and weight decay stored as log10, momentum as its logit,
+    the commented lr_multiplier Random (xLR)'s factor), the same start for every algorithm."""
+    from onepass import data, study
+
+    config = full_config()
+    inits = data.fetch_inits(dataset, tmp_path, [shared_datasets], download=False)
+    first = {"lr": 10 ** -2.6439003944396973, "weight_decay": 10 ** -2.2671117782592773,
+             "momentum": 1 / (1 + math.exp(-0.7543273973426775))}
+    members = {a: study.member_of(config, dataset, a, 0, inits) for a in study.algorithms(config, dataset)}
+    for algorithm, member in members.items():
+        assert {k: member[k] for k in first} == first, algorithm
+    assert members["Random_SteppedLR"]["settings"] == {"lr_step_factor": 0.9998821020126343}
+    assert members["Random"]["settings"] == {}
+    # seed s is file s + 1, for every algorithm alike
+    s = 17
+    stored = yaml.safe_load(inits[s + 1].read_text())["config_dicts"]["network_weight"]
+    for algorithm in study.algorithms(config, dataset):
+        member = study.member_of(config, dataset, algorithm, s, inits)
+        assert member["lr"] == 10 ** stored["lr"] and member["weight_decay"] == 10 ** stored["weight_decay"]
+        assert member["momentum"] == 1 / (1 + math.exp(-stored["momentum"]))
+    # the chunk plan (written before the files are fetched) refers to them by number and SHA-256; resolving
+    # it reads the same values
+    plan = study.chunk_plan(config, dataset, "Random_SteppedLR", [0, 1, 17])
+    assert plan["members"][0]["lr"] == {"file": 1} and plan["members"][2]["settings"] == {"lr_step_factor": {"file": 18}}
+    assert plan["init_files"]["18"] == data.init_digests(dataset)[18]
+    os.environ["ONEPASS_DATA_MIRRORS"], old = str(shared_datasets), os.environ.get("ONEPASS_DATA_MIRRORS")
+    try:
+        resolved = study.resolve_chunk_plan(plan, tmp_path / "fresh")
+    finally:
+        os.environ.pop("ONEPASS_DATA_MIRRORS") if old is None else os.environ.update(ONEPASS_DATA_MIRRORS=old)
+    assert resolved["members"] == [study.member_of(config, dataset, "Random_SteppedLR", s, inits) for s in (0, 1, 17)]
+    out = tmp_path / "plan.json"   # the chunk-plan command of the rule chunk_plan_from_files
+    os.environ["ONEPASS_DATA_MIRRORS"] = str(shared_datasets)
+    assert study.main(["chunk-plan", "--plan", json.dumps(plan), "--data-dir", str(tmp_path / "d"), "--out", str(out)]) == 0
+    os.environ.pop("ONEPASS_DATA_MIRRORS") if old is None else os.environ.update(ONEPASS_DATA_MIRRORS=old)
+    assert json.loads(out.read_text())["members"] == resolved["members"]
+    # the other datasets still draw theirs
+    assert not study.takes_files(config, "uci_energy") and not study.takes_files(config, "fashion_mnist")
+
+
+def test_the_sweep_command_fetches_the_files_and_writes_their_values(shared_datasets, tmp_path, monkeypatch):
+    from onepass import study
+
+    config = full_config()
+    monkeypatch.setenv("ONEPASS_DATA_MIRRORS", str(shared_datasets))
+    small = study.dataset_config({**config, "sweep": {**config["sweep"],
+                                                      "initialisations": {"penn_treebank": 3}}}, "penn_treebank")
+    assert study.main(["sweep", "--config", json.dumps(small), "--dataset", "penn_treebank",
+                       "--out-dir", str(tmp_path / "sweep"), "--data-dir", str(tmp_path / "data")]) == 0
+    assert sorted(p.name for p in (tmp_path / "data" / "penn_treebank").iterdir())[:2] == [
+        "paper_init_1.yaml", "paper_init_10.yaml"]
+    table = pd.read_csv(tmp_path / "sweep" / "initialisations.tsv", sep="\t")
+    assert table.loc[0, "lr"] == 10 ** -2.6439003944396973
+    assert table.loc[0, "lr_step_factor"] == 0.9998821020126343
+    plan = json.loads((tmp_path / "sweep" / "plan.json").read_text())
+    assert plan["initialisations"][0]["momentum"] == 1 / (1 + math.exp(-0.7543273973426775))
+
+
+def test_more_initialisations_than_files_or_a_dataset_without_files_is_refused():
+    from onepass import study
+
+    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    raw["sweep"]["initialisations"]["cifar10"] = 101
+    with pytest.raises(study.StudyConfigError, match=r"config key 'sweep\.initialisations\.cifar10' in "
+                                                     r"config/config\.yaml: 101 initialisations requested, but "
+                                                     r"the paper published 100"):
+        study.validate(raw, schema, [("config/config.yaml", raw)])
+    raw["sweep"]["initialisations"]["cifar10"] = 100
+    study.validate(raw, schema)  # 100 are there
+    raw["sweep"]["samplers"]["lr"]["by_dataset"]["uci_energy"] = {"type": "from_files"}
+    with pytest.raises(study.StudyConfigError, match=r"sweep\.samplers\.lr\.by_dataset\.uci_energy.*no "
+                                                     r"published initialisation files"):
+        study.validate(raw, schema)
+    with pytest.raises(ValueError, match=r"sweep\.samplers\.hidden_units\.type: from_files can give only"):
+        sweep.check_sampler("hidden_units", {"type": "from_files"})

@@ -27,10 +27,15 @@ def finished(where: Path, seed: int, lr: float, weight_decay: float, momentum: f
 
 
 def lowest_test_metric(where: Path, metrics: dict) -> float:
-    """The lowest finite test metric an evaluation logged (its history.csv, every log_every weight steps, and
-    its final value): the paper's BayesOpt statistic takes the running minimum of these (NaN if none)."""
+    """The lowest finite test metric of an evaluation: its ``min_test_metric``, the running minimum over every
+    weight step (the inner run's ``track_min_test``, which BayesOpt sets), whose running minimum over the
+    search is the paper's BayesOpt statistic. An evaluation recorded before that existed falls back to its
+    history.csv (every log_every weight steps) and final value (NaN if none is finite)."""
     import csv
 
+    if "min_test_metric" in metrics:
+        value = metrics["min_test_metric"]
+        return float(value) if isinstance(value, (int, float)) else float("nan")
     values = [metrics.get("test_metric")]
     path = where / "history.csv"
     if path.exists():
@@ -105,7 +110,7 @@ def bayesopt(dataset: str, seed: int, settings: dict, inner_overrides: dict, dat
         m = finished(where, run_seed, lr, wd, mom)
         if m is None:
             m = train_run(dataset, settings["search_inner_algorithm"], run_seed, lr, wd, mom, data_dir, where,
-                          device, inner_overrides, data=data, progress_every=0)
+                          device, {**inner_overrides, "track_min_test": True}, data=data, progress_every=0)
         score = penalty if m["diverged"] or not math.isfinite(m["valid_loss"]) else m["valid_loss"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -39,28 +39,68 @@ def _trial_data(ctx: dict):
     return _DATA_CACHE[key]
 
 
-@torch.no_grad()
-def perturb(population: Population, rng: random.Random, settings: dict) -> None:
-    """PBT's explore on a trial's current hyperparameters (a population of one, in place): each one is
-    resampled from the search space with probability ``pbt_resample_probability``, else multiplied by a random
-    choice of ``pbt_perturbation_factors``.  lr and weight decay: with ``pbt_perturb_space: log10`` (the
-    paper) their log10 is multiplied, else their natural value (a shift of the log10).  Momentum is
-    multiplied in natural units and then clipped to the space and to [0, 1 - 1e-6] (the paper's explore)."""
-    current = {k: v[0] for k, v in population.hyperparameters().items()}
+def explore(config: dict, rng: random.Random, settings: dict) -> dict:
+    """Ray's PBT explore of a trial's config (natural units; the paper's search space held log10 lr, log10
+    weight decay and momentum): each value is resampled from the search space with probability
+    ``pbt_resample_probability``, else multiplied by a random choice of ``pbt_perturbation_factors``; lr and
+    weight decay through their log10 with ``pbt_perturb_space: log10`` (the paper), else themselves; momentum
+    in natural units, then clipped to the space and to [0, 1 - 1e-6] (the paper's custom explore)."""
     point = space_point(settings, rng)
     lo, hi = settings["search_momentum"]
     lo, hi = max(lo, 0.0), min(hi, 1.0 - 1e-6)
+    new = {}
     for name in ("lr", "weight_decay", "momentum"):
         if rng.random() < settings["pbt_resample_probability"]:
-            population.set_hyperparameter(0, name, point[name])
+            new[name] = point[name]
             continue
         factor = float(rng.choice(settings["pbt_perturbation_factors"]))
         if name == "momentum":
-            population.set_hyperparameter(0, name, min(max(current[name] * factor, lo), hi))
+            new[name] = min(max(config[name] * factor, lo), hi)
         elif settings["pbt_perturb_space"] == "log10":
-            population.multiply_log10_hyperparameter(0, name, factor)
-        else:  # natural: multiplying is a shift of the log10 (keeps per-weight learning rates' spread)
-            population.scale_hyperparameter(0, name, factor)
+            new[name] = 10.0 ** (math.log10(config[name]) * factor)
+        else:
+            new[name] = config[name] * factor
+    return new
+
+
+def _stored(name: str, value: float, settings: dict) -> float:
+    """A config value in the space the ratio of the paper's rescaling is taken in: log10 lr and weight decay
+    (``pbt_perturb_space: log10``; natural otherwise), momentum's logit (as the paper's trial stored it)."""
+    if name == "momentum":
+        return math.log(value / (1 - value)) if 0 < value < 1 else math.copysign(math.inf, value - 0.5)
+    return math.log10(value) if settings["pbt_perturb_space"] == "log10" else value
+
+
+@torch.no_grad()
+def rescale(population: Population, old: dict, new: dict, settings: dict) -> None:
+    """The paper's trial restored under a perturbed config (its train.py, load_training_state): each tuned
+    hyperparameter of the copied state (a population of one) is multiplied by new / old of its config value,
+    in the space the value is stored in (:func:`_stored`), so a resample scales the tuned value rather than
+    replacing it. Where the inner algorithm tunes nothing, tuned and config values agree and this sets the new
+    config. A ratio that is not finite (an old value of 0 there, momentum 0) sets the new value instead."""
+    current = {k: v[0] for k, v in population.hyperparameters().items()}
+    for name in ("lr", "weight_decay", "momentum"):
+        a, b = _stored(name, old[name], settings), _stored(name, new[name], settings)
+        ratio = b / a if a != 0 and math.isfinite(a) and math.isfinite(b) else math.nan
+        if not math.isfinite(ratio):
+            population.set_hyperparameter(0, name, new[name])
+        elif name == "momentum":
+            logit = _stored(name, current[name], settings) * ratio
+            population.set_hyperparameter(0, name, 1 / (1 + math.exp(-logit)) if logit > -700 else 0.0)
+        elif settings["pbt_perturb_space"] == "log10":
+            population.multiply_log10_hyperparameter(0, name, ratio)
+        else:
+            population.scale_hyperparameter(0, name, ratio)
+
+
+def perturb(population: Population, rng: random.Random, settings: dict, config: dict | None = None) -> dict:
+    """PBT's explore of a trial whose state was copied: its config (``config``, natural units; default its
+    current hyperparameters) explored (:func:`explore`) and its tuned hyperparameters rescaled by new / old
+    (:func:`rescale`); returns the new config."""
+    config = config or {k: v[0] for k, v in population.hyperparameters().items()}
+    new = explore(config, rng, settings)
+    rescale(population, config, new, settings)
+    return new
 
 
 def time_units(settings: dict, inner: dict) -> tuple[str, int, int]:
@@ -82,13 +122,17 @@ def ray_trial(config: dict, ctx: dict) -> None:
     point = ctx["points"][config["trial"]]
     trial = Population(ctx["inner"], data, [Member(point["run_seed"], point["lr"], point["weight_decay"],
                                                    point["momentum"])], torch.device(ctx["device"]))
+    # the trial's config (Ray's values in the paper: the initial hyperparameters it was started or restored
+    # with), kept apart from the hyperparameters the inner algorithm tunes
+    own = {k: point[k] for k in ("lr", "weight_decay", "momentum")}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / "trial.pt", map_location=ctx["device"], weights_only=True)
         trial.load_state_dict(state["run"])
-        if state["explore"] != config["explore"]:  # PBT's exploit copied this state: explore from it
-            perturb(trial, random.Random(config["explore"]), ctx["settings"])
+        own = dict(state["config"])
+        if state["explore"] != config["explore"]:  # PBT's exploit copied this state: explore from its config
+            own = perturb(trial, random.Random(config["explore"]), ctx["settings"], own)
     settings, search = ctx["settings"], ctx["search"]
     total, T = ctx["inner"]["hyperparameter_steps"], ctx["inner"]["update_interval"]
     by_weight = settings["search_time_unit"] == "weight_steps"
@@ -135,7 +179,8 @@ def ray_trial(config: dict, ctx: dict) -> None:
         row = result(trial.report()[0], diverged)
         if interval is not None and (now % interval == 0 or end):
             with tempfile.TemporaryDirectory(prefix="onepass-trial-") as d:
-                torch.save({"run": trial.state_dict(), "explore": config["explore"]}, Path(d) / "trial.pt")
+                torch.save({"run": trial.state_dict(), "explore": config["explore"], "config": own},
+                           Path(d) / "trial.pt")
                 tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
         else:
             tune.report(row)

@@ -6,8 +6,9 @@ and weight_steps of the reported run state, its lr / weight_decay / momentum the
 diverged), score (what the search was told), wall_time_s (training time of that run state; for PBT
 including the states it copied), cumulative_time_s (since the search started), cumulative_weight_steps and
 cumulative_hyper_steps (steps trained by the whole search so far), best_valid_loss and best_test_metric
-(of the best evaluation by validation loss so far), min_test_metric (BayesOpt: the lowest test metric in
-the evaluation's logged history, its final value included; ASHA/PBT: the report's test metric).
+(of the best evaluation by validation loss so far), min_test_metric (BayesOpt: the lowest test metric of
+the evaluation at any weight step, its initial and final weights included; ASHA/PBT: the report's test
+metric).
 
 metrics.json also holds the paper's statistics of a search (:func:`paper_test_metrics`), which the tables
 show beside the test metric at the best validation loss.
@@ -77,7 +78,7 @@ def _finite_min(values) -> float:
 def paper_test_metrics(rows: list[dict], search: str, hyperparameter_steps: int) -> list[float]:
     """The values behind the paper's statistic of one search (:data:`PAPER_STATISTICS`).
 
-    BayesOpt: one value, the running minimum of the test metric over every logged step of every evaluation
+    BayesOpt: one value, the running minimum of the test metric over every weight step of every evaluation
     (``min_test_metric``; optimistic: selected on the test set). ASHA/PBT: the final test metric of every
     trial whose last report is at the end of the run (``hyperparameter_steps``), NaN for one that had diverged,
     in trial order."""
