@@ -121,8 +121,9 @@ def add_directories(directories) -> None:
         if not path.is_dir():
             raise CatalogError(f"catalogue directory {d} does not exist")
         given.append(str(path))
-    known = [str(p) for p in extra_directories()]
-    os.environ[CATALOG_ENV] = ":".join(dict.fromkeys([*given, *known]))
+    if given:
+        known = [str(p) for p in extra_directories()]
+        os.environ[CATALOG_ENV] = ":".join(dict.fromkeys([*given, *known]))
 
 
 def read_yaml(path: Path) -> dict:
