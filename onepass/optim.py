@@ -91,7 +91,6 @@ class OnePassSGD:
         self.hyper_step = 0       # hyperparameter steps (blocks of T weight steps) completed
         self.grads_prev = None    # Baydin: the previous step's gradient
         self.window = None        # Diff-through-Opt: the weights, buffers and batches of the unrolled steps
-        self.loss_fn = None
 
     # ---- what a caller reads ----------------------------------------------------------------------------
     @property
