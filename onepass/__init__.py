@@ -5,3 +5,13 @@ High-Dimensional Weight-Update Hyperparameters by Implicit Differentiation" (ICL
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """``onepass.OnePassSGD``, the optimiser for one's own training loop (imported on first use, so that
+    ``import onepass`` stays light for the workflow)."""
+    if name == "OnePassSGD":
+        from .optim import OnePassSGD
+
+        return OnePassSGD
+    raise AttributeError(f"module 'onepass' has no attribute {name!r}")

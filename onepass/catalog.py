@@ -11,6 +11,12 @@ comparisons of Long Diff-through-Opt): the same data and initialisations as its 
 give taken from the base, its ``settings`` laid over the base's. Variants are not rows of the paper's
 Tables 1 and 2.
 
+A dataset of one's own (family ``user``) names a user's Python functions, ``module:function``: ``data``
+returns its train, validation and test splits, ``model`` its network (see :mod:`onepass.user`); ``path``
+(relative to the YAML file) is the directory its modules are imported from. Catalogue files outside the
+project live in extra directories, each with ``datasets/`` and/or ``algorithms/``: ``$ONEPASS_CATALOG``
+(``:``-separated; a study config's ``catalog`` key sets it, see :func:`add_directories`).
+
 Everything that shows or routes algorithms and datasets (tables, figures, the data layer, the
 workflow) reads these files through this module; nothing repeats them.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,13 +36,17 @@ ALGORITHM_KEYS = {"label", "style", "rank", "search", "settings", "by_family", "
 # run on a variant of the dataset (Long Diff-through-Opt (Full) in UCI Energy's); "separate", a table of its
 # own with the dataset's other rows (Long Diff-through-Opt (Medium) with Fashion-MNIST's)
 PAPER_TABLES = ("base", "separate")
-DATASET_KEYS = {"label", "family", "task", "metric", "table_scale", "data", "shape", "settings", "same_as"}
+DATASET_KEYS = {"label", "family", "task", "metric", "table_scale", "data", "shape", "settings", "same_as",
+                "model", "path"}
 SEARCH_KINDS = ("none", "bayesopt", "asha", "pbt")
 # A derived algorithm's groups: random groups of the finished runs (the paper's), or consecutive seeds
 DERIVED_KEYS = {"from", "best_of", "groups", "seed"}
 DERIVED_GROUPS = ("random", "by_seed")
 TASKS = ("regression", "classification", "language_model")
-FAMILIES = ("uci", "fashion_mnist", "penn_treebank", "cifar10")
+FAMILIES = ("uci", "fashion_mnist", "penn_treebank", "cifar10", "user")
+USER_TASKS = ("regression", "classification")
+FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # module:function
+CATALOG_ENV = "ONEPASS_CATALOG"  # extra catalogue directories, ':'-separated
 
 
 class CatalogError(ValueError):
@@ -83,6 +94,14 @@ class Dataset:
     settings: dict = field(default_factory=dict)
     base: str = ""  # the dataset whose data and initialisations it uses: itself, or its ``same_as``
     table_scale: float = 1.0  # the paper's tables show the metric times this (Kin8nm's MSE x 1000)
+    function: str | None = None  # a user dataset: ``module:function`` returning its splits (YAML key ``data``)
+    path: str | None = None  # a user dataset: the directory its modules are imported from (absolute)
+    file: str = ""  # the YAML file it was read from
+
+    @property
+    def is_user(self) -> bool:
+        """Whether it is a dataset of one's own, its data and model from a user's functions."""
+        return self.function is not None
 
     @property
     def is_variant(self) -> bool:
@@ -94,6 +113,26 @@ def config_dir() -> Path:
     """The ``config/`` directory: ``$ONEPASS_CONFIG_DIR`` or the one beside the package."""
     env = os.environ.get("ONEPASS_CONFIG_DIR")
     return Path(env) if env else Path(__file__).resolve().parents[1] / "config"
+
+
+def extra_directories() -> list[Path]:
+    """The extra catalogue directories of ``$ONEPASS_CATALOG`` (each may hold datasets/ and algorithms/)."""
+    return [Path(d) for d in os.environ.get(CATALOG_ENV, "").split(":") if d]
+
+
+def add_directories(directories) -> None:
+    """Add catalogue directories (made absolute) in front of ``$ONEPASS_CATALOG``, so that this process and
+    every command it starts (a workflow's jobs) see their datasets and algorithms; a CatalogError names a
+    directory that does not exist."""
+    given = []
+    for d in directories:
+        path = Path(d).expanduser().resolve()
+        if not path.is_dir():
+            raise CatalogError(f"catalogue directory {d} does not exist")
+        given.append(str(path))
+    if given:
+        known = [str(p) for p in extra_directories()]
+        os.environ[CATALOG_ENV] = ":".join(dict.fromkeys([*given, *known]))
 
 
 def read_yaml(path: Path) -> dict:
@@ -172,15 +211,45 @@ def _dataset(path: Path) -> Dataset:
             raise CatalogError(f"{path}: key 'same_as' must name a dataset that is not itself a variant, got {base!r}")
         inherited = read_yaml(base_path)
         data = {**inherited, **data, "settings": {**(inherited.get("settings") or {}), **(data.get("settings") or {})}}
-    family, task = _require(path, data, "family"), _require(path, data, "task")
+    function, root, settings = _user_keys(path, data)
+    family = "user" if function else _require(path, data, "family")
+    task = _require(path, data, "task")
     if family not in FAMILIES:
         raise CatalogError(f"{path}: key 'family' must be one of {', '.join(FAMILIES)}, got {family!r}")
-    if task not in TASKS:
-        raise CatalogError(f"{path}: key 'task' must be one of {', '.join(TASKS)}, got {task!r}")
+    if task not in (USER_TASKS if function else TASKS):
+        raise CatalogError(f"{path}: key 'task' must be one of "
+                           f"{', '.join(USER_TASKS if function else TASKS)}, got {task!r}")
     return Dataset(name=path.stem, label=_require(path, data, "label"), family=family, task=task,
-                   metric=_require(path, data, "metric"), data=_mapping(path, data, "data"),
-                   shape=_mapping(path, data, "shape"), settings=_mapping(path, data, "settings"),
-                   base=base or path.stem, table_scale=_scale(path, data))
+                   metric=_require(path, data, "metric"), data={} if function else _mapping(path, data, "data"),
+                   shape=_mapping(path, data, "shape"), settings=settings,
+                   base=base or path.stem, table_scale=_scale(path, data), function=function, path=root,
+                   file=str(path))
+
+
+def _user_keys(path: Path, data: dict) -> tuple:
+    """A user dataset's (data function, module directory, settings with ``model``), or (None, None, settings)
+    for a dataset of the paper's families (which take neither ``model`` nor ``path``)."""
+    settings = _mapping(path, data, "settings")
+    spec = data.get("data")
+    if not isinstance(spec, str):
+        for key in ("model", "path"):
+            if key in data:
+                raise CatalogError(f"{path}: key '{key}' is for a dataset whose 'data' names a function "
+                                   f"(module:function)")
+        return None, None, settings
+    for key, value in (("data", spec), ("model", data.get("model", "mlp"))):
+        if not isinstance(value, str) or not (FUNCTION.match(value) or (key == "model" and ":" not in value)):
+            raise CatalogError(f"{path}: key '{key}' must name a function as module:function, got {value!r}")
+    if data.get("family", "user") != "user":
+        raise CatalogError(f"{path}: key 'family' must be user (or absent) for a dataset whose 'data' names a "
+                           f"function, got {data['family']!r}")
+    if "model" in settings:
+        raise CatalogError(f"{path}: key 'settings.model': give the model as the top-level key 'model'")
+    root = data.get("path", ".")
+    if not isinstance(root, str):
+        raise CatalogError(f"{path}: key 'path' must be a directory (relative to the YAML file), got {root!r}")
+    settings = {**settings, "model": data.get("model", "mlp")}
+    return spec, str((path.parent / root).resolve()), settings
 
 
 def _scale(path: Path, data: dict) -> float:
@@ -191,25 +260,35 @@ def _scale(path: Path, data: dict) -> float:
 
 
 @functools.cache
-def _read(directory: Path, kind: str) -> dict:
+def _read_all(directories: tuple, kind: str) -> dict:
     reader = _algorithm if kind == "algorithms" else _dataset
-    entries = {p.stem: reader(p) for p in sorted((directory / kind).glob("*.yaml"))}
+    entries, files = {}, {}
+    for directory in directories:
+        for p in sorted((directory / kind).glob("*.yaml")):
+            if p.stem in entries:
+                raise CatalogError(f"{p}: {kind[:-1]} {p.stem!r} is already defined by {files[p.stem]}")
+            entries[p.stem], files[p.stem] = reader(p), p
     if kind == "algorithms":
         for a in entries.values():
             if a.is_derived and (a.derived["from"] not in entries or entries[a.derived["from"]].is_derived):
-                raise CatalogError(f"{directory / kind / (a.name + '.yaml')}: key 'derived.from' must name a "
+                raise CatalogError(f"{files[a.name]}: key 'derived.from' must name a "
                                    f"trained algorithm, got {a.derived['from']!r}")
     return entries
 
 
+def _directories(directory) -> tuple:
+    """The catalogue directories read: ``directory`` alone, or config/ and the extra ones."""
+    return (Path(directory),) if directory else (config_dir(), *extra_directories())
+
+
 def algorithms(directory: Path | None = None) -> dict[str, Algorithm]:
-    """Every algorithm of ``config/algorithms``, by name."""
-    return _read(Path(directory or config_dir()), "algorithms")
+    """Every algorithm of ``config/algorithms`` (and the extra directories' ``algorithms/``), by name."""
+    return _read_all(_directories(directory), "algorithms")
 
 
 def datasets(directory: Path | None = None) -> dict[str, Dataset]:
-    """Every dataset of ``config/datasets``, by name."""
-    return _read(Path(directory or config_dir()), "datasets")
+    """Every dataset of ``config/datasets`` (and the extra directories' ``datasets/``), by name."""
+    return _read_all(_directories(directory), "datasets")
 
 
 def algorithm(name: str, directory: Path | None = None) -> Algorithm:

@@ -796,6 +796,8 @@ def prepare(
     On any error every file created by this call is removed again.
     """
     family = check_name(name)
+    if family == "user":
+        return _prepare_user(name, data_dir)
     with _cleanup_on_error(Path(data_dir) / name) as created:
         raw = _fetch_into(name, data_dir, mirrors, sources, download, created, inits=False)
         content = {
@@ -817,6 +819,23 @@ def prepare(
         target = prepared_path(name, data_dir)
         with _atomic_file(target) as out:
             torch.save(content, out)  # a file object: the zip's record names do not depend on the file name
+    return target
+
+
+def _prepare_user(name: str, data_dir) -> Path:
+    """A dataset of one's own: its splits as the user's ``data`` function returns them (onepass.user)."""
+    from .user import UserCodeError, prepared
+
+    entry = catalog.dataset(name)
+    try:
+        content = {"format_version": FORMAT_VERSION, "name": name, "family": "user", "task": entry.task,
+                   "vocab_size": None, "vocab": None, "preprocessing": list(PREPROCESSING), "examples": None,
+                   "choices": None, "streams": None, **prepared(entry)}
+    except UserCodeError as err:
+        raise DataError(str(err)) from None
+    target = prepared_path(name, data_dir)
+    with _cleanup_on_error(Path(data_dir) / name), _atomic_file(target) as out:
+        torch.save(content, out)
     return target
 
 
@@ -911,6 +930,8 @@ def load(name: str, data_dir: str | os.PathLike, preprocessing: str = "paper") -
     content = _read_prepared(prepared_path(name, data_dir), name)
     if content["streams"] is not None:  # Penn Treebank: the same for every choice
         splits, normalisers = {s: (content["streams"][s], None) for s in SPLITS}, {}
+    elif content.get("user_splits") is not None:  # a user's data, as its function returned them
+        splits, normalisers = content["user_splits"], {"y_mean": torch.zeros(()), "y_std": torch.ones(())}
     else:
         splits, normalisers = _choice_splits(content, preprocessing)
     return Dataset(

@@ -67,6 +67,10 @@ def build_model(settings: dict, input_shape: tuple, outputs: int) -> nn.Module:
     """The network named by ``settings['model']`` for inputs of ``input_shape`` and ``outputs`` outputs
     (classes, vocabulary size, or 1 for regression)."""
     name = settings["model"]
+    if ":" in name:  # a user's module:function (onepass.user)
+        from .user import build_model as build_user_model
+
+        return build_user_model(name)
     if name in ("mlp", "mlp_bn"):
         inputs = 1
         for size in input_shape:

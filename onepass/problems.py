@@ -51,6 +51,19 @@ def frozen_batchnorm_stats(model: nn.Module):
             m.track_running_stats = True
 
 
+def batchable(settings: dict, dataset, template: nn.Module | None = None) -> bool:
+    """Whether populations of this network train all members at once (:data:`onepass.models.VMAPPABLE`; a
+    user's network when ``torch.func`` can batch it, :func:`onepass.user.batchable`) or one at a time."""
+    if ":" not in settings["model"]:
+        return settings["model"] in VMAPPABLE
+    from .user import batchable as user_batchable
+
+    if template is None:
+        template = build_model(settings, tuple(dataset.input_shape), outputs_of(dataset)).to(dataset.train[0].device)
+        template.train()
+    return user_batchable(template, dataset.train[0])
+
+
 def _squeeze(tree):
     return torch.utils._pytree.tree_map(lambda t: t[0] if isinstance(t, torch.Tensor) else t, tree)
 
@@ -69,7 +82,7 @@ class Problem:
         self.template.train()
         self.names = [name for name, _ in self.template.named_parameters()]
         self.buffer_names = [name for name, _ in self.template.named_buffers()]
-        self.vmapped = settings["model"] in VMAPPABLE
+        self.vmapped = batchable(settings, dataset, self.template)
 
     def build(self) -> nn.Module:
         """A freshly initialised network (its weights drawn from torch's global generator)."""

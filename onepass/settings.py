@@ -43,7 +43,8 @@ SETTINGS: dict[str, Setting] = {
     "family": Setting((str,), "uci", "dataset family (set from the dataset's catalogue entry)", catalog.FAMILIES),
     "preprocessing": Setting((str,), "paper", "splits and input normalisation: as the paper's code, or "
                              "corrected (see the README's list of differences)", ("paper", "corrected")),
-    "model": Setting((str,), "mlp", "network architecture", ("mlp", "mlp_bn", "lstm", "resnet18")),
+    "model": Setting((str,), "mlp", "network architecture, or a user's function returning an nn.Module as "
+                     "module:function (a dataset YAML's top-level key model)", ("mlp", "mlp_bn", "lstm", "resnet18")),
     "hidden_units": Setting(INT, 50, "MLP hidden width or LSTM units", minimum=1),
     "embedding_dim": Setting(INT, 650, "LSTM token embedding size", minimum=1),
     "lstm_layers": Setting(INT, 2, "number of LSTM layers", minimum=1),
@@ -174,8 +175,10 @@ def check_value(key: str, value, source: str):
         raise ConfigError(f"setting {key!r}{at} must be {_type_names(spec.types)}, got {value!r}")
     if value is None:
         return value
-    if spec.choices is not None and value not in spec.choices:
-        raise ConfigError(f"setting {key!r}{at} must be one of {', '.join(spec.choices)}, got {value!r}")
+    if spec.choices is not None and value not in spec.choices and not (key == "model"
+                                                                     and catalog.FUNCTION.match(value)):
+        more = " or a user's function as module:function" if key == "model" else ""
+        raise ConfigError(f"setting {key!r}{at} must be one of {', '.join(spec.choices)}{more}, got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise ConfigError(f"setting {key!r}{at} must be finite, got {value!r}")

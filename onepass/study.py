@@ -88,6 +88,10 @@ def validate(config: dict, schema: dict, sources=None) -> dict:
             message = "unknown key"
         fail(path or "(top level)", message, sources)
     config = apply_defaults(config)
+    try:
+        catalog.add_directories(config["catalog"])
+    except catalog.CatalogError as err:
+        fail("catalog", str(err), sources)
     check(config, sources)
     return config
 
@@ -106,6 +110,7 @@ def apply_defaults(config: dict) -> dict:
     out.setdefault("data_mirrors", [])
     out.setdefault("device", "auto")
     out.setdefault("table_statistic", "bootstrap")
+    out["catalog"] = out.get("catalog") or []
     return out
 
 
@@ -113,10 +118,20 @@ def check(config: dict, sources=None) -> None:
     """The checks a JSON schema cannot express: names against the catalogue, every dataset's entries,
     sampler ranges against their keys' domains, every override against the settings table, and every
     (dataset, algorithm)'s merged settings."""
-    known_datasets, known_algorithms = catalog.datasets(), catalog.algorithms()
+    try:
+        known_datasets, known_algorithms = catalog.datasets(), catalog.algorithms()
+    except catalog.CatalogError as err:
+        fail("catalog" if config.get("catalog") else "datasets", str(err), sources)
     for i, name in enumerate(config["datasets"]):
         if name not in known_datasets:
             fail(f"datasets.{i}", f"unknown dataset {name!r}; known: {', '.join(known_datasets)}", sources)
+        if known_datasets[name].is_user:
+            from .user import UserCodeError, check as check_functions  # torch only for a user's dataset
+
+            try:
+                check_functions(known_datasets[name])
+            except UserCodeError as err:
+                fail(f"datasets.{i}", str(err), sources)
     for key in ("algorithms", "sweep.initialisations"):
         table = config["algorithms"] if key == "algorithms" else config["sweep"]["initialisations"]
         for dataset in config["datasets"]:

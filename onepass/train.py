@@ -33,7 +33,7 @@ import torch
 from . import catalog, memory
 from .population import Member, Population
 from .progress import EVERY_S, ProgressLog
-from .problems import to_device
+from .problems import batchable, to_device
 from .records import task_metrics, versions, write_history, write_metrics, write_tensorboard
 from .settings import ConfigError, check, identity, load_settings
 
@@ -249,7 +249,7 @@ def train(dataset: str, algorithm: str, members: list[Member], data_dir, out_dir
         data = load(catalog.dataset(dataset).base, data_dir, settings["preprocessing"])
     data = to_device(data, dev)
     tune_allocator()
-    if settings["model"] in memory.LARGE_MODEL_MB:  # populations of one (see onepass.models.VMAPPABLE)
+    if settings["model"] in memory.LARGE_MODEL_MB or not batchable(settings, data):  # populations of one
         sizes = [1] * len(members)
     else:
         base = memory.base_bytes(dataset) if dev.type == "cpu" else 0
