@@ -7,9 +7,10 @@ Random, Random_SteppedLR, Random_Validation, Lorraine, Baydin, Ours_LR, Ours_LR_
 and DiffThroughOpt on ``--initialisations`` initialisations at the paper's 4000-step schedule, with tables,
 figures and analysis pages (the data prepared beforehand, outside the timing). Before it, in this process,
 the overhead benchmark (``benchmarks/overhead.py``) measures every algorithm's training time per member and
-weight step on one thread; the *floor* is the sum over algorithms of members x weight steps x that cost,
-divided by ``--cores``: the study's training alone, with nothing else running. Prints the study's wall time,
-the floor and their ratio. With ``--share N``, also the same study cut to N initialisations with one run per
+weight step on one thread, alone and as ``--cores`` copies at once; the *floor* is the sum over algorithms
+of members x weight steps x that cost, divided by ``--cores``: the study's training alone, with nothing else
+running. Prints the study's wall time, the floor and their ratio (also against the floor measured with every
+core busy). With ``--share N``, also the same study cut to N initialisations with one run per
 job (``members_per_job: 1``: the old pipeline's unit), its time scaled to the full study for the ratio.
 """
 
@@ -60,28 +61,46 @@ def run(config: dict, cores: int, workdir: Path) -> float:
     return snakemake(workdir, cores)
 
 
-def floor_seconds(initialisations: int, cores: int, data_dir: Path, n: int, steps: int) -> float:
-    """The study's training time at the overhead benchmark's rate (one process, one thread, a population of
-    ``n`` for ``steps`` weight steps), shared by ``cores``; prints each algorithm's rate."""
+def rates(n: int, steps: int, data_dir: str) -> dict:
+    """Every algorithm's training time per member and weight step (the overhead benchmark: one process, one
+    thread, a population of ``n`` for ``steps`` weight steps)."""
     torch.set_num_threads(1)
     tune_allocator()
-    if not data.prepared_path(DATASET, data_dir).exists():
-        data.prepare(DATASET, data_dir)
     loaded = data.load(DATASET, data_dir)
+    measure(DATASET, "Random", members(2), loaded, 20, "cpu")  # warm-up: allocator, kernels
+    return {algorithm: measure(DATASET, algorithm, members(n), loaded, steps, "cpu")[0] for algorithm in ALGORITHMS}
+
+
+def floor_seconds(per_step: dict, initialisations: int, cores: int) -> float:
+    """The study's training time at ``per_step`` (seconds per member-step of every algorithm), shared by
+    ``cores``: the sum over algorithms of members x weight steps x cost, divided by the cores."""
     config = studies.apply_defaults(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
     config = {**config, **study("floor", initialisations, "auto"),
               "sweep": {**config["sweep"], "initialisations": {DATASET: initialisations}}}
-    measure(DATASET, "Random", members(2), loaded, 20, "cpu")  # warm-up: allocator, kernels
     total = 0.0
     for algorithm in ALGORITHMS:
-        per_step, _ = measure(DATASET, algorithm, members(n), loaded, steps, "cpu")
         settings = studies.settings(config, DATASET, algorithm)
         weight_steps = settings["hyperparameter_steps"] * settings["update_interval"]
-        seconds = per_step * weight_steps * len(studies.seeds(config, DATASET, algorithm))
-        print(f"  {algorithm:20s} {1e3 * per_step:.4f} ms per member-step, {seconds:7.1f} s for "
-              f"{initialisations} x {weight_steps} steps", flush=True)
-        total += seconds
+        total += per_step[algorithm] * weight_steps * len(studies.seeds(config, DATASET, algorithm))
     return total / cores
+
+
+def measure_floor(initialisations: int, cores: int, data_dir: Path, n: int, steps: int) -> tuple[float, float]:
+    """(the floor from the overhead benchmark alone, the floor from ``cores`` copies of it run at once);
+    prints every algorithm's cost both ways. The second shows what running a job on every core costs
+    (shared caches, memory bandwidth, or virtual cores on one physical core)."""
+    import multiprocessing
+
+    if not data.prepared_path(DATASET, data_dir).exists():
+        data.prepare(DATASET, data_dir)
+    alone = rates(n, steps, str(data_dir))
+    with multiprocessing.get_context("spawn").Pool(cores) as pool:
+        copies = pool.starmap(rates, [(n, steps, str(data_dir))] * cores)
+    together = {a: sum(c[a] for c in copies) / cores for a in ALGORITHMS}
+    print(f"{'algorithm':20s} {'ms/member-step alone':>21s} {f'{cores} at once':>10s}")
+    for a in ALGORITHMS:
+        print(f"{a:20s} {1e3 * alone[a]:21.4f} {1e3 * together[a]:10.4f}", flush=True)
+    return floor_seconds(alone, initialisations, cores), floor_seconds(together, initialisations, cores)
 
 
 def main():
@@ -101,14 +120,15 @@ def main():
             (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, workdir / name)
         print(f"floor: the overhead benchmark, a population of {args.floor_members}, {args.floor_steps} weight "
               f"steps, one thread", flush=True)
-        floor = floor_seconds(args.initialisations, args.cores, workdir / "results" / "data", args.floor_members,
-                              args.floor_steps)
+        floor, floor_together = measure_floor(args.initialisations, args.cores, workdir / "results" / "data",
+                                              args.floor_members, args.floor_steps)
         population = run(study("bench_population", args.initialisations, members_per_job), args.cores, workdir)
         print(f"study: {len(ALGORITHMS)} algorithms x {args.initialisations} initialisations, members_per_job "
               f"{args.members_per_job}, {args.cores} cores: {population / 60:.1f} min wall", flush=True)
         print(f"floor: {floor / 60:.1f} min (sum of members x weight steps x cost per member-step, / {args.cores} "
-              f"cores)")
-        print(f"ratio study / floor: {population / floor:.2f}", flush=True)
+              f"cores); {floor_together / 60:.1f} min at the cost measured with {args.cores} copies at once")
+        print(f"ratio study / floor: {population / floor:.2f} ({population / floor_together:.2f} against the "
+              f"floor of {args.cores} copies at once)", flush=True)
         if args.share:
             single = run(study("bench_single", args.share, 1), args.cores, workdir)
             scaled = single * args.initialisations / args.share
