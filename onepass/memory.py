@@ -54,12 +54,20 @@ JOB_OVERHEAD_S = 3.0
 JOB_OVERHEAD_SHARE = 0.1
 CPU_MEASURED_FLOPS = 1.5e10
 SYSFS_CACHE = "/sys/devices/system/cpu/cpu0/cache"
+CACHE_ENV = "ONEPASS_CPU_CACHE_BYTES"
 
 
 def cpu_cache_bytes() -> int:
-    """The L2 cache of one core of this machine (Linux sysfs), else :data:`DEFAULT_L2_BYTES`."""
+    """The L2 cache of one core: ``ONEPASS_CPU_CACHE_BYTES`` if set (to plan for another machine, or to pin
+    the chunks), else this machine's (Linux sysfs), else :data:`DEFAULT_L2_BYTES`."""
+    import os
     from pathlib import Path
 
+    given = os.environ.get(CACHE_ENV, "").strip()
+    if given:
+        if not given.isdigit() or int(given) < 1:
+            raise ValueError(f"{CACHE_ENV} must be a number of bytes, got {given!r}")
+        return int(given)
     units = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30}
     for index in sorted(Path(SYSFS_CACHE).glob("index*")):
         try:

@@ -198,3 +198,12 @@ def test_auto_members_per_job_cuts_equal_chunks_and_keeps_the_cores_busy():
     assert study.members_per_job({**ours, "members_per_job": {"default": 7, "uci_energy": "auto"}},
                                  "uci_energy", 2, 2 ** 21) == 25
     assert study.resolve_members_per_job(ours, 4, 2 ** 21) == {"uci_energy": 13}
+
+
+def test_cpu_cache_size_can_be_given(monkeypatch):
+    from onepass import memory
+    monkeypatch.setenv("ONEPASS_CPU_CACHE_BYTES", "524288")
+    assert memory.cpu_cache_bytes() == 524288
+    monkeypatch.setenv("ONEPASS_CPU_CACHE_BYTES", "2M")
+    with pytest.raises(ValueError, match="ONEPASS_CPU_CACHE_BYTES must be a number of bytes, got '2M'"):
+        memory.cpu_cache_bytes()
