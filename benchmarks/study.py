@@ -89,13 +89,16 @@ def measure_floor(initialisations: int, cores: int, data_dir: Path, n: int, step
     """(the floor from the overhead benchmark alone, the floor from ``cores`` copies of it run at once);
     prints every algorithm's cost both ways. The second shows what running a job on every core costs
     (shared caches, memory bandwidth, or virtual cores on one physical core)."""
-    import multiprocessing
+    import json
 
     if not data.prepared_path(DATASET, data_dir).exists():
         data.prepare(DATASET, data_dir)
     alone = rates(n, steps, str(data_dir))
-    with multiprocessing.get_context("spawn").Pool(cores) as pool:
-        copies = pool.starmap(rates, [(n, steps, str(data_dir))] * cores)
+    command = [sys.executable, __file__, "--rates", str(n), str(steps), str(data_dir)]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(cores)]
+    copies = [json.loads(proc.communicate()[0]) for proc in procs]
+    if any(proc.returncode for proc in procs):
+        raise SystemExit("a copy of the overhead benchmark failed")
     together = {a: sum(c[a] for c in copies) / cores for a in ALGORITHMS}
     print(f"{'algorithm':20s} {'ms/member-step alone':>21s} {f'{cores} at once':>10s}")
     for a in ALGORITHMS:
@@ -112,7 +115,12 @@ def main():
     p.add_argument("--floor-steps", type=int, default=1000, help="weight steps of the floor's measurement")
     p.add_argument("--share", type=int, default=0,
                    help="also the study with one run per job on this many initialisations (0: not)")
+    p.add_argument("--rates", nargs=3, metavar=("MEMBERS", "STEPS", "DATA_DIR"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.rates:  # one copy of the floor's measurement, as JSON on stdout
+        import json
+        print(json.dumps(rates(int(args.rates[0]), int(args.rates[1]), args.rates[2])))
+        return
     members_per_job = args.members_per_job if args.members_per_job == "auto" else int(args.members_per_job)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
