@@ -29,6 +29,7 @@ MIRRORS_ENV = "ONEPASS_DATA_MIRRORS"  # directories holding dataset files, ':'-s
 RESULTS = "results"
 DEFAULT_STUDY = "main"
 PLAN_FORMAT = 1
+AUTO = "auto"  # members_per_job chosen from the device, the cache and the cores
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
@@ -319,10 +320,38 @@ def initialisations(config: dict, dataset: str, inits: dict | None = None) -> li
     return [{"seed": s, **sweep.draw(config["sweep"], dataset, s, base, inits)} for s in range(n)]
 
 
-def members_per_job(config: dict, dataset: str) -> int:
-    """Seeds trained together in one job (``members_per_job``: per dataset, else ``default``, else all)."""
+def members_per_job(config: dict, dataset: str, cores: int | None = None, cache_bytes: int | None = None) -> int:
+    """Seeds trained together in one job: ``members_per_job`` of the dataset, else its ``default``, else
+    ``auto`` (:func:`auto_members_per_job`, for ``cores`` and this machine's cache unless ``cache_bytes``)."""
     table = config["members_per_job"]
-    return int(table.get(dataset, table.get("default", 10 ** 9)))
+    value = table.get(dataset, table.get("default", AUTO))
+    if value == AUTO:
+        return auto_members_per_job(config, dataset, cores,
+                                    memory.cpu_cache_bytes() if cache_bytes is None else cache_bytes)
+    return int(value)
+
+
+def auto_members_per_job(config: dict, dataset: str, cores: int | None, cache_bytes: int) -> int:
+    """On a GPU every seed in one job; on the CPU as many as fit a core's cache (:func:`onepass.memory.cpu_members`,
+    the smallest over the dataset's algorithms), fewer if the dataset's population jobs would not keep
+    ``cores`` cores busy, and then cut into chunks of equal size (50 seeds, 30 at most: 25 and 25)."""
+    total = config["sweep"]["initialisations"][dataset]
+    trained = [a for a in algorithms(config, dataset) if not catalog.is_search(a)]
+    if device(config, dataset) == "cuda" or not trained or total < 1:
+        return max(total, 1)
+    size = min(memory.cpu_members(dataset, settings(config, dataset, a), cache_bytes) for a in trained)
+    counts = [len(seeds(config, dataset, a)) for a in trained]
+    while cores and size > 1 and sum(math.ceil(n / size) for n in counts) < cores:
+        size -= 1
+    size = min(size, total)
+    return math.ceil(total / math.ceil(total / size))
+
+
+def resolve_members_per_job(config: dict, cores: int | None, cache_bytes: int | None = None) -> dict:
+    """``members_per_job`` with every dataset's size a number (``auto`` resolved for ``cores`` cores and the
+    machine's cache): what the workflow plans with, so that every job and the sweep command agree."""
+    cache = memory.cpu_cache_bytes() if cache_bytes is None else cache_bytes
+    return {dataset: members_per_job(config, dataset, cores, cache) for dataset in config["datasets"]}
 
 
 def chunks(config: dict, dataset: str, algorithm: str) -> list[list[int]]:

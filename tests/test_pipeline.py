@@ -159,7 +159,8 @@ def test_full_study_dry_run_plans_population_jobs(workflow_copy):
     assert counts["figure"] == 16 * len(figures.KINDS)
 
 
-def test_quick_study_plan_with_the_slurm_profile(workflow_copy):
+def test_quick_study_plan_with_the_slurm_profile(workflow_copy, monkeypatch):
+    monkeypatch.setenv("ONEPASS_CPU_CACHE_BYTES", str(2 ** 21))  # members_per_job auto: 2 MiB of L2 -> 25 + 25
     proc = snakemake(workflow_copy, "-n", "--profile", "profiles/slurm", "--configfile", "config/quick.yaml")
     jobs = trained(job_counts(proc.stdout))
     assert jobs["train_uci_energy_Ours_LR_0_24"] == jobs["train_uci_energy_Ours_LR_25_49"] == 1

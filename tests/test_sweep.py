@@ -276,3 +276,54 @@ def test_more_initialisations_than_files_or_a_dataset_without_files_is_refused()
         study.validate(raw, schema)
     with pytest.raises(ValueError, match=r"sweep\.samplers\.hidden_units\.type: from_files can give only"):
         sweep.check_sampler("hidden_units", {"type": "from_files"})
+# ---- members_per_job: auto ---------------------------------------------------------------------------------
+def cpu_study(algorithms, seeds, **extra):
+    from onepass import study
+    return study.apply_defaults({"study": "t", "datasets": ["uci_energy"], "algorithms": {"uci_energy": algorithms},
+                                 "sweep": {**PAPER, "initialisations": {"uci_energy": seeds}},
+                                 "gpu": {"uci_energy": 0}, **extra})
+
+
+def test_cpu_members_fill_the_cache_or_amortise_the_job_start():
+    from onepass import memory, study
+    config = cpu_study(["Random", "Ours_LR"], 50)
+    random, ours = (study.settings(config, "uci_energy", a) for a in ("Random", "Ours_LR"))
+    # Random trains on training + validation rows (614 + 78) of 50 hidden units, Ours on the 614 training rows
+    assert memory.layer_bytes("uci_energy", random) == 4 * 692 * 50
+    assert memory.layer_bytes("uci_energy", ours) == 4 * 614 * 50
+    # 6 x rows x 501 parameters (8-50-1) x 4000 weight steps x the method's factor at 1.5e10 FLOP/s
+    assert memory.cpu_member_seconds("uci_energy", ours) == pytest.approx(6 * 614 * 501 * 4000 * 2.0 / 1.5e10)
+    # 2 MiB: 2 x 2 MiB / 122,800 B = 34 members fill the cache; 3 s / 10% / 0.985 s = 31 amortise the start
+    assert memory.cpu_members("uci_energy", ours, 2 ** 21) == 34
+    # 512 KiB: 8 fill it, so the start-up decides: 31
+    assert memory.cpu_members("uci_energy", ours, 2 ** 19) == 31
+    # Random's member trains in 0.554 s: 55 amortise the start
+    assert memory.cpu_members("uci_energy", random, 2 ** 19) == 55
+
+
+def test_auto_members_per_job_cuts_equal_chunks_and_keeps_the_cores_busy():
+    from onepass import study
+    ours = cpu_study(["Ours_LR"], 50)
+    assert study.members_per_job(ours, "uci_energy", None, 2 ** 21) == 25          # 34 at most: 2 chunks of 25
+    assert study.members_per_job(ours, "uci_energy", 2, 2 ** 21) == 25
+    assert study.members_per_job(ours, "uci_energy", 4, 2 ** 21) == 13             # 4 jobs: 13, 13, 13, 11
+    # two algorithms share the cores: 2 x ceil(50 / 17) = 6 >= 6 cores
+    both = cpu_study(["Ours_LR", "Lorraine"], 50)
+    assert study.members_per_job(both, "uci_energy", 6, 2 ** 21) == 17
+    # a search's repetitions are jobs of their own and leave the size alone; a GPU job takes every seed
+    assert study.members_per_job(cpu_study(["Ours_LR", "BayesOpt"], 50), "uci_energy", None, 2 ** 21) == 25
+    assert study.members_per_job({**ours, "gpu": {"uci_energy": 1}}, "uci_energy", 2, 2 ** 21) == 50
+    # a number in the config wins; `auto` asks for the choice again
+    assert study.members_per_job({**ours, "members_per_job": {"default": 7}}, "uci_energy", 2, 2 ** 21) == 7
+    assert study.members_per_job({**ours, "members_per_job": {"default": 7, "uci_energy": "auto"}},
+                                 "uci_energy", 2, 2 ** 21) == 25
+    assert study.resolve_members_per_job(ours, 4, 2 ** 21) == {"uci_energy": 13}
+
+
+def test_cpu_cache_size_can_be_given(monkeypatch):
+    from onepass import memory
+    monkeypatch.setenv("ONEPASS_CPU_CACHE_BYTES", "524288")
+    assert memory.cpu_cache_bytes() == 524288
+    monkeypatch.setenv("ONEPASS_CPU_CACHE_BYTES", "2M")
+    with pytest.raises(ValueError, match="ONEPASS_CPU_CACHE_BYTES must be a number of bytes, got '2M'"):
+        memory.cpu_cache_bytes()

@@ -77,6 +77,17 @@ config["device"] = study.resolve_device(
     config, gpus_offered(), SOURCES, strict=workflow.is_main_process
 )
 
+
+def planning_cores():
+    """The cores given to Snakemake (--cores), or None where it sets no limit (a cluster, a dry run)."""
+    cores = workflow.global_resources.get("_cores")
+    return cores if isinstance(cores, int) and 0 < cores < 2**20 else None
+
+
+# every dataset's members_per_job a number (`auto` resolved for the cores and this machine's cache), so
+# that the jobs, their plans and the sweep command cut the seeds alike
+config["members_per_job"] = study.resolve_members_per_job(config, planning_cores())
+
 STUDY = study.study_dir(config)
 DATA = study.data_dir()
 DATASETS = config["datasets"]
