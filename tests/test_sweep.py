@@ -312,7 +312,9 @@ def test_auto_members_per_job_cuts_equal_chunks_and_keeps_the_cores_busy():
     assert study.members_per_job(both, "uci_energy", 6, 2 ** 21) == 17
     # a search's repetitions are jobs of their own and leave the size alone; a GPU job takes every seed
     assert study.members_per_job(cpu_study(["Ours_LR", "BayesOpt"], 50), "uci_energy", None, 2 ** 21) == 25
-    assert study.members_per_job({**ours, "gpu": {"uci_energy": 1}}, "uci_energy", 2, 2 ** 21) == 50
+    on_gpu = {**ours, "gpu": {"uci_energy": 1}, "device": "cuda"}   # a GPU wanted and offered
+    assert study.members_per_job(on_gpu, "uci_energy", 2, 2 ** 21) == 50
+    assert study.members_per_job({**on_gpu, "device": "cpu"}, "uci_energy", 2, 2 ** 21) == 25
     # a number in the config wins; `auto` asks for the choice again
     assert study.members_per_job({**ours, "members_per_job": {"default": 7}}, "uci_energy", 2, 2 ** 21) == 7
     assert study.members_per_job({**ours, "members_per_job": {"default": 7, "uci_energy": "auto"}},
