@@ -160,8 +160,15 @@ def test_full_study_dry_run_plans_population_jobs(workflow_copy):
 
 
 def test_quick_study_plan_with_the_slurm_profile(workflow_copy, monkeypatch):
-    monkeypatch.setenv("ONEPASS_CPU_CACHE_BYTES", str(2 ** 21))  # members_per_job auto: 2 MiB of L2 -> 25 + 25
+    """The quick study on the SLURM profile, which offers GPUs: every seed of an algorithm in one GPU job;
+    where no GPU is offered (gpu=0), CPU chunks sized for the cache (2 MiB of L2 pinned: 25 + 25)."""
+    monkeypatch.setenv("ONEPASS_CPU_CACHE_BYTES", str(2 ** 21))
     proc = snakemake(workflow_copy, "-n", "--profile", "profiles/slurm", "--configfile", "config/quick.yaml")
+    jobs = trained(job_counts(proc.stdout))
+    assert jobs["train_uci_energy_Ours_LR_0_49"] == 1 and "train_fashion_mnist_Random_0_5" in jobs
+    assert "--device cuda" in proc.stdout and "--device cpu" not in proc.stdout
+    proc = snakemake(workflow_copy, "-n", "--profile", "profiles/slurm", "--resources", "gpu=0",
+                     "--configfile", "config/quick.yaml")
     jobs = trained(job_counts(proc.stdout))
     assert jobs["train_uci_energy_Ours_LR_0_24"] == jobs["train_uci_energy_Ours_LR_25_49"] == 1
     assert "train_fashion_mnist_Random_0_5" in jobs
@@ -171,8 +178,7 @@ def test_quick_study_plan_with_the_slurm_profile(workflow_copy, monkeypatch):
             " --runs-dir results/quick/runs/uci_energy/BayesOpt") in proc.stdout
     assert ("python -m onepass.train --plan results/quick/sweep/uci_energy/chunks/Ours_LR/seeds25-49.json"
             " --runs-dir results/quick/runs/uci_energy/Ours_LR") in proc.stdout
-    # the profile offers GPUs (its gpu resource): with device: auto the training jobs go to them
-    assert "--device cuda" in proc.stdout and "--device cpu" not in proc.stdout
+    assert "--device cpu" in proc.stdout and "--device cuda" not in proc.stdout
 
 
 # ---- config checks: one short message naming the key and the file ----------------------------------------
