@@ -1,30 +1,19 @@
 """The records a run leaves: ``metrics.json``, ``history.csv`` and TensorBoard events, written the same way
-by training runs and black-box searches, each file atomically (a temporary file renamed into place)."""
+by training runs and black-box searches, each file atomically and durably (onepass.atomic)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import platform
 import shutil
 from pathlib import Path
 
+from .atomic import atomic_write  # the modules that write records import it from here too
+
 HISTORY_COLUMNS = ["step", "hyper_step", "time_s", "train_loss", "valid_loss", "test_loss", "test_metric",
                    "lr", "weight_decay", "momentum"]
 INTEGER_COLUMNS = ("step", "hyper_step")
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so that ``path`` is never half-written."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_history(path: Path, rows: list[dict]) -> None:
