@@ -255,9 +255,19 @@ def study_sweep() -> dict:
 
 
 def members(dataset: str, n: int) -> list[Member]:
-    """Seeds 0..n-1 of ``dataset`` with the study's initial hyperparameters."""
+    """Seeds 0..n-1 of ``dataset`` with the study's initial hyperparameters: the paper's initialisation
+    files where the study takes them from files and a mirror holds them, else random draws from the
+    samplers' ranges (timings do not depend on which)."""
     spec = study_sweep()
     drawn = [sweep.draw(spec, dataset, s) for s in range(n)]
+    if any(isinstance(v, dict) for d in drawn for v in d.values()):
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                inits = data.fetch_inits(catalog.dataset(dataset).base, tmp, download=False)
+                drawn = [sweep.resolve(d, inits) for d in drawn]
+        except (data.DataError, KeyError):
+            ranges = {key: {k: v for k, v in s.items() if k != "by_dataset"} for key, s in spec["samplers"].items()}
+            drawn = [sweep.draw({**spec, "samplers": ranges}, dataset, s) for s in range(n)]
     return [Member(s, d["lr"], d["weight_decay"], d["momentum"]) for s, d in enumerate(drawn)]
 
 
