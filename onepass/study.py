@@ -294,23 +294,25 @@ def takes_files(config: dict, dataset: str) -> bool:
     return bool(sweep.from_files(config["sweep"], dataset))
 
 
-def init_files(config: dict, dataset: str, data_dir, download: bool = True) -> dict | None:
+def init_files(config: dict, dataset: str, data_dir, download: bool = True, mirrors=None) -> dict | None:
     """The paper's initialisation files of a dataset that takes values from them, fetched and verified into
-    ``data_dir`` (from the mirrors of ``ONEPASS_DATA_MIRRORS`` first): {N: path}; None for one that does not."""
+    ``data_dir`` (from ``mirrors`` first, default those of ``ONEPASS_DATA_MIRRORS``): {N: path}; None for one
+    that does not."""
     if not takes_files(config, dataset):
         return None
     from . import data
 
     try:
-        return data.fetch_inits(catalog.dataset(dataset).base, data_dir, download=download)
+        return data.fetch_inits(catalog.dataset(dataset).base, data_dir, mirrors or None, download=download)
     except data.DataError as err:
         raise ConfigError(f"the initialisation files of {dataset}: {err}") from None
 
 
-def mirrors_variable(config: dict, current: str = "") -> str:
-    """The value of ``ONEPASS_DATA_MIRRORS`` with the config's ``data_mirrors`` (absolute) in front."""
+def mirrors(config: dict, current: str = "") -> list[str]:
+    """The mirror directories of a study's data jobs: the config's ``data_mirrors`` (absolute), then those of
+    ``current`` (the value of ``ONEPASS_DATA_MIRRORS``, ``:``-separated)."""
     given = [str(Path(d).expanduser().resolve()) for d in config.get("data_mirrors", [])]
-    return ":".join(d for d in [*given, current] if d)
+    return list(dict.fromkeys([*given, *(d for d in current.split(":") if d)]))
 
 
 def initialisations(config: dict, dataset: str, inits: dict | None = None) -> list[dict]:
@@ -530,13 +532,13 @@ def resources(config: dict, dataset: str, algorithm: str, n_members: int, attemp
 
 
 # ---- the command -------------------------------------------------------------------------------------------
-def write_sweep(config: dict, dataset: str, out_dir, data_root=None) -> dict:
+def write_sweep(config: dict, dataset: str, out_dir, data_root=None, mirrors=None) -> dict:
     """Write a dataset's initialisations.tsv, summary.tsv and plan.json into ``out_dir``; returns the plan.
     A dataset that takes values from the paper's initialisation files fetches them into ``data_root``
-    (default :func:`data_dir`)."""
+    (default :func:`data_dir`), from ``mirrors`` first (default ``ONEPASS_DATA_MIRRORS``'s)."""
     from .records import atomic_write
 
-    inits = init_files(config, dataset, data_root or data_dir())
+    inits = init_files(config, dataset, data_root or data_dir(), mirrors=mirrors)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     drawn = sweep.table(config["sweep"], dataset, config["sweep"]["initialisations"][dataset],
@@ -558,6 +560,8 @@ def main(argv=None) -> int:
     s.add_argument("--out-dir", required=True)
     s.add_argument("--data-dir", default=data_dir(),
                    help="where the paper's initialisation files are fetched, for a dataset that takes them")
+    s.add_argument("--mirror", action="append",
+                   help=f"a directory holding those files (repeatable; default ${MIRRORS_ENV})")
     c = sub.add_parser("chunk-plan", help="a chunk plan whose members refer to the paper's initialisation "
                                           "files, written with their values")
     c.add_argument("--plan", required=True, help="the chunk plan (onepass.study.chunk_plan) as JSON")
@@ -571,7 +575,7 @@ def main(argv=None) -> int:
             return 0
         config = from_json(args.config)
         check(config)
-        content = write_sweep(config, args.dataset, args.out_dir, args.data_dir)
+        content = write_sweep(config, args.dataset, args.out_dir, args.data_dir, args.mirror)
     except (StudyConfigError, ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
