@@ -17,7 +17,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import require_mirror
 from onepass import catalog, figures, study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,11 +93,6 @@ def local(*config_files, options=()):
     """The local profile's arguments, the config files last (--configfile takes several: anything after
     them would be read as one)."""
     return ["--profile", "profiles/local", "--cores", "2", *options, "--configfile", *config_files]
-
-
-@pytest.fixture(scope="module")
-def mirror():
-    return str(require_mirror("uci_energy/data.txt"))
 
 
 @pytest.fixture(scope="module")
