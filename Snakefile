@@ -24,13 +24,14 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/appendix.smk"
 
 
-# Per-dataset outputs (each depends on the dataset's runs), and the runs deleted since they were collected;
-# planning it logs what the study asks for (runs, jobs, CPU- and GPU-hours).
+# Per-dataset outputs (each depends on the dataset's runs), and every run's records themselves (so that a
+# deleted run is remade: see study_runs); planning it logs what the study asks for (runs, jobs, CPU- and
+# GPU-hours).
 rule all:
     default_target: True
     input:
         plan_notice,
-        deleted_runs,
+        study_runs,
         rules.paper_tables.output,
         expand(rules.analysis_page.output, dataset=DATASETS),
         expand(rules.figure.output.svg, dataset=DATASETS, figure=figures.KINDS),

@@ -15,18 +15,17 @@ from pathlib import Path
 import pandas as pd
 
 from . import study
+from .settings import HYPERPARAMETERS
 
 # metrics.json fields copied into runs.tsv, in this order.
 FIELDS = [
-    "init_lr", "init_weight_decay", "init_momentum",
-    "final_lr", "final_weight_decay", "final_momentum",
+    *(f"init_{k}" for k in HYPERPARAMETERS), *(f"final_{k}" for k in HYPERPARAMETERS),
     "train_loss", "valid_loss", "test_loss", "test_metric",
     "test_mse_unnormalised", "test_accuracy", "test_perplexity",
     "weight_steps", "hyperparameter_steps", "train_time_s", "wall_time_s", "population_size", "device",
     "slurm_job_id",
 ]
 STATUSES = ("done", "diverged", "stale", "missing")
-INITIAL = ("lr", "weight_decay", "momentum")
 
 
 def run_dir(runs_dir, algorithm: str, seed: int) -> Path:
@@ -44,7 +43,7 @@ def stale_reason(metrics: dict, expected_settings: dict, member: dict) -> str | 
     differing = sorted(k for k in expected_settings if recorded.get(k, object()) != expected_settings[k])
     if differing:
         return "settings differ: " + ", ".join(differing[:5])
-    for name in INITIAL:
+    for name in HYPERPARAMETERS:
         if metrics.get(f"init_{name}") != member[name]:
             return f"initial {name} differs"
     return None
@@ -131,5 +130,5 @@ def load_histories(runs: pd.DataFrame, runs_dir, per_algorithm: int | None = Non
             if path.exists():
                 frames.append(pd.read_csv(path).assign(algorithm=algorithm, seed=seed))
     if not frames:
-        return pd.DataFrame(columns=["algorithm", "seed", "step", "time_s", "test_metric", *INITIAL])
+        return pd.DataFrame(columns=["algorithm", "seed", "step", "time_s", "test_metric", *HYPERPARAMETERS])
     return pd.concat(frames, ignore_index=True)

@@ -40,6 +40,7 @@ from PIL import Image  # noqa: E402
 
 from onepass import catalog, tables  # noqa: E402
 from onepass.collection import counted, load_histories, run_dir  # noqa: E402
+from onepass.settings import HYPERPARAMETERS  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,6 @@ def caption(kind: str, dataset: str) -> str:
     return FIGURES[kind].caption.format(dataset=dataset)
 
 
-HYPERPARAMETERS = ("lr", "weight_decay", "momentum")
 HP_LABELS = {"lr": "learning rate", "weight_decay": "weight decay", "momentum": "momentum",
              "lr_step_factor": "LR step factor"}
 LOG_HPS = {"lr", "weight_decay"}

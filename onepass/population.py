@@ -25,6 +25,7 @@ import torch
 from .hypergrad import baydin_hypergradient, linearised_update, neumann_hypergradient, unrolled_hypergradient
 from .problems import Problem
 from .records import HISTORY_COLUMNS
+from .settings import HYPERPARAMETERS, check_initial
 from .updates import (Hyperparameters, clip_by_norm, clip_by_norm_, per_member, sgd_step_, spread,
                       to_unconstrained)
 
@@ -46,11 +47,8 @@ class Member:
 
     def check(self) -> None:
         """ValueError naming the value if an initial hyperparameter is out of its domain."""
-        for name in ("lr", "weight_decay", "momentum"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0 or (name == "momentum" and value > 1):
-                bound = " and <= 1" if name == "momentum" else ""
-                raise ValueError(f"seed {self.seed}: initial {name} must be a finite value >= 0{bound}, got {value}")
+        for name in HYPERPARAMETERS:
+            check_initial(name, getattr(self, name), f"seed {self.seed}: initial {name}")
         unknown = sorted(set(self.settings) - set(PER_MEMBER_SETTINGS))
         if unknown:
             raise ValueError(f"seed {self.seed}: {unknown[0]!r} cannot differ between members of a population")

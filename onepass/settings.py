@@ -16,11 +16,29 @@ import yaml
 
 from . import catalog
 
-HYPERPARAMETERS = ("lr", "weight_decay", "momentum")
+HYPERPARAMETERS = ("lr", "weight_decay", "momentum")  # the weight-update hyperparameters, in this order
 
 
 class ConfigError(ValueError):
     """A setting is unknown, of the wrong type, or out of its allowed values."""
+
+
+def initial_domain(name: str) -> str:
+    """The domain of an initial hyperparameter, in words: lr and weight decay a finite value >= 0, momentum
+    also <= 1. (A sampler's own constraints, such as a log scale's positive range, are the sampler's.)"""
+    return "a finite value >= 0" + (" and <= 1" if name == "momentum" else "")
+
+
+def check_initial(name: str, value, label: str | None = None) -> float:
+    """``value`` as a float if it lies in the domain of the initial hyperparameter ``name`` (one of
+    :data:`HYPERPARAMETERS`, :func:`initial_domain`), else a ConfigError "<label> must be <domain>, got
+    <value>" (``label`` default: ``initial <name>``)."""
+    if name not in HYPERPARAMETERS:
+        raise ConfigError(f"unknown hyperparameter {name!r}; known: {', '.join(HYPERPARAMETERS)}")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value < 0 or (name == "momentum" and value > 1):
+        raise ConfigError(f"{label or 'initial ' + name} must be {initial_domain(name)}, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)

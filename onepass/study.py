@@ -15,6 +15,8 @@ workflow's rules are thin adapters to these functions; nothing here knows about 
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import json
 import math
 import re
@@ -22,12 +24,12 @@ import sys
 from pathlib import Path
 
 from . import catalog, memory, sweep
-from .settings import SETTINGS, ConfigError, check_value, identity, load_settings
+from .settings import (HYPERPARAMETERS, SETTINGS, ConfigError, check_initial, check_value, identity,
+                       load_settings)
 
-INITIAL = ("lr", "weight_decay", "momentum")
 MIRRORS_ENV = "ONEPASS_DATA_MIRRORS"  # directories holding dataset files, ':'-separated (see onepass.data)
 RESULTS = "results"
-DEFAULT_STUDY = "main"
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 PLAN_FORMAT = 1
 AUTO = "auto"  # members_per_job chosen from the device, the cache and the cores
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -102,16 +104,21 @@ def from_json(text: str) -> dict:
     return apply_defaults(normalise(json.loads(text)))
 
 
+@functools.cache
+def schema() -> dict:
+    """The study config's JSON schema (:data:`SCHEMA`): its keys, their types and their defaults."""
+    import yaml
+
+    return yaml.safe_load(SCHEMA.read_text())
+
+
 def apply_defaults(config: dict) -> dict:
-    """The config with the optional keys filled in."""
+    """The config with every optional key that is missing or null set to its ``default`` in the schema (the
+    one place the defaults are written)."""
     out = dict(config)
-    out.setdefault("study", DEFAULT_STUDY)
-    for key in ("repetitions", "overrides", "gpu", "resources", "members_per_job", "appendix"):
-        out[key] = out.get(key) or {}
-    out.setdefault("data_mirrors", [])
-    out.setdefault("device", "auto")
-    out.setdefault("table_statistic", "bootstrap")
-    out["catalog"] = out.get("catalog") or []
+    for key, spec in schema()["properties"].items():
+        if "default" in spec and out.get(key) is None:
+            out[key] = copy.deepcopy(spec["default"])
     return out
 
 
@@ -217,7 +224,7 @@ def _check_sampler(key: str, spec: dict, sources, where_key: str | None = None) 
         sweep.check_sampler(key, spec)
     except ValueError as err:
         fail(where_key, str(err).split(": ", 1)[-1], sources)
-    if key not in INITIAL and key not in SETTINGS:
+    if key not in HYPERPARAMETERS and key not in SETTINGS:
         fail(where_key, "unknown run setting", sources)
     for name in spec.get("algorithms", []):
         if name not in catalog.algorithms():
@@ -225,19 +232,12 @@ def _check_sampler(key: str, spec: dict, sources, where_key: str | None = None) 
     if spec["type"] == "from_files":
         return
     values = spec.get("values") if spec["type"] == "choice" else spec["range"]
-    for value in values:
-        if key in ("lr", "weight_decay"):
-            ok, domain = isinstance(value, (int, float)) and value > 0, "> 0"
-        elif key == "momentum":
-            ok, domain = isinstance(value, (int, float)) and 0 <= value <= 1, "within [0, 1]"
-        else:
-            try:
-                check_value(key, value, "")
-                ok, domain = True, ""
-            except ConfigError as err:
-                ok, domain = False, str(err)
-        if not ok:
-            fail(where_key, f"{value!r} is outside the domain of {key} ({domain})", sources)
+    for value in values:  # the key's own domain (a log scale's positive range is the sampler's check)
+        try:
+            check_initial(key, value) if key in HYPERPARAMETERS else check_value(key, value, "")
+        except ConfigError as err:
+            fail(where_key, str(err) if key in HYPERPARAMETERS
+                 else f"{value!r} is outside the domain of {key} ({err})", sources)
 
 
 # ---- what runs --------------------------------------------------------------------------------------------
@@ -267,7 +267,7 @@ def member_settings(config: dict, algorithm: str) -> list[str]:
     """The sampled keys besides the initial hyperparameters that go to runs of ``algorithm`` as per-member
     settings (a sampler without ``algorithms`` applies to every algorithm)."""
     return [key for key, spec in config["sweep"]["samplers"].items()
-            if key not in INITIAL and sweep.applies_to(spec, algorithm)]
+            if key not in HYPERPARAMETERS and sweep.applies_to(spec, algorithm)]
 
 
 def settings(config: dict, dataset: str, algorithm: str) -> dict:
@@ -285,7 +285,8 @@ def member_of(config: dict, dataset: str, algorithm: str, seed: int, inits: dict
     ``inits`` ({N: path}, :func:`init_files`) gives the values a dataset takes from the paper's files; without
     it they are references ``{"file": N}`` (:func:`resolve_chunk_plan` fills them in)."""
     drawn = sweep.draw(config["sweep"], dataset, seed, catalog.dataset(dataset).base, inits)
-    return {"seed": seed, **{k: drawn[k] if isinstance(drawn[k], dict) else float(drawn[k]) for k in INITIAL},
+    return {"seed": seed,
+            **{k: drawn[k] if isinstance(drawn[k], dict) else float(drawn[k]) for k in HYPERPARAMETERS},
             "settings": {k: drawn[k] for k in member_settings(config, algorithm)}}
 
 
@@ -294,23 +295,25 @@ def takes_files(config: dict, dataset: str) -> bool:
     return bool(sweep.from_files(config["sweep"], dataset))
 
 
-def init_files(config: dict, dataset: str, data_dir, download: bool = True) -> dict | None:
+def init_files(config: dict, dataset: str, data_dir, download: bool = True, mirrors=None) -> dict | None:
     """The paper's initialisation files of a dataset that takes values from them, fetched and verified into
-    ``data_dir`` (from the mirrors of ``ONEPASS_DATA_MIRRORS`` first): {N: path}; None for one that does not."""
+    ``data_dir`` (from ``mirrors`` first, default those of ``ONEPASS_DATA_MIRRORS``): {N: path}; None for one
+    that does not."""
     if not takes_files(config, dataset):
         return None
     from . import data
 
     try:
-        return data.fetch_inits(catalog.dataset(dataset).base, data_dir, download=download)
+        return data.fetch_inits(catalog.dataset(dataset).base, data_dir, mirrors or None, download=download)
     except data.DataError as err:
         raise ConfigError(f"the initialisation files of {dataset}: {err}") from None
 
 
-def mirrors_variable(config: dict, current: str = "") -> str:
-    """The value of ``ONEPASS_DATA_MIRRORS`` with the config's ``data_mirrors`` (absolute) in front."""
+def mirrors(config: dict, current: str = "") -> list[str]:
+    """The mirror directories of a study's data jobs: the config's ``data_mirrors`` (absolute), then those of
+    ``current`` (the value of ``ONEPASS_DATA_MIRRORS``, ``:``-separated)."""
     given = [str(Path(d).expanduser().resolve()) for d in config.get("data_mirrors", [])]
-    return ":".join(d for d in [*given, current] if d)
+    return list(dict.fromkeys([*given, *(d for d in current.split(":") if d)]))
 
 
 def initialisations(config: dict, dataset: str, inits: dict | None = None) -> list[dict]:
@@ -528,7 +531,7 @@ def member(plan_: dict, algorithm: str, seed: int) -> dict:
     if not 0 <= seed < len(rows):
         raise ConfigError(f"the plan of {plan_['dataset']} has no seed {seed}")
     row = rows[seed]
-    return {"seed": seed, **{k: float(row[k]) for k in INITIAL},
+    return {"seed": seed, **{k: float(row[k]) for k in HYPERPARAMETERS},
             "settings": {k: row[k] for k in entry["member_settings"]}}
 
 
@@ -558,13 +561,13 @@ def resources(config: dict, dataset: str, algorithm: str, n_members: int, attemp
 
 
 # ---- the command -------------------------------------------------------------------------------------------
-def write_sweep(config: dict, dataset: str, out_dir, data_root=None) -> dict:
+def write_sweep(config: dict, dataset: str, out_dir, data_root=None, mirrors=None) -> dict:
     """Write a dataset's initialisations.tsv, summary.tsv and plan.json into ``out_dir``; returns the plan.
     A dataset that takes values from the paper's initialisation files fetches them into ``data_root``
-    (default :func:`data_dir`)."""
+    (default :func:`data_dir`), from ``mirrors`` first (default ``ONEPASS_DATA_MIRRORS``'s)."""
     from .records import atomic_write
 
-    inits = init_files(config, dataset, data_root or data_dir())
+    inits = init_files(config, dataset, data_root or data_dir(), mirrors=mirrors)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     drawn = sweep.table(config["sweep"], dataset, config["sweep"]["initialisations"][dataset],
@@ -586,6 +589,8 @@ def main(argv=None) -> int:
     s.add_argument("--out-dir", required=True)
     s.add_argument("--data-dir", default=data_dir(),
                    help="where the paper's initialisation files are fetched, for a dataset that takes them")
+    s.add_argument("--mirror", action="append",
+                   help=f"a directory holding those files (repeatable; default ${MIRRORS_ENV})")
     c = sub.add_parser("chunk-plan", help="a chunk plan whose members refer to the paper's initialisation "
                                           "files, written with their values")
     c.add_argument("--plan", required=True, help="the chunk plan (onepass.study.chunk_plan) as JSON")
@@ -599,7 +604,7 @@ def main(argv=None) -> int:
             return 0
         config = from_json(args.config)
         check(config)
-        content = write_sweep(config, args.dataset, args.out_dir, args.data_dir)
+        content = write_sweep(config, args.dataset, args.out_dir, args.data_dir, args.mirror)
     except (StudyConfigError, ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ from .population import Member, Population
 from .progress import EVERY_S, ProgressLog
 from .problems import batchable, to_device
 from .records import task_metrics, versions, write_history, write_metrics, write_tensorboard
-from .settings import ConfigError, check, identity, load_settings
+from .settings import HYPERPARAMETERS, ConfigError, check, check_initial, identity, load_settings
 
 CHECKPOINT_VERSION = 2
 
@@ -205,7 +205,7 @@ def write_members(dataset: str, algorithm: str, population: Population, data, de
         write_tensorboard(out / "tb", history)
         m = {"dataset": dataset, "family": population.settings["family"], "task": data.task,
              "algorithm": algorithm, "seed": member.seed,
-             **{f"init_{k}": getattr(member, k) for k in ("lr", "weight_decay", "momentum")},
+             **{f"init_{k}": getattr(member, k) for k in HYPERPARAMETERS},
              **{f"final_{k}": v for k, v in result["final"].items()},
              **{k: result[k] for k in ("train_loss", "valid_loss", "test_loss", "test_metric")},
              **task_metrics(data.task, result["test_metric"], result["test_accuracy"], result["test_perplexity"]),
@@ -290,10 +290,8 @@ def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float,
     from .settings import parse_overrides
 
     extra = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
-    for name, value in (("lr", lr), ("weight-decay", weight_decay), ("momentum", momentum)):
-        if not math.isfinite(value) or value < 0 or (name == "momentum" and value > 1):
-            raise ConfigError(f"--{name} must be a finite value >= 0{' and <= 1' if name == 'momentum' else ''}, "
-                              f"got {value}")
+    for name, value in zip(HYPERPARAMETERS, (lr, weight_decay, momentum)):
+        check_initial(name, value, "--" + name.replace("_", "-"))
     member = Member(int(seed), float(lr), float(weight_decay), float(momentum))
     return train(dataset, algorithm, [member], data_dir, [Path(out)], Path(out), device, extra, data, quiet,
                  checkpoint_name="checkpoint.pt", progress_every=progress_every)[0]
@@ -350,7 +348,7 @@ def run_arguments(prog: str, description: str, **help) -> argparse.ArgumentParse
 
 def check_arguments(args) -> None:
     """One of the two forms, complete (a ConfigError naming what is missing or extra)."""
-    single = ("dataset", "algorithm", "seed", "lr", "weight_decay", "momentum", "out")
+    single = ("dataset", "algorithm", "seed", *HYPERPARAMETERS, "out")
     chunk = ("plan", "runs_dir")
     if args.plan is not None:
         missing = [k for k in chunk if getattr(args, k) is None]

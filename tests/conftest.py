@@ -86,6 +86,18 @@ def uci_energy_dir(shared_datasets, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def data_dir(uci_energy_dir) -> Path:
+    """The data directory of the training and search tests: UCI Energy prepared."""
+    return uci_energy_dir
+
+
+@pytest.fixture(scope="session")
+def mirror() -> str:
+    """The mirror holding UCI Energy's raw file, as a workflow's data_mirrors entry."""
+    return str(require_mirror("uci_energy/data.txt"))
+
+
+@pytest.fixture(scope="session")
 def fashion_mnist_data(fashion_mnist_dir, tmp_path_factory) -> Path:
     """A data directory with Fashion-MNIST prepared from the offline copy."""
     from onepass import data

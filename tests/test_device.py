@@ -128,13 +128,6 @@ def test_full_config_runs_one_uci_dataset_on_this_cpu(tmp_path, copy_workflow, m
     assert (workdir / target).is_file()
 
 
-@pytest.fixture(scope="module")
-def mirror():
-    from conftest import require_mirror
-
-    return str(require_mirror("uci_energy/data.txt"))
-
-
 def test_visible_gpus_without_torch(monkeypatch, tmp_path):
     """The GPUs counted for the device choice: the driver's, limited by CUDA_VISIBLE_DEVICES; inside a
     cluster job, the devices the scheduler made visible."""

@@ -47,11 +47,6 @@ def _one_thread(one_torch_thread):
     """Bitwise comparisons and timings need one torch thread (subprocesses get --threads 1)."""
 
 
-@pytest.fixture(scope="module")
-def data_dir(uci_energy_dir):
-    return uci_energy_dir
-
-
 def evaluations(out: Path) -> list[dict]:
     with open(out / "evaluations.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -27,11 +27,6 @@ def _one_thread(one_torch_thread):
     """Bitwise comparisons and timings need one torch thread (subprocesses get --threads 1)."""
 
 
-@pytest.fixture(scope="module")
-def data_dir(uci_energy_dir):
-    return uci_energy_dir
-
-
 def energy(tmp_path, data_dir, algorithm, overrides=(), lr=1e-3, wd=1e-4, mom=0.5, seed=0, name="run"):
     return run("uci_energy", algorithm, seed, lr, wd, mom, data_dir, tmp_path / name, overrides=list(overrides))
 

@@ -57,7 +57,8 @@ import time
 from pathlib import Path
 
 from .. import catalog
-from ..settings import SETTINGS, ConfigError, load_settings, parse_overrides, search_settings_keys
+from ..settings import (HYPERPARAMETERS, SETTINGS, ConfigError, check_initial, load_settings, parse_overrides,
+                        search_settings_keys)
 from ..train import resolve_device, run_arguments, run_from_arguments
 from .record import finish
 
@@ -101,10 +102,8 @@ def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float,
     extra = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
     settings, inner = search_settings(dataset, algorithm, extra)
     dev = resolve_device(device)
-    for name, value in (("lr", lr), ("weight-decay", weight_decay), ("momentum", momentum)):
-        if not math.isfinite(value) or value < 0 or (name == "momentum" and value > 1):
-            raise ConfigError(f"--{name} must be a finite value >= 0{' and <= 1' if name == 'momentum' else ''}, "
-                              f"got {value}")
+    for name, value in zip(HYPERPARAMETERS, (lr, weight_decay, momentum)):
+        check_initial(name, value, "--" + name.replace("_", "-"))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if data is None:

@@ -20,6 +20,7 @@ import torch
 from .. import catalog
 from ..population import Member, Population
 from ..problems import to_device
+from ..settings import HYPERPARAMETERS
 from .record import add_evaluation
 from .space import space_point
 
@@ -49,7 +50,7 @@ def explore(config: dict, rng: random.Random, settings: dict) -> dict:
     lo, hi = settings["search_momentum"]
     lo, hi = max(lo, 0.0), min(hi, 1.0 - 1e-6)
     new = {}
-    for name in ("lr", "weight_decay", "momentum"):
+    for name in HYPERPARAMETERS:
         if rng.random() < settings["pbt_resample_probability"]:
             new[name] = point[name]
             continue
@@ -79,7 +80,7 @@ def rescale(population: Population, old: dict, new: dict, settings: dict) -> Non
     replacing it. Where the inner algorithm tunes nothing, tuned and config values agree and this sets the new
     config. A ratio that is not finite (an old value of 0 there, momentum 0) sets the new value instead."""
     current = {k: v[0] for k, v in population.hyperparameters().items()}
-    for name in ("lr", "weight_decay", "momentum"):
+    for name in HYPERPARAMETERS:
         a, b = _stored(name, old[name], settings), _stored(name, new[name], settings)
         ratio = b / a if a != 0 and math.isfinite(a) and math.isfinite(b) else math.nan
         if not math.isfinite(ratio):
@@ -124,7 +125,7 @@ def ray_trial(config: dict, ctx: dict) -> None:
                                                    point["momentum"])], torch.device(ctx["device"]))
     # the trial's config (Ray's values in the paper: the initial hyperparameters it was started or restored
     # with), kept apart from the hyperparameters the inner algorithm tunes
-    own = {k: point[k] for k in ("lr", "weight_decay", "momentum")}
+    own = {k: point[k] for k in HYPERPARAMETERS}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -143,7 +144,7 @@ def ray_trial(config: dict, ctx: dict) -> None:
     def result(report: dict, diverged: bool) -> dict:
         new_weight = trial.weight_step - count["weight"] - count["idle"]
         out = {**{k: report[k] for k in ("train_loss", "valid_loss", "test_loss", "test_metric", "test_accuracy",
-                                         "test_perplexity", "lr", "weight_decay", "momentum")},
+                                         "test_perplexity", *HYPERPARAMETERS)},
                "diverged": diverged,
                "score": ctx["penalty"] if diverged or not math.isfinite(report["valid_loss"])
                else report["valid_loss"],
@@ -270,7 +271,7 @@ def ray_search(dataset: str, seed: int, settings: dict, inner: dict, data_dir, o
             row = add_evaluation(rows, {
                 "trial": index, "run_seed": result["run_seed"], "hyper_step": result["hyper_step"],
                 "weight_steps": result["weight_step"],
-                **{k: result[k] for k in ("lr", "weight_decay", "momentum", "train_loss", "valid_loss",
+                **{k: result[k] for k in (*HYPERPARAMETERS, "train_loss", "valid_loss",
                                           "test_loss", "test_metric", "test_accuracy", "test_perplexity",
                                           "diverged", "score", "new_weight_steps", "new_hyper_steps")},
                 "wall_time_s": result["train_time_s"], "cumulative_time_s": time.perf_counter() - start[0],

@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 
 from ..records import atomic_write, task_metrics, versions, write_history, write_metrics
+from ..settings import HYPERPARAMETERS
 
 EVALUATION_COLUMNS = [
-    "evaluation", "trial", "run_seed", "hyper_step", "weight_steps", "lr", "weight_decay", "momentum",
+    "evaluation", "trial", "run_seed", "hyper_step", "weight_steps", *HYPERPARAMETERS,
     "train_loss", "valid_loss", "test_loss", "test_metric", "test_accuracy", "test_perplexity", "diverged",
     "score", "wall_time_s", "cumulative_time_s", "cumulative_weight_steps", "cumulative_hyper_steps",
     "best_valid_loss", "best_test_metric", "min_test_metric"]
@@ -117,7 +118,7 @@ def search_history(rows: list[dict]) -> list[dict]:
         out.append({"step": row["cumulative_weight_steps"], "hyper_step": row["cumulative_hyper_steps"],
                     "time_s": row["cumulative_time_s"],
                     **{k: b.get(k, NAN) for k in ("train_loss", "valid_loss", "test_loss", "test_metric",
-                                                   "lr", "weight_decay", "momentum")}})
+                                                   *HYPERPARAMETERS)}})
     return out
 
 
@@ -130,7 +131,7 @@ def finish(out: Path, rows: list[dict], base: dict, task: str, settings: dict, s
     best = best_index(rows)
     b = rows[best] if best is not None else {}
     metrics = dict(base)
-    metrics.update({f"final_{k}": b.get(k, NAN) for k in ("lr", "weight_decay", "momentum")})
+    metrics.update({f"final_{k}": b.get(k, NAN) for k in HYPERPARAMETERS})
     metrics.update({k: b.get(k, NAN) for k in ("train_loss", "valid_loss", "test_loss", "test_metric")})
     metrics.update({
         **task_metrics(task, b.get("test_metric", NAN), b.get("test_accuracy"), b.get("test_perplexity")),

@@ -23,6 +23,8 @@ rule sensitivity_plan:
         Path(log[0]).write_text(f"wrote {output[0]}\n")
 
 
+# One rule per (algorithm, cell), generated for the reason of train.smk's: a cell's outputs are the runs of
+# a list of seeds, which no wildcard pattern can name without a job per seed.
 for algorithm, cell in SENSITIVITY_CELLS:
     resources_of = appendix.cell_resources(config, algorithm, cell)
     cell_dataset = appendix.spec(config, "sensitivity")["dataset"]

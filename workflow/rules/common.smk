@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 
 import yaml
@@ -64,9 +65,7 @@ def alternatives(names):
     return "|".join(re.escape(n) for n in names) if names else "(?!x)x"
 
 
-SCHEMA = yaml.safe_load(
-    Path(workflow.basedir, "workflow/schemas/config.schema.yaml").read_text()
-)
+SCHEMA = study.schema()
 SOURCES = config_sources()
 if any(on_command_line for _, _, on_command_line in SOURCES):
     config["appendix"] = own_appendix(SOURCES)
@@ -103,9 +102,26 @@ ALGORITHMS = sorted(
     {a for d in DATASETS for a in study.algorithms(config, d)}
     | {a for a, _ in SENSITIVITY_CELLS}
 )
-# dataset mirrors of the config, for the data jobs (they run here, on the machine running Snakemake)
-os.environ[study.MIRRORS_ENV] = study.mirrors_variable(
-    config, os.environ.get(study.MIRRORS_ENV, "")
+
+
+class Untracked:
+    """A param that is no part of its outputs' identity: Snakemake's params trigger skips values it cannot
+    represent, and the shell command reads it as text."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __str__(self):
+        return self.text
+
+
+# the dataset mirrors of the data jobs, as their --mirror options: the config's data_mirrors, then those of
+# ONEPASS_DATA_MIRRORS (where a dataset's files come from does not change it, so no rerun when they move)
+MIRRORS = Untracked(
+    " ".join(
+        f"--mirror {shlex.quote(m)}"
+        for m in study.mirrors(config, os.environ.get(study.MIRRORS_ENV, ""))
+    )
 )
 
 
@@ -155,38 +171,39 @@ def job_resources(dataset, algorithm, chunk):
 # ---- collection, figures, pages ----------------------------------------------------------------------------
 
 
+def dataset_run_files(dataset, name):
+    """``name`` (metrics.json, history.csv) of every run of the dataset."""
+    return [
+        path
+        for algorithm in study.algorithms(config, dataset)
+        for path in run_outputs(
+            dataset, algorithm, study.seeds(config, dataset, algorithm), name
+        )
+    ]
+
+
 def dataset_runs(name):
-    """An input function: ``name`` of every run of the dataset."""
+    """An input function: ``name`` of every run of the wildcards' dataset."""
+    return lambda wildcards: dataset_run_files(wildcards.dataset, name)
 
-    def runs(wildcards):
-        return [
+
+def study_runs(wildcards):
+    """Every run's records (the study's and the sensitivity cells'), the target all asks for them. Snakemake does
+    not remake a missing intermediate file once everything after it exists, so a run deleted to retrain it
+    is remade only as a target of its own (and then everything after it follows)."""
+    return [
+        *(
             path
-            for algorithm in study.algorithms(config, wildcards.dataset)
-            for path in run_outputs(
-                wildcards.dataset,
-                algorithm,
-                study.seeds(config, wildcards.dataset, algorithm),
-                name,
-            )
-        ]
-
-    return runs
-
-
-def deleted_runs(wildcards):
-    """Runs of already collected datasets whose metrics.json or history.csv is gone (deleted, say, to
-    retrain them). Snakemake does not remake a missing intermediate file once everything after it exists,
-    so rule all asks for these ones by name; in a complete study the list is empty."""
-    missing = []
-    for dataset in DATASETS:
-        if Path(expand(rules.collect.output[0], dataset=dataset)[0]).exists():
-            for name in ("metrics.json", "history.csv"):
-                missing += [
-                    f
-                    for f in dataset_runs(name)(Wildcards(dataset))
-                    if not Path(f).exists()
-                ]
-    return missing
+            for dataset in DATASETS
+            for name in ("metrics.json", "history.csv")
+            for path in dataset_run_files(dataset, name)
+        ),
+        *(
+            path
+            for algorithm, cell in SENSITIVITY_CELLS
+            for path in appendix.cell_metrics(config, algorithm, cell)
+        ),
+    ]
 
 
 def plan_notice(wildcards):
@@ -199,13 +216,6 @@ def plan_notice(wildcards):
 
 
 PLAN_SHOWN = []
-
-
-class Wildcards:
-    """The wildcards of a dataset's rules, outside a job."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
 
 
 def runs_dir(wildcards):

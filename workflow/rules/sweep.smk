@@ -18,9 +18,10 @@ rule sweep:
         ),
         out_dir=lambda wildcards, output: str(Path(output.plan).parent),
         data_dir=DATA,
+        mirrors=MIRRORS,
     shell:
         "python -m onepass.study sweep --config {params.config:q} --dataset {wildcards.dataset}"
-        " --out-dir {params.out_dir} --data-dir {params.data_dir} > {log} 2>&1"
+        " --out-dir {params.out_dir} --data-dir {params.data_dir} {params.mirrors} > {log} 2>&1"
 
 
 # The chunk plans of a dataset that takes its initial values from the paper's initialisation files

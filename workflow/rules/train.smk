@@ -5,6 +5,10 @@
 # chunk that holds it. Its input is the chunk's plan (rule chunk_plan): a change of the runs' settings or
 # members rewrites it and reruns exactly the chunks it touches. Resources come from the problem's size
 # (onepass.study.resources); memory and time grow with each retry.
+# These rules are generated, one per chunk, because a chunk's outputs are the run directories of a list of
+# seeds (seeds0-24 holds seed0 ... seed24), which no wildcard pattern can name; a wildcard rule would need a
+# job per seed, 18,000 of them for the paper's study, instead of a population per job. Every other rule
+# is a wildcard rule.
 for dataset, algorithm, chunk in chunks():
     search = catalog.is_search(algorithm)
     resources_of = job_resources(dataset, algorithm, chunk)
