@@ -115,24 +115,32 @@ def config_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1] / "config"
 
 
+ADDED: list[str] = []  # catalogue directories this process added (a study config's `catalog` key)
+
+
 def extra_directories() -> list[Path]:
-    """The extra catalogue directories of ``$ONEPASS_CATALOG`` (each may hold datasets/ and algorithms/)."""
-    return [Path(d) for d in os.environ.get(CATALOG_ENV, "").split(":") if d]
+    """The extra catalogue directories: those added in this process (:func:`add_directories`), then those of
+    ``$ONEPASS_CATALOG`` (each may hold datasets/ and algorithms/)."""
+    from_env = [d for d in os.environ.get(CATALOG_ENV, "").split(":") if d]
+    return [Path(d) for d in dict.fromkeys([*ADDED, *from_env])]
 
 
 def add_directories(directories) -> None:
-    """Add catalogue directories (made absolute) in front of ``$ONEPASS_CATALOG``, so that this process and
-    every command it starts (a workflow's jobs) see their datasets and algorithms; a CatalogError names a
-    directory that does not exist."""
+    """Add catalogue directories (made absolute) for this process; the commands it starts see them through
+    ``$ONEPASS_CATALOG`` set to :func:`catalog_variable` (the workflow exports it for its jobs). A
+    CatalogError names a directory that does not exist."""
     given = []
     for d in directories:
         path = Path(d).expanduser().resolve()
         if not path.is_dir():
             raise CatalogError(f"catalogue directory {d} does not exist")
         given.append(str(path))
-    if given:
-        known = [str(p) for p in extra_directories()]
-        os.environ[CATALOG_ENV] = ":".join(dict.fromkeys([*given, *known]))
+    ADDED[:0] = [d for d in dict.fromkeys(given) if d not in ADDED]
+
+
+def catalog_variable() -> str:
+    """The value of ``$ONEPASS_CATALOG`` that gives a command this process's extra catalogue directories."""
+    return ":".join(str(d) for d in extra_directories())
 
 
 def read_yaml(path: Path) -> dict:

@@ -67,7 +67,8 @@ def user_catalog(tmp_path, monkeypatch):
     (tmp_path / "code" / "my_problem.py").write_text(MODULE)
     root = tmp_path / "catalog"
     (root / "datasets").mkdir(parents=True)
-    monkeypatch.setenv(catalog.CATALOG_ENV, "")    # restored after the test
+    monkeypatch.setenv(catalog.CATALOG_ENV, "")    # restored after the test, as the directories added
+    monkeypatch.setattr(catalog, "ADDED", [])
     monkeypatch.syspath_prepend(str(tmp_path))
 
     def write(name="mine", **keys):
@@ -209,5 +210,6 @@ def test_module_doc_example_is_a_valid_entry(tmp_path, monkeypatch):
     (tmp_path / "datasets").mkdir()
     (tmp_path / "datasets" / "my_problem.yaml").write_text(yaml.safe_dump(entry))
     monkeypatch.setenv(catalog.CATALOG_ENV, "")
+    monkeypatch.setattr(catalog, "ADDED", [])
     catalog.add_directories([tmp_path])
     assert catalog.dataset("my_problem").function == "my_problem:splits"

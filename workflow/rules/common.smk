@@ -71,6 +71,9 @@ if any(on_command_line for _, _, on_command_line in SOURCES):
     config["appendix"] = own_appendix(SOURCES)
 config.update(study.validate(config, SCHEMA, SOURCES))
 appendix.check(config, SOURCES)
+# a study's own catalogue directories (the config's `catalog`) reach its jobs through their environment
+if config["catalog"]:
+    shell.prefix(f"export {catalog.CATALOG_ENV}={shlex.quote(catalog.catalog_variable())}; ")
 # cpu or cuda for the whole study; a cluster job re-decides it from its own gpu resource (never strictly)
 config["device"] = study.resolve_device(
     config, gpus_offered(), SOURCES, strict=workflow.is_main_process
