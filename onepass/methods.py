@@ -42,7 +42,7 @@ class WeightSteps(ABC):
     grads_prev = None        # baydin: the previous step's gradients
     window = None            # unroll: the open window of differentiable steps (an Unroll)
     block_hypers = None      # the spread hyperparameters of the block's plain steps
-    last_hypergradient = None
+    last_hypergradient = None   # the hypergradient of the last hyperparameter update ({name: [N]})
 
     # ---- what a subclass provides -------------------------------------------------------------------
     @abstractmethod
@@ -104,15 +104,21 @@ class WeightSteps(ABC):
     def take_weight_step(self, position: int, batch, valid) -> torch.Tensor:
         """The weight step at ``position`` of a block (0 .. T - 1) on the training ``batch``; ``valid()`` gives
         a validation batch when the method needs one. Returns the training losses [N] before the step."""
-        if position == 0 or self.block_hypers is None:
-            self.block_hypers = self.spread()
+        if position == 0:
+            self.block_hypers = None
         return self.method.weight_step(self, position, batch, valid)
+
+    def plain_hypers(self):
+        """The spread hyperparameters of the block's plain steps: :meth:`spread` at the first one."""
+        if self.block_hypers is None:
+            self.block_hypers = self.spread()
+        return self.block_hypers
 
 
 def plain_step(run: WeightSteps, batch) -> torch.Tensor:
     """One SGD step, in place, with the block's hyperparameters."""
     losses, grads = run.train_grads(batch)
-    sgd_step_(run.params, run.bufs, grads, *run.block_hypers)
+    sgd_step_(run.params, run.bufs, grads, *run.plain_hypers())
     run.after_plain_step()
     return losses
 
