@@ -126,7 +126,8 @@ def test_quality_compares_against_the_exact_hypergradient(uci_energy_dir):
 
 
 @pytest.mark.parametrize("terms", [1, 3])
-def test_step_with_reference_is_a_step_and_returns_the_exact_hypergradient_beside_it(terms, uci_energy_dir):
+def test_step_with_reference_is_a_step_and_returns_the_exact_hypergradient_beside_it(terms,
+                                                                                       uci_energy_dir):
     """The hypergradient-quality study's step: the population moves exactly as by step(); the exact
     hypergradient through the last ``terms`` steps comes from the same weights and batches, so with one
     Neumann term (the direct term only) the two are one and the same derivative."""
