@@ -11,7 +11,7 @@ function here is exactly the per-member computation done for all members at once
   The products with du/dw are vector-Jacobian products through the gradient (Hessian-vector products); the
   product with du/dlambda is in closed form (:func:`onepass.updates.update_vjp`).
 * :func:`baydin_hypergradient` - hypergradient descent (Baydin et al.): -grad L(w_t) . grad L(w_{t-1}).
-* :func:`unrolled_hypergradient` - exact differentiation through a window of weight steps
+* :class:`Unroll` / :func:`unrolled_hypergradient` - exact differentiation through a window of weight steps
   (Diff-through-Opt and its long variants).
 """
 
@@ -64,35 +64,65 @@ def baydin_hypergradient(grads_now: Tensors, grads_prev: Tensors) -> torch.Tenso
     return -sum((a * b).reshape(a.shape[0], -1).sum(1) for a, b in zip(grads_now, grads_prev))
 
 
+class Unroll:
+    """Differentiable SGD steps from (params0, bufs0), one :meth:`step` at a time, every member at once;
+    :meth:`finish` gives the exact hypergradient of the validation loss after them.
+
+    ``hypers``/``fixed`` are the unconstrained hyperparameters that are / are not differentiated; ``lr_mask``
+    ([N], optional) multiplies the learning rates (0 for members that no longer train). Taking the steps one at
+    a time lets a caller that is handed one batch per call (:class:`onepass.optim.OnePassSGD`) move its weights
+    with every call."""
+
+    def __init__(self, params0: Tensors, bufs0: Tensors, hypers: dict, fixed: dict,
+                 lr_mask: torch.Tensor | None = None):
+        self.leaves = torch.utils._pytree.tree_map(lambda t: t.detach().requires_grad_(True), hypers)
+        lr, wd, mom = natural({**fixed, **self.leaves})
+        if lr_mask is not None:
+            lr = tuple(x * lr_mask.reshape(lr_mask.shape + (1,) * (x.dim() - 1)) for x in lr) \
+                if isinstance(lr, tuple) else lr * lr_mask
+        self.hypers = (lr, wd, mom)
+        self.w = tuple(p.detach().requires_grad_(True) for p in params0)
+        self.b = tuple(x.detach() for x in bufs0)
+        self.losses = []
+        self.batches = []    # the batches stepped on, to rebuild the steps from (params0, bufs0)
+
+    def step(self, loss_fn, batch, max_norm: float | None = None):
+        """One differentiable step on ``batch``: returns (the training losses [N] before it, detached, aux)."""
+        loss, aux = loss_fn(self.w, batch)
+        self.losses.append(loss.detach())
+        self.batches.append(batch)
+        grads = clip_by_norm(torch.autograd.grad(loss.sum(), self.w, create_graph=True), max_norm)
+        self.w, self.b = sgd_step(self.w, self.b, grads, *self.hypers)
+        return loss.detach(), aux
+
+    def weights(self) -> tuple[Tensors, Tensors]:
+        """The weights and momentum buffers after the steps so far, detached."""
+        return tuple(x.detach() for x in self.w), tuple(x.detach() for x in self.b)
+
+    def finish(self, val_loss_fn, val_batch):
+        """(hypergradient dict, final weights, final buffers, validation losses [N], training losses
+        [steps, N]), all but the first detached."""
+        val = val_loss_fn(self.w, val_batch)
+        flat, spec = torch.utils._pytree.tree_flatten(self.leaves)
+        grads = torch.autograd.grad(val.sum(), flat, allow_unused=True)
+        grads = [torch.zeros_like(x) if g is None else g for x, g in zip(flat, grads)]
+        return (torch.utils._pytree.tree_unflatten(grads, spec), *self.weights(), val.detach(),
+                torch.stack(self.losses))
+
+
 def unrolled_hypergradient(loss_fn, val_loss_fn, params0: Tensors, bufs0: Tensors, next_batch, steps: int,
                            val_batch, hypers: dict, fixed: dict, max_norm: float | None = None, carry=None,
                            lr_mask: torch.Tensor | None = None):
     """Exact hypergradient of the validation loss after ``steps`` differentiable SGD steps from
-    (params0, bufs0), every member at once.
+    (params0, bufs0), every member at once (:class:`Unroll` in one call).
 
     ``loss_fn(params, batch) -> (losses [N], aux)``; ``next_batch()`` yields the training batches in order and
-    ``carry(aux)`` (optional) receives each step's auxiliary output (an LSTM's hidden state). ``lr_mask``
-    ([N], optional) multiplies the learning rates (0 for members that no longer train). Returns
+    ``carry(aux)`` (optional) receives each step's auxiliary output (an LSTM's hidden state). Returns
     (hypergradient dict, final weights, final buffers, validation losses [N], training losses [steps, N]),
     all but the first detached."""
-    leaves = torch.utils._pytree.tree_map(lambda t: t.detach().requires_grad_(True), hypers)
-    lr, wd, mom = natural({**fixed, **leaves})
-    if lr_mask is not None:
-        lr = tuple(x * lr_mask.reshape(lr_mask.shape + (1,) * (x.dim() - 1)) for x in lr) \
-            if isinstance(lr, tuple) else lr * lr_mask
-    w = tuple(p.detach().requires_grad_(True) for p in params0)
-    b = tuple(x.detach() for x in bufs0)
-    losses = []
+    unroll = Unroll(params0, bufs0, hypers, fixed, lr_mask)
     for _ in range(steps):
-        loss, aux = loss_fn(w, next_batch())
-        losses.append(loss.detach())
+        _, aux = unroll.step(loss_fn, next_batch(), max_norm)
         if carry is not None:
             carry(aux)
-        grads = clip_by_norm(torch.autograd.grad(loss.sum(), w, create_graph=True), max_norm)
-        w, b = sgd_step(w, b, grads, lr, wd, mom)
-    val = val_loss_fn(w, val_batch)
-    flat, spec = torch.utils._pytree.tree_flatten(leaves)
-    grads = torch.autograd.grad(val.sum(), flat, allow_unused=True)
-    grads = [torch.zeros_like(x) if g is None else g for x, g in zip(flat, grads)]
-    return (torch.utils._pytree.tree_unflatten(grads, spec), tuple(x.detach() for x in w),
-            tuple(x.detach() for x in b), val.detach(), torch.stack(losses))
+    return unroll.finish(val_loss_fn, val_batch)

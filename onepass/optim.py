@@ -7,11 +7,10 @@ the network trains, by the catalogue's gradient-based algorithms.
     opt.hyperparameters     # {'lr': ..., 'weight_decay': ..., 'momentum': ...}
 
 It is the engine's population of one: the weights are held as a population of one member (a leading
-dimension of 1), and every step is the engine's own functions (:mod:`onepass.updates`,
-:mod:`onepass.hypergrad`) in the order :class:`onepass.population.Population` calls them, on the batches the
-caller gives instead of the engine's batch streams; tests/test_optim.py pins a run against the engine's run
-of the same seed, settings and batches, algorithm by algorithm. After every step the module's parameters
-hold the new weights.
+dimension of 1), and every weight step is taken by the engine's own method object (:mod:`onepass.methods`,
+the one :class:`onepass.population.Population` calls), on the batch the caller gives instead of the engine's
+batch streams; tests/test_optim.py pins a run against the engine's run of the same seed, settings and
+batches, algorithm by algorithm. After every step the module's parameters hold the new weights.
 """
 
 from __future__ import annotations
@@ -23,10 +22,10 @@ from torch import nn
 from torch.func import functional_call
 
 from . import catalog
-from .hypergrad import baydin_hypergradient, linearised_update, neumann_hypergradient, unrolled_hypergradient
+from .methods import WeightSteps, method_for
 from .problems import frozen_batchnorm_stats
 from .settings import SETTINGS, ConfigError, check
-from .updates import Hyperparameters, clip_by_norm, clip_by_norm_, sgd_step_, spread
+from .updates import Hyperparameters, clip_by_norm_
 
 # the run settings the optimiser takes from an algorithm's YAML and lets a caller change
 OPTIONS = ("optimise", "update_interval", "neumann_terms", "unroll_steps", "hyper_lr", "hyper_optimiser",
@@ -57,7 +56,7 @@ def _settings(algorithm: str, given: dict) -> dict:
     return settings
 
 
-class OnePassSGD:
+class OnePassSGD(WeightSteps):
     """SGD (PyTorch's conventions) on ``model``'s parameters whose hyperparameters the ``algorithm`` tunes.
 
     ``algorithm`` is a name of ``config/algorithms`` (:func:`choices`: ``Ours_LR_Momentum`` (the default),
@@ -76,7 +75,7 @@ class OnePassSGD:
             options["optimise"] = [options["optimise"]] if isinstance(options["optimise"], str) \
                 else list(options["optimise"])
         self.settings = s = _settings(algorithm, options)
-        self.algorithm, self.model = algorithm, model
+        self.algorithm, self.model, self.method = algorithm, model, method_for(s)
         self.names = [name for name, _ in model.named_parameters()]
         self.params = [p.detach().unsqueeze(0).clone().requires_grad_(True) for _, p in model.named_parameters()]
         self.bufs = [torch.zeros_like(p) for p in self.params]
@@ -86,11 +85,13 @@ class OnePassSGD:
             [lr], [weight_decay], [momentum], s["optimise"], per_weight_shapes=shapes,
             optimiser=s["hyper_optimiser"], hyper_lr=s["hyper_lr"],
             log10_lr_bounds=(s["log10_lr_min"], s["log10_lr_max"]), device=device)
+        if s["lr_step_factor"] is not None:
+            self.lr_step_factor = torch.tensor([float(s["lr_step_factor"])], device=device)
         self.has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         self.weight_step = 0      # weight steps taken
         self.hyper_step = 0       # hyperparameter steps (blocks of T weight steps) completed
-        self.grads_prev = None    # Baydin: the previous step's gradient
-        self.window = None        # Diff-through-Opt: the weights, buffers and batches of the unrolled steps
+        self.loss_fn = self.val_loss_fn = None   # the losses of the step being taken
+        self.pending_window = None   # Diff-through-Opt: a loaded state's open window (its batches, weights)
 
     # ---- what a caller reads ----------------------------------------------------------------------------
     @property
@@ -101,10 +102,9 @@ class OnePassSGD:
     @property
     def hyper_step_due(self) -> bool:
         """Whether the next :meth:`step` updates the hyperparameters from ``val_batch``."""
-        return (self.settings["hypergradient"] in ("neumann", "unroll")
-                and self.weight_step % self.settings["update_interval"] == self.settings["update_interval"] - 1)
+        return self.method.needs_validation(self.settings, self.weight_step % self.settings["update_interval"])
 
-    # ---- the model as a function of the stacked weights -------------------------------------------------
+    # ---- the model as a function of the stacked weights: the run's side of onepass.methods -------------
     def _losses(self, params, batch, loss_fn, track_stats: bool = True):
         """([1] loss, ()) of the model with weights ``params`` on ``batch`` = (inputs, targets): the engine's
         loss form (a loss per member and an aux output). Without ``track_stats``, BatchNorm uses batch
@@ -115,17 +115,23 @@ class OnePassSGD:
             out = functional_call(self.model, state, (inputs,), strict=False)
         return loss_fn(out, targets).reshape(1), ()
 
-    def _spread(self):
-        lr, wd, mom = self.hypers.natural()
-        return spread(lr, self.params), spread(wd, self.params), spread(mom, self.params)
-
-    def _plain_step(self, batch, loss_fn, hypers=None, clip: bool = True) -> torch.Tensor:
-        losses, _ = self._losses(self.params, batch, loss_fn)
+    def train_grads(self, batch, clip: bool = True) -> tuple:
+        losses, _ = self._losses(self.params, batch, self.loss_fn)
         grads = list(torch.autograd.grad(losses.sum(), self.params))
         if clip:
             clip_by_norm_(grads, self.settings["clip_grad_norm"])
-        sgd_step_(self.params, self.bufs, grads, *(hypers or self._spread()))
-        return losses.detach()
+        return losses.detach(), grads
+
+    def hypergradient_losses(self, params, batch) -> tuple:
+        return self._losses(params, batch, self.loss_fn, track_stats=False)
+
+    def val_losses(self, params, batch) -> tuple:
+        return self._losses(params, batch, self.val_loss_fn, track_stats=False)
+
+    def track_stats(self, batch) -> None:
+        if self.has_batchnorm:
+            with torch.no_grad():
+                self._losses(self.params, batch, self.loss_fn)
 
     # ---- steps ------------------------------------------------------------------------------------------
     def step(self, loss_fn, batch, val_batch=None, val_loss_fn=None) -> torch.Tensor:
@@ -133,104 +139,39 @@ class OnePassSGD:
         (a scalar: ``torch.nn.functional.mse_loss``, ``cross_entropy``, ...); every ``update_interval``-th
         step (:attr:`hyper_step_due`) also a hyperparameter step, scored by ``val_loss_fn`` (default
         ``loss_fn``) on ``val_batch``. Returns the training loss (before the step)."""
-        s = self.settings
-        method, T = s["hypergradient"], s["update_interval"]
-        position = self.weight_step % T
+        T = self.settings["update_interval"]
         if self.hyper_step_due and val_batch is None:
             raise ValueError(f"OnePassSGD: weight step {self.weight_step + 1} ends a block of {T} and updates the "
                              f"hyperparameters: pass val_batch")
-        val_loss_fn = val_loss_fn or loss_fn
-        if method == "baydin":
-            loss = self._baydin_step(batch, loss_fn)
-        elif method == "neumann" and position == T - 1:
-            loss = self._neumann_step(batch, val_batch, loss_fn, val_loss_fn)
-        elif method == "unroll" and position >= T - s["unroll_steps"]:
-            loss = self._unrolled_step(batch, val_batch, loss_fn, val_loss_fn, position == T - 1)
-        else:
-            loss = self._plain_step(batch, loss_fn)
+        self.loss_fn, self.val_loss_fn = loss_fn, val_loss_fn or loss_fn
+        if self.pending_window is not None:
+            window, self.pending_window = self.pending_window, None
+            self.method.reopen(self, window["batches"])
+        loss = self.take_weight_step(self.weight_step % T, batch, lambda: val_batch)
         self.weight_step += 1
         if self.weight_step % T == 0:
-            if method == "none" and s["lr_step_factor"] is not None:
-                self.hypers.scale_lr(torch.tensor([float(s["lr_step_factor"])], device=self.params[0].device))
             self.hyper_step += 1
         self._write_back()
         return loss[0]
 
-    def _baydin_step(self, batch, loss_fn) -> torch.Tensor:
-        """Population.hyperparameter_step's baydin branch: the hypergradient from this and the previous
-        step's (unclipped, by default) gradients, then the clipped step with the new lr."""
-        s = self.settings
-        losses, _ = self._losses(self.params, batch, loss_fn)
-        grads = list(torch.autograd.grad(losses.sum(), self.params))
-        clipped = list(clip_by_norm(grads, s["clip_grad_norm"]))
-        seen = clipped if s["baydin_clipped_gradients"] else grads
-        if self.grads_prev is not None:
-            self.hypers.step({"lr": baydin_hypergradient(seen, self.grads_prev)})
-        self.grads_prev = [g.detach().clone() for g in seen]
-        sgd_step_(self.params, self.bufs, clipped, *self._spread())
-        return losses.detach()
-
-    def _neumann_step(self, batch, val_batch, loss_fn, val_loss_fn) -> torch.Tensor:
-        """Population._neumann_step's last weight step: linearised, its update's graph giving the Neumann
-        products with the validation gradient at the new weights; then one hyperparameter update."""
-        s = self.settings
-        lr, wd, mom = self.hypers.natural()
-        w, u, d, losses, _ = linearised_update(lambda p, b: self._losses(p, b, loss_fn, track_stats=False),
-                                               self.params, self.bufs, batch, lr, wd, mom, s["clip_grad_norm"])
-        if self.has_batchnorm:  # the running statistics follow this step as they follow the plain ones
-            with torch.no_grad():
-                self._losses(self.params, batch, loss_fn)
-        new_params = tuple((x - y).detach() for x, y in zip(w, u))
-        new_bufs = [x.detach() for x in d]
-        at = tuple(p.detach().requires_grad_(True) for p in new_params)
-        val_losses, _ = self._losses(at, val_batch, val_loss_fn, track_stats=False)
-        val_grad = torch.autograd.grad(val_losses.sum(), at)
-        grads = neumann_hypergradient(w, u, val_grad, s["neumann_terms"], tuple(self.bufs), lr, wd, mom,
-                                      self.hypers.optimise)
-        del w, u, d
-        with torch.no_grad():
-            torch._foreach_copy_(self.params, list(new_params))
-        self.bufs = new_bufs
-        self.hypers.step(grads)
-        return losses
-
-    def _unrolled_step(self, batch, val_batch, loss_fn, val_loss_fn, last: bool) -> torch.Tensor:
-        """Population._unrolled_step's window: the last ``unroll_steps`` steps of a block are taken as plain
-        steps as they come (so the model moves with every call) and, at the block's end, taken again through
-        :func:`onepass.hypergrad.unrolled_hypergradient` from the window's first weights on the same batches,
-        which gives the exact hypergradient and the weights the block ends with."""
-        if self.window is None:
-            self.window = {"params": tuple(p.detach().clone() for p in self.params),
-                           "bufs": tuple(b.detach().clone() for b in self.bufs), "batches": []}
-        self.window["batches"].append(batch)
-        if not last:
-            return self._plain_step(batch, loss_fn)
-        window, self.window = self.window, None
-        batches = iter(window["batches"])
-        grads, weights, bufs, _, losses = unrolled_hypergradient(
-            lambda p, b: self._losses(p, b, loss_fn, track_stats=False),
-            lambda p, b: self._losses(p, b, val_loss_fn, track_stats=False)[0], window["params"], window["bufs"],
-            lambda: next(batches), len(window["batches"]), val_batch, self.hypers.trainable(), self.hypers.fixed(),
-            self.settings["clip_grad_norm"])
-        with torch.no_grad():
-            torch._foreach_copy_(self.params, list(weights))
-            torch._foreach_copy_(self.bufs, list(bufs))
-        self.hypers.step(grads)
-        return losses[-1]
-
     @torch.no_grad()
-    def _write_back(self) -> None:
-        """The module's parameters := the current weights."""
-        for (_, p), w in zip(self.model.named_parameters(), self.params):
+    def _write_back(self, weights=None) -> None:
+        """The module's parameters := the current weights (inside Diff-through-Opt's window, the window's)."""
+        if weights is None:
+            weights = self.params if self.window is None else self.window.weights()[0]
+        for (_, p), w in zip(self.model.named_parameters(), weights):
             p.copy_(w[0])
 
     # ---- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Everything a resumed optimiser needs (the module's own state_dict holds its weights too)."""
+        """Everything a resumed optimiser needs (the module's own state_dict holds its weights too); inside
+        Diff-through-Opt's window, the weights at its start and its batches so far."""
         return {"algorithm": self.algorithm, "settings": dict(self.settings),
                 "params": [p.detach().clone() for p in self.params], "bufs": [b.clone() for b in self.bufs],
                 "hypers": self.hypers.state_dict(), "weight_step": self.weight_step,
-                "hyper_step": self.hyper_step, "grads_prev": self.grads_prev, "window": self.window}
+                "hyper_step": self.hyper_step, "grads_prev": self.grads_prev,
+                "window": self.pending_window if self.window is None else
+                {"batches": list(self.window.batches), "weights": list(self.window.weights()[0])}}
 
     def load_state_dict(self, state: dict) -> None:
         if state["algorithm"] != self.algorithm or state["settings"] != self.settings:
@@ -242,8 +183,9 @@ class OnePassSGD:
         self.bufs = [b.clone() for b in state["bufs"]]
         self.hypers.load_state_dict(state["hypers"])
         self.weight_step, self.hyper_step = state["weight_step"], state["hyper_step"]
-        self.grads_prev, self.window = state["grads_prev"], state["window"]
-        self._write_back()
+        self.grads_prev, self.pending_window = state["grads_prev"], state["window"]
+        self.window = self.block_hypers = None
+        self._write_back(None if self.pending_window is None else self.pending_window["weights"])
 
     def __repr__(self) -> str:
         values = ", ".join(f"{k}={v:.3g}" for k, v in self.hyperparameters.items())

@@ -10,7 +10,7 @@ units), averaged over the runs (its paper_plots.py, hypergradient_comparison).
 
 This project's own comparison (a second figure): beside each of the first few hyperparameter steps of a
 population of the paper's method, the exact hypergradient through the same last K weight steps, from the
-same weights, on the same batches and the same validation batch (Population.step_with_reference): the cosine
+same weights, on the same batches and the same validation batch (:func:`step_with_reference`): the cosine
 similarity and the norm ratio of the two hypergradient vectors, and the relative error of each
 hyperparameter's hypergradient. It leaves the hyperparameter optimiser out (Adam's first step is nearly
 sign-only, so the paper's quantity mostly tells whether the two signs agree).
@@ -21,11 +21,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 
 import torch
 
 from . import appendix, catalog, study
 from .data import load
+from .hypergrad import unrolled_hypergradient
 from .population import Member, Population
 from .problems import to_device
 from .settings import ConfigError, load_settings
@@ -60,6 +62,45 @@ def cosine_and_ratio(ours: list[float], exact: list[float]) -> tuple[float, floa
     return dot / (norm_ours * norm_exact), norm_ours / norm_exact
 
 
+def step_with_reference(population: Population) -> dict:
+    """One hyperparameter step of a population of the paper's method (hypergradient ``neumann``), exactly as
+    :meth:`Population.step`, that also returns the hypergradient it took and the exact one (Diff-through-Opt
+    through the same last ``neumann_terms`` weight steps, from the same weights, batches and validation
+    batch): {"neumann": {name: [N] tensor}, "exact": {...}} for the optimised hyperparameters. Members that
+    diverge in it are frozen as by :meth:`Population.step`."""
+    s = population.settings
+    if s["hypergradient"] != "neumann":
+        raise ValueError(f"a reference hypergradient is for the neumann method, not {s['hypergradient']!r}")
+    T, window = s["update_interval"], s["neumann_terms"]
+    if window > T:
+        raise ValueError(f"a reference hypergradient needs neumann_terms ({window}) <= update_interval ({T})")
+    tick = time.perf_counter()
+    for position in range(T - window):
+        population.take_weight_step(position, population.train_stream.next(), population.val_stream.next)
+    batches = [population.train_stream.next() for _ in range(window)]
+    val_batch = population.val_stream.next()
+    exact = exact_hypergradient(population, batches, val_batch)
+    for position, batch in enumerate(batches, start=T - window):
+        population.take_weight_step(position, batch, lambda: val_batch)
+    population.hyper_step += 1
+    population.check_divergence()
+    population.train_time += time.perf_counter() - tick
+    return {"neumann": population.last_hypergradient, "exact": exact}
+
+
+def exact_hypergradient(population: Population, batches: list, val_batch) -> dict:
+    """Diff-through-Opt's hypergradient through steps on ``batches`` from the population's current weights
+    (which it leaves alone), scored on ``val_batch``."""
+    batch_iter = iter(batches)
+    with population.kernels():
+        grads, *_ = unrolled_hypergradient(
+            population.hypergradient_losses, lambda p, b: population.val_losses(p, b)[0], tuple(population.params),
+            tuple(population.bufs), lambda: next(batch_iter), len(batches), val_batch,
+            population.hypers.trainable(), population.hypers.fixed(), population.settings["clip_grad_norm"],
+            lr_mask=population.lr_mask)
+    return grads
+
+
 def compare(config: dict, data_dir, device: str = "cpu") -> list[dict]:
     """Every member's hypergradients, ours and exact, at each of the first hyperparameter steps of every cell
     of the quality grid (a diverged member's are NaN)."""
@@ -76,7 +117,7 @@ def compare(config: dict, data_dir, device: str = "cpu") -> list[dict]:
             data = to_device(load(catalog.dataset(dataset).base, data_dir, settings["preprocessing"]), dev)
         population = Population(settings, data, members, dev)
         for step in range(s["hyperparameter_steps"]):
-            out = population.step_with_reference()
+            out = step_with_reference(population)
             alive = population.alive.tolist()
             for name in out["neumann"]:
                 ours, exact = out["neumann"][name].tolist(), out["exact"][name].tolist()

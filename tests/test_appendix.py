@@ -125,6 +125,41 @@ def test_quality_compares_against_the_exact_hypergradient(uci_energy_dir):
     assert all(r["exact"] == 0 for r in first)
 
 
+@pytest.mark.parametrize("terms", [1, 3])
+def test_step_with_reference_is_a_step_and_returns_the_exact_hypergradient_beside_it(terms,
+                                                                                       uci_energy_dir):
+    """The hypergradient-quality study's step: the population moves exactly as by step(); the exact
+    hypergradient through the last ``terms`` steps comes from the same weights and batches, so with one
+    Neumann term (the direct term only) the two are one and the same derivative."""
+    import torch
+
+    from onepass import data
+    from onepass.population import Member, Population
+
+    dataset = data.load("uci_energy", uci_energy_dir)
+    group = [Member(0, 1e-2, 1e-4, 0.5), Member(1, 3e-2, 1e-3, 0.3)]
+    settings = load_settings("uci_energy", "Ours_LR_Momentum", {"update_interval": 3, "neumann_terms": terms})
+    pops = [Population(settings, dataset, group, torch.device("cpu")) for _ in range(2)]
+    for _ in range(2):
+        pops[0].step()
+        out = quality.step_with_reference(pops[1])
+    for a, b in zip(pops[0].params, pops[1].params):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for name, value in pops[0].hypers.trainable().items():
+        torch.testing.assert_close(value, pops[1].hypers.trainable()[name], rtol=0, atol=0)
+    assert set(out["neumann"]) == set(out["exact"]) == {"lr", "weight_decay", "momentum"}
+    for name in out["neumann"]:
+        ours, exact = out["neumann"][name], out["exact"][name]
+        assert bool((exact != 0).all())
+        if terms == 1:
+            torch.testing.assert_close(ours, exact, rtol=1e-4, atol=1e-9)
+        else:   # a truncated series through three steps: near, not equal
+            assert not torch.allclose(ours, exact, rtol=1e-4, atol=1e-9)
+    bad = load_settings("uci_energy", "Ours_LR_Momentum", {"update_interval": 2, "neumann_terms": 3})
+    with pytest.raises(ValueError, match="neumann_terms"):
+        quality.step_with_reference(Population(bad, dataset, group, torch.device("cpu")))
+
+
 def test_the_papers_quality_is_the_first_updates_relative_error():
     """abs(true - ours) / abs(true) of each run's first update, averaged over the runs (NaN left out), per
     cell, lr and weight decay."""

@@ -134,6 +134,40 @@ def test_state_dict_resumes_exactly(algorithm):
     assert opt.hyperparameters == opt3.hyperparameters
 
 
+@pytest.mark.parametrize("saved_after", [16, 19])
+def test_state_dict_resumes_exactly_inside_the_unrolled_window(saved_after):
+    """Diff-through-Opt (T 10, its last 5 steps differentiated) saved inside its window (after 16 and 19
+    steps: 1 and 4 of the window's 5 steps taken) resumes bitwise where the uninterrupted run goes, and the
+    loaded model holds the window's current weights, not those at its start."""
+    g = torch.Generator().manual_seed(4)
+    batches = [(torch.randn(16, 8, generator=g), torch.randn(16, 1, generator=g)) for _ in range(30)]
+    val = (torch.randn(16, 8, generator=g), torch.randn(16, 1, generator=g))
+
+    def fresh():
+        torch.manual_seed(0)
+        model = MLP(8, 6, 1)
+        return model, OnePassSGD(model, lr=0.02, weight_decay=1e-3, momentum=0.5, algorithm="DiffThroughOpt")
+
+    model, opt = fresh()
+    snapshot = None
+    for i, b in enumerate(batches):
+        opt.step(F.mse_loss, b, val_batch=val)
+        if i + 1 == saved_after:
+            snapshot = [p.detach().clone() for p in model.parameters()]
+    model2, opt2 = fresh()
+    for b in batches[:saved_after]:
+        opt2.step(F.mse_loss, b, val_batch=val)
+    model3, opt3 = fresh()
+    opt3.load_state_dict(opt2.state_dict())
+    for a, b in zip(model3.parameters(), snapshot):
+        assert torch.equal(a, b)
+    for b in batches[saved_after:]:
+        opt3.step(F.mse_loss, b, val_batch=val)
+    for a, b in zip(model.parameters(), model3.parameters()):
+        assert torch.equal(a, b)
+    assert opt.hyperparameters == opt3.hyperparameters and opt3.hyper_step == 3
+
+
 def test_bad_use_is_a_clear_error():
     model = MLP(2, 3, 1)
     with pytest.raises(ConfigError, match="OnePassSGD: algorithm 'BayesOpt' is not one of"):

@@ -438,39 +438,6 @@ def test_baydin_takes_its_hypergradient_from_the_unclipped_gradients(data_dir):
     assert member_norms(pops[True].grads_prev).tolist() == pytest.approx([c, c], rel=1e-4)
 
 
-@pytest.mark.parametrize("terms", [1, 3])
-def test_step_with_reference_is_a_step_and_returns_the_exact_hypergradient_beside_it(terms, data_dir):
-    """The hypergradient-quality study's step: the population moves exactly as by step(); the exact
-    hypergradient through the last ``terms`` steps comes from the same weights and batches, so with one
-    Neumann term (the direct term only) the two are one and the same derivative."""
-    import torch
-
-    from onepass.population import Population
-
-    dataset = data.load("uci_energy", data_dir)
-    group = [Member(0, 1e-2, 1e-4, 0.5), Member(1, 3e-2, 1e-3, 0.3)]
-    settings = load_settings("uci_energy", "Ours_LR_Momentum", {"update_interval": 3, "neumann_terms": terms})
-    pops = [Population(settings, dataset, group, torch.device("cpu")) for _ in range(2)]
-    for _ in range(2):
-        pops[0].step()
-        out = pops[1].step_with_reference()
-    for a, b in zip(pops[0].params, pops[1].params):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    for name, value in pops[0].hypers.trainable().items():
-        torch.testing.assert_close(value, pops[1].hypers.trainable()[name], rtol=0, atol=0)
-    assert set(out["neumann"]) == set(out["exact"]) == {"lr", "weight_decay", "momentum"}
-    for name in out["neumann"]:
-        ours, exact = out["neumann"][name], out["exact"][name]
-        assert bool((exact != 0).all())
-        if terms == 1:
-            torch.testing.assert_close(ours, exact, rtol=1e-4, atol=1e-9)
-        else:   # a truncated series through three steps: near, not equal
-            assert not torch.allclose(ours, exact, rtol=1e-4, atol=1e-9)
-    bad = load_settings("uci_energy", "Ours_LR_Momentum", {"update_interval": 2, "neumann_terms": 3})
-    with pytest.raises(ValueError, match="neumann_terms"):
-        Population(bad, dataset, group, torch.device("cpu")).step_with_reference()
-
-
 def test_running_job_writes_progress_lines_to_its_log(data_dir, tmp_path):
     """As the workflow runs a job (--quiet, output to a log file, no terminal), the log shows progress
     lines while the job is still running: steps done/total, alive/diverged, median losses, elapsed, ETA."""

@@ -49,7 +49,6 @@ diverged evaluation's score is ``search_diverged_penalty`` (10 by default: see c
 
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import threading
