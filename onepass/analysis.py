@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import collection, study
+from . import collection, plans
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     """Dispatch a sub-command."""
     args = _parser().parse_args(argv)
     if args.command == "collect":
-        runs = collection.collect(study.read_plan(args.plan), args.runs_dir)
+        runs = collection.collect(plans.read_plan(args.plan), args.runs_dir)
         collection.write_runs(runs, args.out)
         print(collection.status_line(runs))
     elif args.command == "summary":

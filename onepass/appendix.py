@@ -21,7 +21,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from . import catalog, study
+from . import catalog, jobs, study
 from .records import atomic_write
 from .settings import ConfigError, identity, load_settings
 
@@ -107,11 +107,11 @@ def cell_plan(config: dict, algorithm: str, cell: str) -> dict:
 
 
 def cell_resources(config: dict, algorithm: str, cell: str) -> dict:
-    """threads, mem_mb, runtime and gpu of a sensitivity cell's job (onepass.study.resources on the cell's
+    """threads, mem_mb, runtime and gpu of a sensitivity cell's job (onepass.jobs.resources on the cell's
     settings)."""
     dataset = spec(config, SENSITIVITY)["dataset"]
     run = load_settings(dataset, algorithm, cell_overrides(config, algorithm, cell))
-    return study.resources(config, dataset, algorithm, len(sensitivity_seeds(config)), run=run)
+    return jobs.resources(config, dataset, algorithm, len(sensitivity_seeds(config)), run=run)
 
 
 def part_config(config: dict, part: str) -> dict:
@@ -173,14 +173,14 @@ def check(config: dict, sources=None) -> None:
 
 def quality_resources(config: dict) -> dict:
     """threads, mem_mb, runtime and gpu of the quality study's one job, which steps every cell's population
-    in turn: estimated (onepass.study.resources) as the exact reference's unrolled hypergradient (the
+    in turn: estimated (onepass.jobs.resources) as the exact reference's unrolled hypergradient (the
     costlier of the two) at the grid's largest T and K, for every cell's hyperparameter steps together."""
     s = spec(config, QUALITY)
     T, K = max(s["update_intervals"]), max(s["lookbacks"])
     steps = s["hyperparameter_steps"] * len(quality_cells(config))
     run = load_settings(s["dataset"], "DiffThroughOpt", {**quality_overrides(config, T, min(K, T)),
                                                          "unroll_steps": min(K, T), "hyperparameter_steps": steps})
-    return study.resources(config, s["dataset"], "DiffThroughOpt", s["initialisations"], run=run)
+    return jobs.resources(config, s["dataset"], "DiffThroughOpt", s["initialisations"], run=run)
 
 
 def quality_overrides(config: dict, T: int, K: int) -> dict:

@@ -5,7 +5,7 @@ thousands of jobs still reads in a few lines."""
 
 from __future__ import annotations
 
-from . import appendix, study
+from . import appendix, jobs, study
 
 
 def job_rows(config: dict) -> list[dict]:
@@ -15,7 +15,7 @@ def job_rows(config: dict) -> list[dict]:
         row = {"what": dataset, "jobs": 0, "runs": 0, "gpu_jobs": 0, "cpu_hours": 0.0, "gpu_hours": 0.0}
         for algorithm in study.algorithms(config, dataset):
             for chunk in study.chunks(config, dataset, algorithm):
-                add(row, study.resources(config, dataset, algorithm, len(chunk)), len(chunk))
+                add(row, jobs.resources(config, dataset, algorithm, len(chunk)), len(chunk))
         rows.append(row)
     if appendix.enabled(config, appendix.SENSITIVITY):
         row = {"what": "appendix: sensitivity", "jobs": 0, "runs": 0, "gpu_jobs": 0, "cpu_hours": 0.0,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import study
+from . import plans, study
 from .settings import HYPERPARAMETERS
 
 # metrics.json fields copied into runs.tsv, in this order.
@@ -73,8 +73,8 @@ def collect(plan: dict, runs_dir) -> pd.DataFrame:
     rows = []
     for algorithm, entry in plan["algorithms"].items():
         for seed in entry["seeds"]:
-            member = study.member(plan, algorithm, seed)
-            expected = study.expected_settings(plan, algorithm, seed)
+            member = plans.member(plan, algorithm, seed)
+            expected = plans.expected_settings(plan, algorithm, seed)
             rows.append({"dataset": plan["dataset"], "algorithm": algorithm, "seed": seed,
                          **read_run(run_dir(runs_dir, algorithm, seed) / "metrics.json", expected, member)})
     cols = ["dataset", "algorithm", "seed", "status", "diverged", *FIELDS, "stale_reason"]

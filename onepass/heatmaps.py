@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 
 from onepass import catalog  # noqa: E402
-from onepass.figures import save  # noqa: E402
+from onepass.plotting import save  # noqa: E402
 
 CAPTIONS = {
     "sensitivity": "Sensitivity of {dataset} to the update interval T (weight steps per hyperparameter step, "

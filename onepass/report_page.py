@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from onepass import catalog, study
+from onepass import catalog, plans
 from onepass.collection import read_runs, status_line
 from onepass.figures import FIGURES
 from onepass.tables import ESTIMATORS, html_table, with_se
@@ -124,7 +124,7 @@ def _derived_note(a) -> str:
 def write(runs_path, summary_path, sweep_summary_path, plan_path, figure_paths, out) -> None:
     """Read the dataset's tables, plan and figures and write its analysis page."""
     runs = read_runs(runs_path)
-    plan = study.read_plan(plan_path)
+    plan = plans.read_plan(plan_path)
     figures = {Path(p).stem: Path(p) for p in figure_paths if str(p).endswith(".png")}
     page = render(plan["dataset"], runs, pd.read_csv(summary_path, sep="\t"),
                   pd.read_csv(sweep_summary_path, sep="\t"), plan, figures)

@@ -18,20 +18,17 @@ import argparse
 import copy
 import functools
 import json
-import math
 import re
 import sys
 from pathlib import Path
 
-from . import catalog, memory, sweep
+from . import catalog, jobs, plans, sweep
 from .settings import (HYPERPARAMETERS, SETTINGS, ConfigError, check_initial, check_value, identity,
                        load_settings)
 
 MIRRORS_ENV = "ONEPASS_DATA_MIRRORS"  # directories holding dataset files, ':'-separated (see onepass.data)
 RESULTS = "results"
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-PLAN_FORMAT = 1
-AUTO = "auto"  # members_per_job chosen from the device, the cache and the cores
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
@@ -283,7 +280,7 @@ def settings_identity(config: dict, dataset: str, algorithm: str) -> dict:
 def member_of(config: dict, dataset: str, algorithm: str, seed: int, inits: dict | None = None) -> dict:
     """A seed's member of (dataset, algorithm): its drawn initial hyperparameters and per-member settings.
     ``inits`` ({N: path}, :func:`init_files`) gives the values a dataset takes from the paper's files; without
-    it they are references ``{"file": N}`` (:func:`resolve_chunk_plan` fills them in)."""
+    it they are references ``{"file": N}`` (:func:`onepass.plans.resolve_chunk_plan` fills them in)."""
     drawn = sweep.draw(config["sweep"], dataset, seed, catalog.dataset(dataset).base, inits)
     return {"seed": seed,
             **{k: drawn[k] if isinstance(drawn[k], dict) else float(drawn[k]) for k in HYPERPARAMETERS},
@@ -323,82 +320,12 @@ def initialisations(config: dict, dataset: str, inits: dict | None = None) -> li
     return [{"seed": s, **sweep.draw(config["sweep"], dataset, s, base, inits)} for s in range(n)]
 
 
-def members_per_job(config: dict, dataset: str, cores: int | None = None, cache_bytes: int | None = None) -> int:
-    """Seeds trained together in one job: ``members_per_job`` of the dataset, else its ``default``, else
-    ``auto`` (:func:`auto_members_per_job`, for ``cores`` and this machine's cache unless ``cache_bytes``)."""
-    table = config["members_per_job"]
-    value = table.get(dataset, table.get("default", AUTO))
-    if value == AUTO:
-        return auto_members_per_job(config, dataset, cores,
-                                    memory.cpu_cache_bytes() if cache_bytes is None else cache_bytes)
-    return int(value)
-
-
-def auto_members_per_job(config: dict, dataset: str, cores: int | None, cache_bytes: int) -> int:
-    """On a GPU every seed in one job; on the CPU as many as fit a core's cache (:func:`onepass.memory.cpu_members`,
-    the smallest over the dataset's algorithms), fewer if the dataset's population jobs would not keep
-    ``cores`` cores busy, and then cut into chunks of equal size (50 seeds, 30 at most: 25 and 25)."""
-    total = config["sweep"]["initialisations"][dataset]
-    trained = [a for a in algorithms(config, dataset) if not catalog.is_search(a)]
-    if device(config, dataset) == "cuda" or not trained or total < 1:
-        return max(total, 1)
-    size = min(memory.cpu_members(dataset, settings(config, dataset, a), cache_bytes) for a in trained)
-    counts = [len(seeds(config, dataset, a)) for a in trained]
-    while cores and size > 1 and sum(math.ceil(n / size) for n in counts) < cores:
-        size -= 1
-    size = min(size, total)
-    return math.ceil(total / math.ceil(total / size))
-
-
-def resolve_members_per_job(config: dict, cores: int | None, cache_bytes: int | None = None) -> dict:
-    """``members_per_job`` with every dataset's size a number (``auto`` resolved for ``cores`` cores and the
-    machine's cache): what the workflow plans with, so that every job and the sweep command agree."""
-    cache = memory.cpu_cache_bytes() if cache_bytes is None else cache_bytes
-    return {dataset: members_per_job(config, dataset, cores, cache) for dataset in config["datasets"]}
-
-
 def chunks(config: dict, dataset: str, algorithm: str) -> list[list[int]]:
     """The seeds of (dataset, algorithm) cut into the chunks trained by one job each. A search's seed is a whole
     repetition of the search (tens of trainings, or a population of its own), so each is a job of its own."""
-    size = 1 if catalog.is_search(algorithm) else members_per_job(config, dataset)
+    size = 1 if catalog.is_search(algorithm) else jobs.members_per_job(config, dataset)
     all_seeds = seeds(config, dataset, algorithm)
     return [all_seeds[i:i + size] for i in range(0, len(all_seeds), size)]
-
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def gpus_wanted(config: dict, dataset: str) -> int:
-    """GPUs a training job of ``dataset`` wants (``gpu``: per dataset, else ``default``, else 0)."""
-    table = config["gpu"]
-    return int(table.get(dataset, table.get("default", 0)))
-
-
-def resolve_device(config: dict, gpus_offered: int, sources=None, strict: bool = True) -> str:
-    """The study's device, ``cpu`` or ``cuda``, from the config's ``device`` and the GPUs this run offers
-    (the ``gpu`` resource of the executor, or the CUDA devices found on this machine). ``auto`` puts the
-    datasets that want a GPU on one where any is offered, and on the CPU elsewhere; ``cpu`` never uses one;
-    ``cuda`` insists: with no GPU offered, a dataset that wants one stops the run (``strict``) with one line
-    naming the key, the dataset and the fix."""
-    mode = config.get("device", "auto")
-    if mode not in DEVICES:
-        fail("device", f"{mode!r} is not one of {', '.join(DEVICES)}", sources)
-    wanting = [d for d in config["datasets"] if gpus_wanted(config, d)]
-    if mode == "cuda" and strict and wanting and gpus_offered < 1:
-        key = f"gpu.{wanting[0]}" if wanting[0] in config["gpu"] else "gpu.default"
-        fail("device", f"cuda asks for a GPU for {wanting[0]} ({key}), but this run offers none "
-             "(no CUDA device here and no gpu resource): run where one is (--resources gpu=N, a GPU "
-             "partition in profiles/slurm), or set device: auto or cpu", sources)
-    if mode == "cpu" or gpus_offered < 1:
-        return "cpu"
-    return "cuda"
-
-
-def device(config: dict, dataset: str) -> str:
-    """``cuda`` for a dataset that wants a GPU (``gpu``) when the study's device (``device``, resolved by
-    :func:`resolve_device`) is ``cuda``, else ``cpu``. An unresolved ``auto`` means no GPU is known to be
-    offered: ``cpu``."""
-    return "cuda" if config.get("device") == "cuda" and gpus_wanted(config, dataset) else "cpu"
 
 
 # ---- where everything lives -------------------------------------------------------------------------------
@@ -448,7 +375,7 @@ def plan(config: dict, dataset: str, inits: dict | None = None) -> dict:
     """Everything the runs of a dataset need and everything collection checks them against: per algorithm its
     search kind, seeds, chunks, overrides, per-member settings and resolved settings (their identity); per
     seed its initialisation (``inits``: the paper's files, for a dataset that takes values from them)."""
-    out = {"format": PLAN_FORMAT, "study": config["study"], "dataset": dataset,
+    out = {"format": plans.PLAN_FORMAT, "study": config["study"], "dataset": dataset,
            "initialisations": initialisations(config, dataset, inits), "algorithms": {}}
     for algorithm in algorithms(config, dataset):
         out["algorithms"][algorithm] = {
@@ -466,8 +393,8 @@ def chunk_plan(config: dict, dataset: str, algorithm: str, chunk: list[int], ini
     the CPU and one trained on a GPU from the same plan are the same run (they agree to floating-point
     round-off; tests/test_cuda.py), so moving a study to another machine retrains nothing. For a dataset that
     takes values from the paper's files, without ``inits`` the members hold references to them, and
-    ``init_files`` their SHA-256s (so the plan changes with them); :func:`resolve_chunk_plan` reads them."""
-    content = {"format": PLAN_FORMAT, "study": config["study"], "dataset": dataset, "algorithm": algorithm,
+    ``init_files`` their SHA-256s (so the plan changes with them); :func:`onepass.plans.resolve_chunk_plan` reads them."""
+    content = {"format": plans.PLAN_FORMAT, "study": config["study"], "dataset": dataset, "algorithm": algorithm,
                "search": catalog.algorithm(algorithm).search,
                "overrides": overrides(config, dataset, algorithm),
                "settings": settings_identity(config, dataset, algorithm),
@@ -478,86 +405,6 @@ def chunk_plan(config: dict, dataset: str, algorithm: str, chunk: list[int], ini
         digests = data.init_digests(catalog.dataset(dataset).base)
         content["init_files"] = {str(sweep.file_number(s)): digests.get(sweep.file_number(s)) for s in chunk}
     return content
-
-
-def resolve_chunk_plan(content: dict, data_dir) -> dict:
-    """A chunk plan with the references to the paper's initialisation files replaced by their values, read
-    from the files (fetched and verified into ``data_dir``); a plan without references is returned as is."""
-    if "init_files" not in content:
-        return content
-    from . import data
-
-    try:
-        inits = data.fetch_inits(catalog.dataset(content["dataset"]).base, data_dir)
-    except data.DataError as err:
-        raise ConfigError(f"the initialisation files of {content['dataset']}: {err}") from None
-    members = [{**sweep.resolve({k: v for k, v in m.items() if k != "settings"}, inits),
-                "settings": sweep.resolve(m["settings"], inits)} for m in content["members"]]
-    return {**content, "members": members}
-
-
-def write_chunk_plan(content: dict, data_root, path) -> None:
-    """Write a chunk plan, its references to the paper's initialisation files resolved
-    (:func:`resolve_chunk_plan`), as JSON."""
-    from .records import atomic_write
-
-    text = json.dumps(resolve_chunk_plan(content, data_root), indent=1, sort_keys=True)
-    atomic_write(Path(path), lambda tmp: tmp.write_text(f"{text}\n"))
-
-
-def read_plan(path) -> dict:
-    """A plan (a dataset's, or a chunk's) written by this module (a ConfigError if it is not one)."""
-    try:
-        content = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot read the plan {path}: {err}") from None
-    if not isinstance(content, dict) or content.get("format") != PLAN_FORMAT:
-        raise ConfigError(f"{path} is not a plan of this version (format {PLAN_FORMAT}): rerun the sweep rule")
-    return content
-
-
-def planned(plan_: dict, algorithm: str) -> dict:
-    """An algorithm's entry of a plan (a ConfigError naming it if the plan has none)."""
-    if algorithm not in plan_["algorithms"]:
-        raise ConfigError(f"the plan of {plan_['dataset']} has no algorithm {algorithm!r}; "
-                          f"it has {', '.join(plan_['algorithms'])}")
-    return plan_["algorithms"][algorithm]
-
-
-def member(plan_: dict, algorithm: str, seed: int) -> dict:
-    """A seed's member of an algorithm: its initial hyperparameters and per-member settings."""
-    entry = planned(plan_, algorithm)
-    rows = plan_["initialisations"]
-    if not 0 <= seed < len(rows):
-        raise ConfigError(f"the plan of {plan_['dataset']} has no seed {seed}")
-    row = rows[seed]
-    return {"seed": seed, **{k: float(row[k]) for k in HYPERPARAMETERS},
-            "settings": {k: row[k] for k in entry["member_settings"]}}
-
-
-def expected_settings(plan_: dict, algorithm: str, seed: int) -> dict:
-    """The identity settings a finished run of this seed must have recorded."""
-    return {**planned(plan_, algorithm)["settings"], **member(plan_, algorithm, seed)["settings"]}
-
-
-# ---- resources of a job ---------------------------------------------------------------------------------
-def resources(config: dict, dataset: str, algorithm: str, n_members: int, attempt: int = 1,
-              run: dict | None = None) -> dict:
-    """threads, mem_mb, runtime (minutes) and gpu of one job training ``n_members`` seeds: estimated from the
-    problem's size (:mod:`onepass.memory`; ``run``: the resolved settings, if not the config's) unless the
-    config's ``resources`` sets them; memory and time grow with each retry (``attempt``), so a job killed for
-    either is resubmitted larger."""
-    table = config["resources"]
-    given = {**table.get("default", {}), **table.get(dataset, {})}
-    run = run or settings(config, dataset, algorithm)
-    entry = catalog.algorithm(algorithm)
-    estimate = memory.job_estimate(dataset, run, n_members, device(config, dataset), entry.search,
-                                   threads=given.get("threads", 1))
-    mem_mb = given.get("mem_mb", estimate["mem_mb"])
-    runtime = given.get("runtime", estimate["runtime"])
-    on_gpu = device(config, dataset) == "cuda"
-    return {"threads": given.get("threads", 1), "mem_mb": int(math.ceil(mem_mb * attempt)),
-            "runtime": int(math.ceil(runtime * attempt)), "gpu": gpus_wanted(config, dataset) if on_gpu else 0}
 
 
 # ---- the command -------------------------------------------------------------------------------------------
@@ -599,7 +446,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         if args.command == "chunk-plan":
-            write_chunk_plan(json.loads(args.plan), args.data_dir, args.out)
+            plans.write_chunk_plan(json.loads(args.plan), args.data_dir, args.out)
             print(f"wrote {args.out}")
             return 0
         config = from_json(args.config)

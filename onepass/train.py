@@ -300,9 +300,9 @@ def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float,
 def train_chunk(plan_path, data_dir, runs_dir, device: str | None = None, overrides=None, quiet: bool = True,
                 mem_mb: float | None = None, progress_every: float = EVERY_S) -> list[dict]:
     """Train a chunk of a study's seeds as one population, from its chunk plan (onepass.study.chunk_plan)."""
-    from . import study
+    from . import plans, study
 
-    content = study.read_plan(plan_path)
+    content = plans.read_plan(plan_path)
     members = [Member(**m) for m in content["members"]]
     seeds = [m.seed for m in members]
     extra = {**content["overrides"], **(overrides or {})}

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from onepass import analysis, catalog, collection, figures, report_page, tables
-from onepass.study import PLAN_FORMAT
+from onepass.plans import PLAN_FORMAT
 
 HISTORY_COLUMNS = ["step", "hyper_step", "time_s", "train_loss", "valid_loss", "test_loss",
                    "test_metric", "lr", "weight_decay", "momentum"]

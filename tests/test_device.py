@@ -88,14 +88,14 @@ def test_device_is_no_part_of_a_chunk_plan(gpu_copy):
 
 
 def test_gpu_default_means_every_dataset(gpu_copy):
-    from onepass import study
+    from onepass import jobs
 
     config = {"datasets": ["uci_energy", "uci_yacht"], "gpu": {"default": 1, "uci_yacht": 0}, "device": "cuda"}
-    assert study.gpus_wanted(config, "uci_energy") == 1 and study.gpus_wanted(config, "uci_yacht") == 0
-    assert study.device(config, "uci_energy") == "cuda" and study.device(config, "uci_yacht") == "cpu"
-    assert study.resolve_device({**config, "device": "auto"}, 0) == "cpu"
-    assert study.resolve_device({**config, "device": "auto"}, 2) == "cuda"
-    assert study.resolve_device({**config, "device": "cpu"}, 2) == "cpu"
+    assert jobs.gpus_wanted(config, "uci_energy") == 1 and jobs.gpus_wanted(config, "uci_yacht") == 0
+    assert jobs.device(config, "uci_energy") == "cuda" and jobs.device(config, "uci_yacht") == "cpu"
+    assert jobs.resolve_device({**config, "device": "auto"}, 0) == "cpu"
+    assert jobs.resolve_device({**config, "device": "auto"}, 2) == "cuda"
+    assert jobs.resolve_device({**config, "device": "cpu"}, 2) == "cpu"
 
 
 def test_three_line_config_plans_only_its_dataset(tmp_path, copy_workflow):

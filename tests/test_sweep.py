@@ -202,7 +202,7 @@ def full_config():
 def test_full_config_starts_penn_treebank_and_cifar10_from_the_papers_files(dataset, shared_datasets, tmp_path):
     """Seed 0 is the paper's iteration_1.yaml (lr and weight decay stored as log10, momentum as its logit,
     the commented lr_multiplier Random (xLR)'s factor), the same start for every algorithm."""
-    from onepass import data, study
+    from onepass import data, study, plans
 
     config = full_config()
     inits = data.fetch_inits(dataset, tmp_path, [shared_datasets], download=False)
@@ -227,7 +227,7 @@ def test_full_config_starts_penn_treebank_and_cifar10_from_the_papers_files(data
     assert plan["init_files"]["18"] == data.init_digests(dataset)[18]
     os.environ["ONEPASS_DATA_MIRRORS"], old = str(shared_datasets), os.environ.get("ONEPASS_DATA_MIRRORS")
     try:
-        resolved = study.resolve_chunk_plan(plan, tmp_path / "fresh")
+        resolved = plans.resolve_chunk_plan(plan, tmp_path / "fresh")
     finally:
         os.environ.pop("ONEPASS_DATA_MIRRORS") if old is None else os.environ.update(ONEPASS_DATA_MIRRORS=old)
     assert resolved["members"] == [study.member_of(config, dataset, "Random_SteppedLR", s, inits) for s in (0, 1, 17)]
@@ -302,24 +302,24 @@ def test_cpu_members_fill_the_cache_or_amortise_the_job_start():
 
 
 def test_auto_members_per_job_cuts_equal_chunks_and_keeps_the_cores_busy():
-    from onepass import study
+    from onepass import jobs
     ours = cpu_study(["Ours_LR"], 50)
-    assert study.members_per_job(ours, "uci_energy", None, 2 ** 21) == 25          # 34 at most: 2 chunks of 25
-    assert study.members_per_job(ours, "uci_energy", 2, 2 ** 21) == 25
-    assert study.members_per_job(ours, "uci_energy", 4, 2 ** 21) == 13             # 4 jobs: 13, 13, 13, 11
+    assert jobs.members_per_job(ours, "uci_energy", None, 2 ** 21) == 25          # 34 at most: 2 chunks of 25
+    assert jobs.members_per_job(ours, "uci_energy", 2, 2 ** 21) == 25
+    assert jobs.members_per_job(ours, "uci_energy", 4, 2 ** 21) == 13             # 4 jobs: 13, 13, 13, 11
     # two algorithms share the cores: 2 x ceil(50 / 17) = 6 >= 6 cores
     both = cpu_study(["Ours_LR", "Lorraine"], 50)
-    assert study.members_per_job(both, "uci_energy", 6, 2 ** 21) == 17
+    assert jobs.members_per_job(both, "uci_energy", 6, 2 ** 21) == 17
     # a search's repetitions are jobs of their own and leave the size alone; a GPU job takes every seed
-    assert study.members_per_job(cpu_study(["Ours_LR", "BayesOpt"], 50), "uci_energy", None, 2 ** 21) == 25
+    assert jobs.members_per_job(cpu_study(["Ours_LR", "BayesOpt"], 50), "uci_energy", None, 2 ** 21) == 25
     on_gpu = {**ours, "gpu": {"uci_energy": 1}, "device": "cuda"}   # a GPU wanted and offered
-    assert study.members_per_job(on_gpu, "uci_energy", 2, 2 ** 21) == 50
-    assert study.members_per_job({**on_gpu, "device": "cpu"}, "uci_energy", 2, 2 ** 21) == 25
+    assert jobs.members_per_job(on_gpu, "uci_energy", 2, 2 ** 21) == 50
+    assert jobs.members_per_job({**on_gpu, "device": "cpu"}, "uci_energy", 2, 2 ** 21) == 25
     # a number in the config wins; `auto` asks for the choice again
-    assert study.members_per_job({**ours, "members_per_job": {"default": 7}}, "uci_energy", 2, 2 ** 21) == 7
-    assert study.members_per_job({**ours, "members_per_job": {"default": 7, "uci_energy": "auto"}},
+    assert jobs.members_per_job({**ours, "members_per_job": {"default": 7}}, "uci_energy", 2, 2 ** 21) == 7
+    assert jobs.members_per_job({**ours, "members_per_job": {"default": 7, "uci_energy": "auto"}},
                                  "uci_energy", 2, 2 ** 21) == 25
-    assert study.resolve_members_per_job(ours, 4, 2 ** 21) == {"uci_energy": 13}
+    assert jobs.resolve_members_per_job(ours, 4, 2 ** 21) == {"uci_energy": 13}
 
 
 def test_cpu_cache_size_can_be_given(monkeypatch):

@@ -60,7 +60,7 @@ for algorithm, cell in SENSITIVITY_CELLS:
                 Path(output.metrics[0]).parent.parent
             ),
             data_dir=lambda wildcards, input: str(Path(input.data[0]).parent.parent),
-            device=study.device(config, cell_dataset),
+            device=jobs.device(config, cell_dataset),
         shell:
             "python -m onepass.train --plan {input.plan} --runs-dir {params.runs_dir}"
             " --data-dir {params.data_dir} --device {params.device} --threads {threads}"
@@ -127,7 +127,7 @@ rule hypergradient_quality:
             appendix.part_config(config, "quality"), sort_keys=True
         ),
         data_dir=lambda wildcards, input: str(Path(input.data[0]).parent.parent),
-        device=lambda wildcards: study.device(
+        device=lambda wildcards: jobs.device(
             config, appendix.spec(config, "quality")["dataset"]
         ),
     shell:

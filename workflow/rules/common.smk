@@ -12,7 +12,7 @@ from snakemake.logging import logger
 from snakemake.resources import Resource
 from snakemake.utils import update_config
 
-from onepass import appendix, budget, catalog, devices, figures, heatmaps, study
+from onepass import appendix, budget, catalog, devices, figures, heatmaps, jobs, study
 
 
 def config_sources():
@@ -73,9 +73,11 @@ config.update(study.validate(config, SCHEMA, SOURCES))
 appendix.check(config, SOURCES)
 # a study's own catalogue directories (the config's `catalog`) reach its jobs through their environment
 if config["catalog"]:
-    shell.prefix(f"export {catalog.CATALOG_ENV}={shlex.quote(catalog.catalog_variable())}; ")
+    shell.prefix(
+        f"export {catalog.CATALOG_ENV}={shlex.quote(catalog.catalog_variable())}; "
+    )
 # cpu or cuda for the whole study; a cluster job re-decides it from its own gpu resource (never strictly)
-config["device"] = study.resolve_device(
+config["device"] = jobs.resolve_device(
     config, gpus_offered(), SOURCES, strict=workflow.is_main_process
 )
 
@@ -88,7 +90,7 @@ def planning_cores():
 
 # every dataset's members_per_job a number (`auto` resolved for the cores and this machine's cache), so
 # that the jobs, their plans and the sweep command cut the seeds alike
-config["members_per_job"] = study.resolve_members_per_job(config, planning_cores())
+config["members_per_job"] = jobs.resolve_members_per_job(config, planning_cores())
 
 STUDY = study.study_dir(config)
 DATA = study.data_dir()
@@ -162,7 +164,7 @@ def run_outputs(dataset, algorithm, seeds, name):
 
 def job_resources(dataset, algorithm, chunk):
     """Portable resources of a chunk's job; mem_mb and runtime grow with each retry."""
-    first = study.resources(config, dataset, algorithm, len(chunk))
+    first = jobs.resources(config, dataset, algorithm, len(chunk))
     return {
         "threads": first["threads"],
         "gpu": first["gpu"],

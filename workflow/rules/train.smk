@@ -4,7 +4,7 @@
 # chunk (train_<dataset>_<algorithm>_<first>_<last>), so asking for one seed's metrics.json runs only the
 # chunk that holds it. Its input is the chunk's plan (rule chunk_plan): a change of the runs' settings or
 # members rewrites it and reruns exactly the chunks it touches. Resources come from the problem's size
-# (onepass.study.resources); memory and time grow with each retry.
+# (onepass.jobs.resources); memory and time grow with each retry.
 # These rules are generated, one per chunk, because a chunk's outputs are the run directories of a list of
 # seeds (seeds0-24 holds seed0 ... seed24), which no wildcard pattern can name; a wildcard rule would need a
 # job per seed, 18,000 of them for the paper's study, instead of a population per job. Every other rule
@@ -50,7 +50,7 @@ for dataset, algorithm, chunk in chunks():
                 Path(output.metrics[0]).parent.parent
             ),
             data_dir=lambda wildcards, input: str(Path(input.data[0]).parent.parent),
-            device=study.device(config, dataset),
+            device=jobs.device(config, dataset),
         shell:
             "python -m {params.module} --plan {input.plan}"
             " --runs-dir {params.runs_dir} --data-dir {params.data_dir}"

@@ -1,0 +1,101 @@
+"""A study's jobs where they run: the device each dataset trains on (the GPUs it wants against those the run
+offers), the seeds trained together in one job (``members_per_job``, ``auto`` sized for a core's cache and
+the cores, or every seed on a GPU) and each job's portable resources (threads, mem_mb, runtime, gpu) from
+the problem's size. Nothing here changes what a run computes: only where and in what company it runs."""
+
+from __future__ import annotations
+
+import math
+
+from . import catalog, memory, study
+
+AUTO = "auto"  # members_per_job chosen from the device, the cache and the cores
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def gpus_wanted(config: dict, dataset: str) -> int:
+    """GPUs a training job of ``dataset`` wants (``gpu``: per dataset, else ``default``, else 0)."""
+    table = config["gpu"]
+    return int(table.get(dataset, table.get("default", 0)))
+
+
+def resolve_device(config: dict, gpus_offered: int, sources=None, strict: bool = True) -> str:
+    """The study's device, ``cpu`` or ``cuda``, from the config's ``device`` and the GPUs this run offers
+    (the ``gpu`` resource of the executor, or the CUDA devices found on this machine). ``auto`` puts the
+    datasets that want a GPU on one where any is offered, and on the CPU elsewhere; ``cpu`` never uses one;
+    ``cuda`` insists: with no GPU offered, a dataset that wants one stops the run (``strict``) with one line
+    naming the key, the dataset and the fix."""
+    mode = config.get("device", "auto")
+    if mode not in DEVICES:
+        study.fail("device", f"{mode!r} is not one of {', '.join(DEVICES)}", sources)
+    wanting = [d for d in config["datasets"] if gpus_wanted(config, d)]
+    if mode == "cuda" and strict and wanting and gpus_offered < 1:
+        key = f"gpu.{wanting[0]}" if wanting[0] in config["gpu"] else "gpu.default"
+        study.fail("device", f"cuda asks for a GPU for {wanting[0]} ({key}), but this run offers none "
+             "(no CUDA device here and no gpu resource): run where one is (--resources gpu=N, a GPU "
+             "partition in profiles/slurm), or set device: auto or cpu", sources)
+    if mode == "cpu" or gpus_offered < 1:
+        return "cpu"
+    return "cuda"
+
+
+def device(config: dict, dataset: str) -> str:
+    """``cuda`` for a dataset that wants a GPU (``gpu``) when the study's device (``device``, resolved by
+    :func:`resolve_device`) is ``cuda``, else ``cpu``. An unresolved ``auto`` means no GPU is known to be
+    offered: ``cpu``."""
+    return "cuda" if config.get("device") == "cuda" and gpus_wanted(config, dataset) else "cpu"
+
+
+def members_per_job(config: dict, dataset: str, cores: int | None = None, cache_bytes: int | None = None) -> int:
+    """Seeds trained together in one job: ``members_per_job`` of the dataset, else its ``default``, else
+    ``auto`` (:func:`auto_members_per_job`, for ``cores`` and this machine's cache unless ``cache_bytes``)."""
+    table = config["members_per_job"]
+    value = table.get(dataset, table.get("default", AUTO))
+    if value == AUTO:
+        return auto_members_per_job(config, dataset, cores,
+                                    memory.cpu_cache_bytes() if cache_bytes is None else cache_bytes)
+    return int(value)
+
+
+def auto_members_per_job(config: dict, dataset: str, cores: int | None, cache_bytes: int) -> int:
+    """On a GPU every seed in one job; on the CPU as many as fit a core's cache (:func:`onepass.memory.cpu_members`,
+    the smallest over the dataset's algorithms), fewer if the dataset's population jobs would not keep
+    ``cores`` cores busy, and then cut into chunks of equal size (50 seeds, 30 at most: 25 and 25)."""
+    total = config["sweep"]["initialisations"][dataset]
+    trained = [a for a in study.algorithms(config, dataset) if not catalog.is_search(a)]
+    if device(config, dataset) == "cuda" or not trained or total < 1:
+        return max(total, 1)
+    size = min(memory.cpu_members(dataset, study.settings(config, dataset, a), cache_bytes) for a in trained)
+    counts = [len(study.seeds(config, dataset, a)) for a in trained]
+    while cores and size > 1 and sum(math.ceil(n / size) for n in counts) < cores:
+        size -= 1
+    size = min(size, total)
+    return math.ceil(total / math.ceil(total / size))
+
+
+def resolve_members_per_job(config: dict, cores: int | None, cache_bytes: int | None = None) -> dict:
+    """``members_per_job`` with every dataset's size a number (``auto`` resolved for ``cores`` cores and the
+    machine's cache): what the workflow plans with, so that every job and the sweep command agree."""
+    cache = memory.cpu_cache_bytes() if cache_bytes is None else cache_bytes
+    return {dataset: members_per_job(config, dataset, cores, cache) for dataset in config["datasets"]}
+
+
+def resources(config: dict, dataset: str, algorithm: str, n_members: int, attempt: int = 1,
+              run: dict | None = None) -> dict:
+    """threads, mem_mb, runtime (minutes) and gpu of one job training ``n_members`` seeds: estimated from the
+    problem's size (:mod:`onepass.memory`; ``run``: the resolved settings, if not the config's) unless the
+    config's ``resources`` sets them; memory and time grow with each retry (``attempt``), so a job killed for
+    either is resubmitted larger."""
+    table = config["resources"]
+    given = {**table.get("default", {}), **table.get(dataset, {})}
+    run = run or study.settings(config, dataset, algorithm)
+    entry = catalog.algorithm(algorithm)
+    estimate = memory.job_estimate(dataset, run, n_members, device(config, dataset), entry.search,
+                                   threads=given.get("threads", 1))
+    mem_mb = given.get("mem_mb", estimate["mem_mb"])
+    runtime = given.get("runtime", estimate["runtime"])
+    on_gpu = device(config, dataset) == "cuda"
+    return {"threads": given.get("threads", 1), "mem_mb": int(math.ceil(mem_mb * attempt)),
+            "runtime": int(math.ceil(runtime * attempt)), "gpu": gpus_wanted(config, dataset) if on_gpu else 0}
