@@ -10,9 +10,10 @@ import shutil
 from pathlib import Path
 
 from .atomic import atomic_write  # the modules that write records import it from here too
+from .settings import HYPERPARAMETERS
 
 HISTORY_COLUMNS = ["step", "hyper_step", "time_s", "train_loss", "valid_loss", "test_loss", "test_metric",
-                   "lr", "weight_decay", "momentum"]
+                   *HYPERPARAMETERS]
 INTEGER_COLUMNS = ("step", "hyper_step")
 
 
