@@ -105,11 +105,11 @@ def test_plain_sgd_is_torch_sgd():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("algorithm", ["Ours_HDLR_Momentum", "DiffThroughOpt", "Baydin"])
-def test_state_dict_resumes_exactly(algorithm):
-    """Saved after 13 steps (inside a block, inside Diff-through-Opt's window) and loaded into a fresh
-    optimiser and model, it ends bitwise where the uninterrupted run ends."""
-    g = torch.Generator().manual_seed(2)
+def resumed(algorithm: str, saved_after: int, seed: int):
+    """An uninterrupted run of 30 steps, and one saved after ``saved_after`` steps and loaded into a fresh
+    optimiser and model: (uninterrupted model and optimiser, resumed model and optimiser right after the load,
+    the uninterrupted weights at the save, the remaining steps)."""
+    g = torch.Generator().manual_seed(seed)
     batches = [(torch.randn(16, 8, generator=g), torch.randn(16, 1, generator=g)) for _ in range(30)]
     val = (torch.randn(16, 8, generator=g), torch.randn(16, 1, generator=g))
 
@@ -117,36 +117,6 @@ def test_state_dict_resumes_exactly(algorithm):
         torch.manual_seed(0)
         model = MLP(8, 6, 1)
         return model, OnePassSGD(model, lr=0.02, weight_decay=1e-3, momentum=0.5, algorithm=algorithm)
-
-    model, opt = fresh()
-    for b in batches:
-        opt.step(F.mse_loss, b, val_batch=val)
-    model2, opt2 = fresh()
-    for b in batches[:13]:
-        opt2.step(F.mse_loss, b, val_batch=val)
-    state = opt2.state_dict()
-    model3, opt3 = fresh()
-    opt3.load_state_dict(state)
-    for b in batches[13:]:
-        opt3.step(F.mse_loss, b, val_batch=val)
-    for a, b in zip(model.parameters(), model3.parameters()):
-        assert torch.equal(a, b)
-    assert opt.hyperparameters == opt3.hyperparameters
-
-
-@pytest.mark.parametrize("saved_after", [16, 19])
-def test_state_dict_resumes_exactly_inside_the_unrolled_window(saved_after):
-    """Diff-through-Opt (T 10, its last 5 steps differentiated) saved inside its window (after 16 and 19
-    steps: 1 and 4 of the window's 5 steps taken) resumes bitwise where the uninterrupted run goes, and the
-    loaded model holds the window's current weights, not those at its start."""
-    g = torch.Generator().manual_seed(4)
-    batches = [(torch.randn(16, 8, generator=g), torch.randn(16, 1, generator=g)) for _ in range(30)]
-    val = (torch.randn(16, 8, generator=g), torch.randn(16, 1, generator=g))
-
-    def fresh():
-        torch.manual_seed(0)
-        model = MLP(8, 6, 1)
-        return model, OnePassSGD(model, lr=0.02, weight_decay=1e-3, momentum=0.5, algorithm="DiffThroughOpt")
 
     model, opt = fresh()
     snapshot = None
@@ -159,10 +129,32 @@ def test_state_dict_resumes_exactly_inside_the_unrolled_window(saved_after):
         opt2.step(F.mse_loss, b, val_batch=val)
     model3, opt3 = fresh()
     opt3.load_state_dict(opt2.state_dict())
+    rest = [lambda b=b: opt3.step(F.mse_loss, b, val_batch=val) for b in batches[saved_after:]]
+    return (model, opt), (model3, opt3), snapshot, rest
+
+
+@pytest.mark.parametrize("algorithm", ["Ours_HDLR_Momentum", "DiffThroughOpt", "Baydin"])
+def test_state_dict_resumes_exactly(algorithm):
+    """Saved after 13 steps (inside a block) and loaded into a fresh optimiser and model, it ends bitwise
+    where the uninterrupted run ends."""
+    (model, opt), (model3, opt3), _, rest = resumed(algorithm, 13, seed=2)
+    for step in rest:
+        step()
+    for a, b in zip(model.parameters(), model3.parameters()):
+        assert torch.equal(a, b)
+    assert opt.hyperparameters == opt3.hyperparameters
+
+
+@pytest.mark.parametrize("saved_after", [16, 19])
+def test_state_dict_resumes_exactly_inside_the_unrolled_window(saved_after):
+    """Diff-through-Opt (T 10, its last 5 steps differentiated) saved inside its window (after 16 and 19
+    steps: 1 and 4 of the window's 5 steps taken) resumes bitwise where the uninterrupted run goes, and the
+    loaded model holds the window's current weights, not those at its start."""
+    (model, opt), (model3, opt3), snapshot, rest = resumed("DiffThroughOpt", saved_after, seed=4)
     for a, b in zip(model3.parameters(), snapshot):
         assert torch.equal(a, b)
-    for b in batches[saved_after:]:
-        opt3.step(F.mse_loss, b, val_batch=val)
+    for step in rest:
+        step()
     for a, b in zip(model.parameters(), model3.parameters()):
         assert torch.equal(a, b)
     assert opt.hyperparameters == opt3.hyperparameters and opt3.hyper_step == 3
