@@ -100,9 +100,13 @@ def test_quality_statistics():
     assert set(summary) == {"cosine_similarity", "magnitude_ratio", "relative_error_lr", "relative_error_weight_decay"}
     assert summary["relative_error_lr"]["mean"] == pytest.approx((0.5 + 0.5 + 2.0) / 3)
     assert summary["relative_error_lr"]["median"] == 0.5 and summary["relative_error_weight_decay"]["mean"] == 0
-    # member 0: ours (1, 2) against exact (2, 2); member 2: (-1, 1) against (1, 1), orthogonal
-    cosines = [quality.cosine_and_ratio([1, 2], [2, 2])[0], quality.cosine_and_ratio([3, 2], [2, 2])[0], 0.0]
+    # by hand: member 0, ours (1, 2) against exact (2, 2): 6 / (sqrt 5 sqrt 8); member 1, (3, 2) against
+    # (2, 2): 10 / (sqrt 13 sqrt 8); member 2, (-1, 1) against (1, 1): orthogonal, 0
+    cosines = [6 / math.sqrt(40), 10 / math.sqrt(104), 0.0]
     assert summary["cosine_similarity"]["mean"] == pytest.approx(sum(cosines) / 3)
+    # norm ratios sqrt 5 / sqrt 8 = 0.79, sqrt 13 / sqrt 8 = 1.27 and 1: median 1
+    assert summary["magnitude_ratio"]["median"] == pytest.approx(1.0)
+    assert summary["magnitude_ratio"]["mean"] == pytest.approx((math.sqrt(5 / 8) + math.sqrt(13 / 8) + 1) / 3)
     assert summary["cosine_similarity"]["values"] == 3
 
 
