@@ -578,7 +578,8 @@ def cuda_tests_part(report: Report, budget: Budget, result: dict) -> None:
                 result["status"] = "stopped"
                 proc.wait()
                 break
-            time.sleep(PYTEST_POLL_S)
+            with contextlib.suppress(subprocess.TimeoutExpired):   # woken at the deadline, not a poll later
+                proc.wait(timeout=max(0.0, min(PYTEST_POLL_S, budget.left())))
             done = len(lines)
             report.append_raw("".join(lines[logged:done]))
             logged = done
