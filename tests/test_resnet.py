@@ -124,7 +124,7 @@ def test_neumann_hypergradient_through_resnet18_equals_finite_differences(cifar,
     settings = load_settings("cifar10", "Ours_LR_Momentum", {"batch_size": None, "update_interval": 2,
                                                               "neumann_terms": 1, "hyperparameter_steps": 1})
     population = Population(settings, tiny, [Member(0, 0.05, 1e-2, 0.5)], torch.device("cpu"))
-    h = [population.hypers.tree()[k].item() for k in ("lr", "weight_decay", "momentum")]  # float32 values
+    h = [population.hypers.tree()[k].item() for k in ("lr", "weight_decay", "momentum")]  # float64, as the weights
     initial = [p[0].detach().clone() for p in population.params]
     got = {}
     step = population.hypers.step
@@ -150,8 +150,9 @@ def test_neumann_hypergradient_through_resnet18_equals_finite_differences(cifar,
     def natural(a, c, m):
         return 10.0 ** a, 10.0 ** c, torch.sigmoid(m)
 
-    # the plain step, with the hyperparameters the engine computes in float32; then the step differentiated
-    lr, wd, mom = (x.double() for x in natural(*(torch.tensor(v, dtype=torch.float32) for v in h)))
+    # the plain step, with the hyperparameters the engine computes (in the population's dtype); then the step
+    # differentiated
+    lr, wd, mom = natural(*(torch.tensor(v, dtype=torch.float64) for v in h))
     g0 = grad(w0)
     b1 = [g + wd * w for g, w in zip(g0, w0)]
     w1 = [w - lr * b for w, b in zip(w0, b1)]
@@ -162,9 +163,8 @@ def test_neumann_hypergradient_through_resnet18_equals_finite_differences(cifar,
         lr, wd, mom = natural(torch.tensor(a), torch.tensor(c), torch.tensor(m))
         return loss([w - lr * (mom * b + g + wd * w) for w, b, g in zip(w1, b1, g1)], "valid").item()
 
-    # around the engine's hyperparameters exactly (their float32 natural values, unconstrained in float64: the
-    # loss is so curved in lr that float32 rounding of the point shows); a small step, as ReLUs and max-pooling
-    # make the loss only piecewise smooth
+    # around the engine's hyperparameters exactly (the loss is so curved in lr that a rounding of the point
+    # shows); a small step, as ReLUs and max-pooling make the loss only piecewise smooth
     point = [math.log10(lr.item()), math.log10(wd.item()), math.log(mom.item() / (1 - mom.item()))]
     eps = 1e-6
     for i, name in enumerate(("lr", "weight_decay", "momentum")):
