@@ -150,9 +150,9 @@ def train_population(dataset: str, algorithm: str, settings: dict, members: list
     label = f"{algorithm} seeds {members[0].seed}-{members[-1].seed}" if len(members) > 1 else \
         f"{algorithm} seed {members[0].seed}"
     with _progress(total, population.hyper_step, not quiet, label) as bar:
-        written = [time.monotonic()]
-        lines = None if not bar.disable or progress_every <= 0 else ProgressLog(label, total, population.hyper_step, progress_every,
-                                                         unit="hyperparameter step")
+        written = time.monotonic()   # when the members' history.csv were last written
+        lines = None if not bar.disable or progress_every <= 0 else \
+            ProgressLog(label, total, population.hyper_step, progress_every, unit="hyperparameter step")
         if population.last_logged_step is None:
             population.log()
         while population.hyper_step < total and bool(population.alive.any()):
@@ -166,11 +166,11 @@ def train_population(dataset: str, algorithm: str, settings: dict, members: list
             bar.update(1)
             if lines is not None and lines.due(population.hyper_step):
                 report_progress(lines, population)
-                if time.monotonic() - written[0] >= progress_every:  # history.csv so far, every 30 s at most
+                if time.monotonic() - written >= progress_every:  # history.csv so far, every 30 s at most
                     for history, out in zip(population.histories, out_dirs):
                         Path(out).mkdir(parents=True, exist_ok=True)
                         write_history(Path(out) / "history.csv", history)
-                    written[0] = time.monotonic()
+                    written = time.monotonic()
             if population.hyper_step % settings["checkpoint_every"] == 0 or population.hyper_step == total:
                 save()
         if lines is not None and lines.last_done < population.hyper_step:
