@@ -85,6 +85,7 @@ config["device"] = jobs.resolve_device(
 def planning_cores():
     """The cores given to Snakemake (--cores), or None where it sets no limit (a cluster, a dry run)."""
     cores = workflow.global_resources.get("_cores")
+    cores = getattr(cores, "value", cores)  # a Resource in Snakemake 9
     return cores if isinstance(cores, int) and 0 < cores < 2**20 else None
 
 
