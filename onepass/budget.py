@@ -12,24 +12,27 @@ def job_rows(config: dict) -> list[dict]:
     """One row per kind of job: dataset (or appendix part), jobs, runs, and the hours requested."""
     rows = []
     for dataset in config["datasets"]:
-        row = {"what": dataset, "jobs": 0, "runs": 0, "gpu_jobs": 0, "cpu_hours": 0.0, "gpu_hours": 0.0}
+        row = empty_row(dataset)
         for algorithm in study.algorithms(config, dataset):
             for chunk in study.chunks(config, dataset, algorithm):
                 add(row, jobs.resources(config, dataset, algorithm, len(chunk)), len(chunk))
         rows.append(row)
     if appendix.enabled(config, appendix.SENSITIVITY):
-        row = {"what": "appendix: sensitivity", "jobs": 0, "runs": 0, "gpu_jobs": 0, "cpu_hours": 0.0,
-               "gpu_hours": 0.0}
+        row = empty_row("appendix: sensitivity")
         n = len(appendix.sensitivity_seeds(config))
         for algorithm, cell in appendix.sensitivity_cells(config):
             add(row, appendix.cell_resources(config, algorithm, cell), n)
         rows.append(row)
     if appendix.enabled(config, appendix.QUALITY):
-        row = {"what": "appendix: quality", "jobs": 0, "runs": 0, "gpu_jobs": 0, "cpu_hours": 0.0,
-               "gpu_hours": 0.0}
+        row = empty_row("appendix: quality")
         add(row, appendix.quality_resources(config), appendix.spec(config, appendix.QUALITY)["initialisations"])
         rows.append(row)
     return rows
+
+
+def empty_row(what: str) -> dict:
+    """A row of :func:`job_rows` with nothing counted yet."""
+    return {"what": what, "jobs": 0, "runs": 0, "gpu_jobs": 0, "cpu_hours": 0.0, "gpu_hours": 0.0}
 
 
 def add(row: dict, resources: dict, runs: int) -> None:
