@@ -23,11 +23,10 @@ import sys
 from pathlib import Path
 
 from . import catalog, jobs, plans, sweep
+from .paths import MIRRORS_ENV, RESULTS, data_dir
 from .settings import (HYPERPARAMETERS, SETTINGS, ConfigError, check_initial, check_value, identity,
                        load_settings)
 
-MIRRORS_ENV = "ONEPASS_DATA_MIRRORS"  # directories holding dataset files, ':'-separated (see onepass.data)
-RESULTS = "results"
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
@@ -332,11 +331,6 @@ def chunks(config: dict, dataset: str, algorithm: str) -> list[list[int]]:
 def study_dir(config: dict) -> str:
     """The study's own directory: results/<study>."""
     return f"{RESULTS}/{config['study']}"
-
-
-def data_dir() -> str:
-    """Prepared data, shared by every study (its content does not depend on the study)."""
-    return f"{RESULTS}/data"
 
 
 def runs_dir(config: dict, dataset: str, algorithm: str | None = None) -> str:
