@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from . import catalog, jobs, plans, sweep
-from .paths import MIRRORS_ENV, RESULTS, data_dir
+from .paths import MIRRORS_ENV, RESULTS, data_dir, run_dir
 from .settings import (HYPERPARAMETERS, SETTINGS, ConfigError, check_initial, check_value, identity,
                        load_settings)
 
@@ -337,11 +337,6 @@ def runs_dir(config: dict, dataset: str, algorithm: str | None = None) -> str:
     """The runs of a dataset, or of one algorithm on it."""
     base = f"{study_dir(config)}/runs/{dataset}"
     return base if algorithm is None else f"{base}/{algorithm}"
-
-
-def run_dir(runs: str | Path, seed: int) -> str:
-    """A run's directory inside its algorithm's runs directory."""
-    return f"{runs}/seed{seed}"
 
 
 def chunk_name(chunk: list[int]) -> str:
