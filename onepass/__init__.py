@@ -4,7 +4,7 @@ Reimplements Clarke, Oldewage & Hernandez-Lobato, "Scalable One-Pass Optimisatio
 High-Dimensional Weight-Update Hyperparameters by Implicit Differentiation" (ICLR 2022).
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401 (onepass.__version__)
 
 
 def __getattr__(name):

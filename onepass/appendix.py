@@ -21,7 +21,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from . import catalog, jobs, study
+from . import catalog, jobs, paths, study
 from .records import atomic_write
 from .settings import ConfigError, identity, load_settings
 
@@ -216,7 +216,7 @@ def cell_runs_dir(config: dict, algorithm: str, cell: str) -> str:
 def cell_metrics(config: dict, algorithm: str, cell: str) -> list[str]:
     """The metrics.json of every run of a sensitivity cell."""
     runs = cell_runs_dir(config, algorithm, cell)
-    return [f"{study.run_dir(runs, seed)}/metrics.json" for seed in sensitivity_seeds(config)]
+    return [f"{paths.run_dir(runs, seed)}/metrics.json" for seed in sensitivity_seeds(config)]
 
 
 # ---- the sensitivity table ---------------------------------------------------------------------------------

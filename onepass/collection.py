@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import plans, study
+from . import paths, plans
 from .settings import HYPERPARAMETERS
 
 # metrics.json fields copied into runs.tsv, in this order.
@@ -30,7 +30,7 @@ STATUSES = ("done", "diverged", "stale", "missing")
 
 def run_dir(runs_dir, algorithm: str, seed: int) -> Path:
     """Directory of one run inside a dataset's runs directory."""
-    return Path(study.run_dir(Path(runs_dir) / algorithm, seed))
+    return Path(paths.run_dir(Path(runs_dir) / algorithm, seed))
 
 
 def _finite(x) -> bool:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .atomic import atomic_write  # the modules that write records import it from here too
 from .settings import HYPERPARAMETERS
+from .version import __version__
 
 HISTORY_COLUMNS = ["step", "hyper_step", "time_s", "train_loss", "valid_loss", "test_loss", "test_metric",
                    *HYPERPARAMETERS]
@@ -52,7 +53,6 @@ def versions(**extra) -> dict:
     import numpy
     import torch
 
-    from . import __version__
     return {"onepass": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "python": platform.python_version(), **extra}
 

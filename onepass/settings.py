@@ -9,6 +9,7 @@ where it came from.  The study config (config/config.yaml) is checked by :mod:`o
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,6 +221,43 @@ def check_value(key: str, value, source: str):
             isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 for f in value)):
         raise ConfigError(f"setting 'pbt_perturbation_factors'{at} must be positive numbers, got {value!r}")
     return value
+
+
+_TRUE, _FALSE, _NULL = ("true", "True", "TRUE"), ("false", "False", "FALSE"), ("null", "Null", "NULL", "~")
+_INTEGER = re.compile(r"[-+]?[0-9]+")
+_REAL = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+
+def read_as(types: tuple, text):
+    """``text`` read as a value of one of ``types`` (int, float, bool, None) where it spells one as YAML does
+    (``2000``, ``1e-3``, ``true``, ``null``); an integer stays an integer where ``int`` is among the types, as in
+    a YAML file. Text that spells none of them, text where ``str`` is among the types, and anything that is
+    not text are returned unchanged, for the checks to judge."""
+    if not isinstance(text, str) or str in types:
+        return text
+    if bool in types and text in _TRUE + _FALSE:
+        return text in _TRUE
+    if type(None) in types and text in _NULL:
+        return None
+    if int in types and _INTEGER.fullmatch(text):
+        return int(text)
+    if float in types and _REAL.fullmatch(text):
+        return float(text)
+    return text
+
+
+def from_text(key: str, value):
+    """``value`` of setting (or initial hyperparameter) ``key`` with text read as the type the settings table
+    declares (:func:`read_as`); in a list setting, each item that spells a number. For values written as
+    numbers that arrive as text (Snakemake's ``--config``); the checks still judge the result."""
+    if key in HYPERPARAMETERS:
+        return read_as(FLOAT, value)
+    spec = SETTINGS.get(key)
+    if spec is None:
+        return value
+    if list in spec.types and isinstance(value, list):
+        return [read_as(FLOAT, item) for item in value]
+    return read_as(spec.types, value)
 
 
 def coerce_number(value):

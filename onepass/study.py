@@ -23,11 +23,10 @@ import sys
 from pathlib import Path
 
 from . import catalog, jobs, plans, sweep
+from .paths import MIRRORS_ENV, RESULTS, data_dir, run_dir
 from .settings import (HYPERPARAMETERS, SETTINGS, ConfigError, check_initial, check_value, identity,
                        load_settings)
 
-MIRRORS_ENV = "ONEPASS_DATA_MIRRORS"  # directories holding dataset files, ':'-separated (see onepass.data)
-RESULTS = "results"
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
@@ -334,20 +333,10 @@ def study_dir(config: dict) -> str:
     return f"{RESULTS}/{config['study']}"
 
 
-def data_dir() -> str:
-    """Prepared data, shared by every study (its content does not depend on the study)."""
-    return f"{RESULTS}/data"
-
-
 def runs_dir(config: dict, dataset: str, algorithm: str | None = None) -> str:
     """The runs of a dataset, or of one algorithm on it."""
     base = f"{study_dir(config)}/runs/{dataset}"
     return base if algorithm is None else f"{base}/{algorithm}"
-
-
-def run_dir(runs: str | Path, seed: int) -> str:
-    """A run's directory inside its algorithm's runs directory."""
-    return f"{runs}/seed{seed}"
 
 
 def chunk_name(chunk: list[int]) -> str:

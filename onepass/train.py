@@ -300,7 +300,7 @@ def run(dataset: str, algorithm: str, seed: int, lr: float, weight_decay: float,
 def train_chunk(plan_path, data_dir, runs_dir, device: str | None = None, overrides=None, quiet: bool = True,
                 mem_mb: float | None = None, progress_every: float = EVERY_S) -> list[dict]:
     """Train a chunk of a study's seeds as one population, from its chunk plan (onepass.study.chunk_plan)."""
-    from . import plans, study
+    from . import paths, plans, study
 
     content = plans.read_plan(plan_path)
     members = [Member(**m) for m in content["members"]]
@@ -308,7 +308,7 @@ def train_chunk(plan_path, data_dir, runs_dir, device: str | None = None, overri
     extra = {**content["overrides"], **(overrides or {})}
     runs_dir = Path(runs_dir)
     return train(content["dataset"], content["algorithm"], members, data_dir,
-                 [Path(study.run_dir(runs_dir, s)) for s in seeds],
+                 [Path(paths.run_dir(runs_dir, s)) for s in seeds],
                  runs_dir / ".checkpoints" / study.chunk_name(seeds), device or "cpu", extra,
                  quiet=quiet, mem_mb=mem_mb, progress_every=progress_every)
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import catalog
-from ..study import MIRRORS_ENV, data_dir
+from ..paths import MIRRORS_ENV, data_dir
 
 DEFAULT_SOURCES = Path(__file__).resolve().parents[2] / "config" / "sources.tsv"
-DEFAULT_DATA_DIR = data_dir()  # where the pipeline prepares them (onepass.study says where, torch-free)
+DEFAULT_DATA_DIR = data_dir()  # where the pipeline prepares them (onepass.paths says where)
 SOURCE_COLUMNS = ["dataset", "file", "url", "member", "sha256", "archive_sha256", "mirror_path"]
 INIT_PREFIX = "paper_init_"  # raw files that are the paper's published initialisations, not data to prepare
 

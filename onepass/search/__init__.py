@@ -136,12 +136,12 @@ def run_chunk(plan_path, data_dir, runs_dir, device: str | None = None, override
     repetition s, written into ``runs_dir/seed<s>``); ``mem_mb`` is not used (a search trains one network at
     a time); ``progress_every`` is not used either (a BayesOpt search writes a progress line per evaluation,
     Ray Tune its own status table)."""
-    from .. import plans, study
+    from .. import paths, plans
 
     content = plans.read_plan(plan_path)
     extra = {**content["overrides"], **(overrides or {})}
     return [run(content["dataset"], content["algorithm"], m["seed"], m["lr"], m["weight_decay"], m["momentum"],
-                data_dir, study.run_dir(runs_dir, m["seed"]), device or "cpu", extra, quiet=quiet,
+                data_dir, paths.run_dir(runs_dir, m["seed"]), device or "cpu", extra, quiet=quiet,
                 threads=threads)
             for m in content["members"]]
 

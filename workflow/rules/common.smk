@@ -13,6 +13,7 @@ from snakemake.resources import Resource
 from snakemake.utils import update_config
 
 from onepass import appendix, budget, catalog, devices, figures, heatmaps, jobs, study
+from onepass.config_text import typed
 
 
 def config_sources():
@@ -69,7 +70,12 @@ SCHEMA = study.schema()
 SOURCES = config_sources()
 if any(on_command_line for _, _, on_command_line in SOURCES):
     config["appendix"] = own_appendix(SOURCES)
-config.update(study.validate(config, SCHEMA, SOURCES))
+# --config's nested numbers come as text (YAML's BaseLoader): read as the types the schema and settings declare
+config.update(
+    study.validate(
+        typed(config, workflow.config_settings.config, SCHEMA), SCHEMA, SOURCES
+    )
+)
 appendix.check(config, SOURCES)
 # a study's own catalogue directories (the config's `catalog`) reach its jobs through their environment
 if config["catalog"]:
