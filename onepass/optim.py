@@ -218,7 +218,14 @@ class OnePassSGD(torch.optim.Optimizer):
                 self.param_groups[gi][name] = self._given[gi][name] = value
 
     def _used(self) -> list[tuple]:
-        return [(lr * self._scale(gi), wd, mom) for gi, (lr, wd, mom) in enumerate(self._tuned)]
+        """Per group (lr, weight decay, momentum) of the next step: an untuned weight decay or momentum as its
+        group gives it (the step uses 1e-30 for 0 and 1e-7 for momentum 0, see onepass.updates)."""
+        out = []
+        for gi, (lr, wd, mom) in enumerate(self._tuned):
+            group, optimise = self.param_groups[gi], self._hypers[gi].optimise
+            out.append((lr * self._scale(gi), wd if "weight_decay" in optimise else float(group["weight_decay"]),
+                        mom if "momentum" in optimise else float(group["momentum"])))
+        return out
 
     def _hyper_update(self, gi: int, grads: dict) -> None:
         """One step of group ``gi``'s hyperparameter optimiser on ``grads`` (averaged over the ranks)."""
