@@ -197,7 +197,7 @@ class OnePassSGD(torch.optim.Optimizer):
 
     def _scale(self, gi: int) -> float:
         group = self.param_groups[gi]
-        return group["lr"] / group["initial_lr"]
+        return group["lr"] / group["initial_lr"] if group["initial_lr"] else 1.0
 
     def _natural(self, gi: int):
         """(lr, weight_decay, momentum) tensors of group ``gi`` for a step: lr [1] (a per-weight lr: a tuple
