@@ -276,16 +276,16 @@ class OnePassSGD(torch.optim.Optimizer):
                                    f"optimiser differentiates it itself): {error}") from error
         return loss.detach(), {(gi, i): g for (gi, i, _), g in zip(entries, grads) if g is not None}
 
-    def _sgd(self, grads: dict, clip: bool = True) -> None:
-        """One SGD step (in place) of the parameters with a gradient in ``grads`` ({(group, index): grad,
-        [1, *shape] or shaped like the parameter; overwritten when already [1, *shape] copies})."""
+    def _sgd(self, grads: dict, clip: bool = True, stacked: bool = False) -> None:
+        """One SGD step (in place) of the parameters with a gradient in ``grads`` ({(group, index): grad
+        shaped like the parameter, left as it is; ``stacked``: [1, *shape] copies, overwritten})."""
         P, B, G, L, W, M = [], [], [], [], [], []
         natural = [self._natural(gi) for gi in range(len(self.param_groups))]
         for (gi, i), g in grads.items():
             p = self.param_groups[gi]["params"][i]
             P.append(p.detach().unsqueeze(0))
             B.append(self._buffer(p))
-            G.append(g.detach().unsqueeze(0).clone() if g.dim() == p.dim() else g)
+            G.append(g if stacked else g.detach().unsqueeze(0).clone())
             lr, wd, mom = natural[gi]
             L.append(self._spread(lr, i, P[-1]))
             W.append(per_member(wd, P[-1]))
@@ -351,7 +351,7 @@ class OnePassSGD(torch.optim.Optimizer):
         for (gi, i), g in zip(keys, seen):
             self.state[self.param_groups[gi]["params"][i]]["previous_grad"] = g[0].detach().clone()
         self.trace.append(self._used())
-        self._sgd(dict(zip(keys, (x.clone() for x in clipped))), clip=False)
+        self._sgd(dict(zip(keys, (x.clone() for x in clipped))), clip=False, stacked=True)
 
     def _neumann(self, closure, val_closure) -> torch.Tensor:
         """The paper's step: the block's last weight update linearised (its graph through the gradient of
