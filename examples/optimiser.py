@@ -12,13 +12,20 @@ train, valid, test = (x[:300], y[:300]), (x[300:370], y[300:370]), (x[370:], y[3
 
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
-opt = onepass.OnePassSGD(model, lr=0.01, weight_decay=1e-4, momentum=0.5, algorithm="Ours_LR_Momentum",
-                         update_interval=10, neumann_terms=5)   # lr, weight decay and momentum tuned
+opt = onepass.OnePassSGD(model.parameters(), lr=0.01, weight_decay=1e-4, momentum=0.5, model=model,
+                         algorithm="Ours_LR_Momentum", update_interval=10)   # lr, weight decay, momentum tuned
 for step in range(1000):
     i, j = torch.randint(0, 300, (32,)), torch.randint(0, 70, (32,))
-    loss = opt.step(F.mse_loss, (train[0][i], train[1][i]), val_batch=(valid[0][j], valid[1][j]))
+    if opt.needs_closure:   # every 10th step: also the hyperparameter step, scored on validation data
+        loss = opt.step(lambda: F.mse_loss(model(train[0][i]), train[1][i]),
+                        val_closure=lambda: F.mse_loss(model(valid[0][j]), valid[1][j]))
+    else:                   # the other steps: your usual loop
+        opt.zero_grad()
+        loss = F.mse_loss(model(train[0][i]), train[1][i])
+        loss.backward()
+        opt.step()
     if step % 250 == 0 or step == 999:
-        h = opt.hyperparameters
+        h = opt.hyperparameters[0]
         print(f"step {step}: loss {loss:.3f} lr {h['lr']:.3g} weight decay {h['weight_decay']:.3g} "
               f"momentum {h['momentum']:.3f}")
 with torch.no_grad():

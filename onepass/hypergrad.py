@@ -34,10 +34,8 @@ def linearised_update(loss_fn, params: Tensors, bufs: Tensors, batch, lr, wd, mo
     w - u (detached); the buffers b are held constant, as the paper's method does."""
     w = tuple(p.detach().requires_grad_(True) for p in params)
     losses, aux = loss_fn(w, batch)
-    grads = clip_by_norm(torch.autograd.grad(losses.sum(), w, create_graph=True), max_norm)
-    moms, wds, lrs = spread(mom, w), spread(wd, w), spread(lr, w)
-    d = tuple(m * b + g + x * p for p, b, g, m, x in zip(w, bufs, grads, moms, wds))
-    u = tuple(l * x for l, x in zip(lrs, d))
+    grads = torch.autograd.grad(losses.sum(), w, create_graph=True)
+    u, d = update_with_graph(w, bufs, grads, lr, wd, mom, max_norm)
     return w, u, d, losses.detach(), aux
 
 
@@ -48,12 +46,7 @@ def neumann_hypergradient(w: Tensors, u: Tensors, val_grad: Tensors, terms: int,
     ``w``/``u`` come from :func:`linearised_update` (its graph is reused for all ``terms - 1`` products),
     ``val_grad`` is v = dL_val/dw after the step, and ``bufs``/``lr``/``wd``/``mom`` are those the update
     was taken with. Returns {name: [N] tensor} (a per-weight lr: a tuple shaped like the weights)."""
-    p = tuple(v.detach() for v in val_grad)
-    total = p
-    for _ in range(terms - 1):
-        dw = torch.autograd.grad(u, w, grad_outputs=p, retain_graph=True)
-        p = tuple(x - y for x, y in zip(p, dw))          # p <- p (I - du/dw)
-        total = tuple(x + y for x, y in zip(total, p))
+    total = neumann_series(w, u, val_grad, terms)
     detached = tuple(x.detach() for x in u)
     grads = update_vjp(total, detached, tuple(x.detach() for x in w), bufs, lr, wd, mom, names)
     return torch.utils._pytree.tree_map(torch.neg, grads)
@@ -126,3 +119,25 @@ def unrolled_hypergradient(loss_fn, val_loss_fn, params0: Tensors, bufs0: Tensor
         if carry is not None:
             carry(aux)
     return unroll.finish(val_loss_fn, val_batch)
+
+
+def update_with_graph(w: Tensors, bufs: Tensors, grads: Tensors, lr, wd, mom, max_norm: float | None = None):
+    """(u, d): the update u = lr d, d = mom b + clip(grads) + wd w, keeping the graph of ``grads`` (taken
+    with ``create_graph``) and of ``w``; the body of :func:`linearised_update`, for a caller that takes the
+    gradients itself (:mod:`onepass.optim`)."""
+    grads = clip_by_norm(grads, max_norm)
+    moms, wds, lrs = spread(mom, w), spread(wd, w), spread(lr, w)
+    d = tuple(m * b + g + x * p for p, b, g, m, x in zip(w, bufs, grads, moms, wds))
+    return tuple(l * x for l, x in zip(lrs, d)), d
+
+
+def neumann_series(w: Tensors, u: Tensors, val_grad: Tensors, terms: int) -> Tensors:
+    """v . sum_{j<terms} (I - du/dw)^j, v = ``val_grad``: the cotangent that :func:`neumann_hypergradient`
+    contracts with du/dlambda (:func:`onepass.updates.update_vjp`)."""
+    p = tuple(v.detach() for v in val_grad)
+    total = p
+    for _ in range(terms - 1):
+        dw = torch.autograd.grad(u, w, grad_outputs=p, retain_graph=True)
+        p = tuple(x - y for x, y in zip(p, dw))          # p <- p (I - du/dw)
+        total = tuple(x + y for x, y in zip(total, p))
+    return total
