@@ -71,8 +71,8 @@ def _runs_of(runs: pd.DataFrame, algorithm: str) -> pd.DataFrame:
 # ---- proof of concept --------------------------------------------------------------------------------------
 def heat_grid(points: np.ndarray, values: np.ndarray, cells: int = GRID):
     """The grid of a heatmap over log10 points (n x 2) of final ``values`` (NaN: diverged): the x and y edges
-    (log10), the smoothed values (a Gaussian process, RBF + white noise, on log10 of the finite values) and the
-    mask of cells whose nearest point diverged."""
+    (log10), the smoothed values (a Gaussian process, RBF + white noise, on log10 of the finite values, clipped
+    to their range) and the mask of cells whose nearest point diverged."""
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.gaussian_process.kernels import RBF, WhiteKernel
 
@@ -86,7 +86,8 @@ def heat_grid(points: np.ndarray, values: np.ndarray, cells: int = GRID):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # convergence warnings on a few points
             gp.fit(points[finite], np.log10(values[finite]))
-        smooth = 10 ** gp.predict(grid)
+        # kept within the runs' own range: the smoothing shows no value that no run reached
+        smooth = np.clip(10 ** gp.predict(grid), values[finite].min(), values[finite].max())
     nearest = np.argmin(((grid[:, None, :] - points[None, :, :]) ** 2).sum(-1), axis=1)
     nan_cells = ~finite[nearest]
     return xs, ys, smooth.reshape(cells, cells), nan_cells.reshape(cells, cells)

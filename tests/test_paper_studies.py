@@ -262,6 +262,7 @@ def test_proof_of_concept_figure_from_a_fixture(tmp_path):
     # the smoothed values pass through the runs': 5 + 36 = 41 at lr = 10^-6, 5 at lr = 1
     assert smooth[:, 0] == pytest.approx(41, rel=0.02)
     assert smooth[:, np.argmin(abs(xs - 0))] == pytest.approx(5, rel=0.02)
+    assert smooth.min() >= 5 and smooth.max() <= 41
     plt.close(fig)
 
 
