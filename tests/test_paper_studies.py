@@ -334,3 +334,11 @@ def test_captions_render_without_docutils_messages():
         assert "{" not in text.replace("{{", "") or "snakemake" in text
         assert not rst_messages(text), text
     assert "20 runs of Ours (WD+LR)" in texts[0]
+
+
+def test_paper_figures_can_be_left_out():
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["paper_figures"] = None
+    config = study.validate(config, SCHEMA)
+    paper_studies.check(config)
+    assert all(paper_studies.datasets(config, kind) == [] for kind in paper_studies.KINDS)
