@@ -170,6 +170,12 @@ def test_training_uses_the_recut_validation_split(data_dir):
     assert metrics["uci_energy"]["valid_loss"] != pytest.approx(metrics["uci_energy_valid50"]["valid_loss"])
     data = with_validation_proportion(load("uci_energy", data_dir), 0.5)
     assert len(data.valid[0]) == 346 and len(data.train[0]) == 346
+    # ASHA's and PBT's trials load their data themselves: re-cut too
+    from onepass.search.ray_tune import _trial_data
+
+    ctx = {"dataset": "uci_energy_valid375", "data_dir": str(data_dir), "device": "cpu",
+           "inner": load_settings("uci_energy_valid375", "Random_Validation")}
+    assert (len(_trial_data(ctx).train[0]), len(_trial_data(ctx).valid[0])) == (432, 260)
 
 
 # ---- the validation-proportion table, by hand --------------------------------------------------------------
