@@ -37,4 +37,5 @@ rule all:
         expand(rules.figure.output.svg, dataset=DATASETS, figure=figures.KINDS),
         expand(rules.appendix_figure.output.svg, part=APPENDIX_PARTS),
         rules.quality_direct_figure.output.svg if "quality" in APPENDIX_PARTS else [],
+        PAPER_TARGETS,
     localrule: True

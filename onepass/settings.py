@@ -74,6 +74,10 @@ SETTINGS: dict[str, Setting] = {
     "update_interval": Setting(INT, 10, "T: weight steps per hyperparameter step", minimum=1),
     "hyperparameter_steps": Setting(INT, 400, "number of hyperparameter steps (each T weight steps)", minimum=1),
     "train_on": Setting((str,), "train", "which split(s) the weights are trained on", ("train", "train+valid")),
+    "validation_proportion": Setting(OPT_FLOAT, None, "the training and validation rows re-cut so that this "
+                                     "fraction of them (rounded to the nearest row, as numpy's rint) is the "
+                                     "validation split, the first rows training, as the paper's "
+                                     "--validation_proportion (null: the dataset's own splits)", positive=True),
     "hypergradient": Setting((str,), "none", "hypergradient method", ("none", "neumann", "baydin", "unroll")),
     "optimise": Setting((list,), [], "hyperparameters optimised: a subset of lr, weight_decay, momentum"),
     "lr_per_weight": Setting((bool,), False, "one learning rate per weight element (HD learning rates)"),
@@ -318,6 +322,8 @@ def load_settings(dataset: str, algorithm: str, overrides: list[str] | dict | No
         settings["hyperparameter_steps"] = -(-settings["weight_steps"] // settings["update_interval"])
     if settings["hypergradient"] == "unroll" and settings["unroll_steps"] > settings["update_interval"]:
         raise ConfigError("setting 'unroll_steps' must not exceed 'update_interval'")
+    if settings["validation_proportion"] is not None and not settings["validation_proportion"] < 1:
+        raise ConfigError("setting 'validation_proportion' must be below 1")
     if settings["hypergradient"] == "baydin" and settings["update_interval"] != 1:
         raise ConfigError("setting 'update_interval' must be 1 for the baydin hypergradient")
     return settings

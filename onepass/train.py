@@ -247,6 +247,9 @@ def train(dataset: str, algorithm: str, members: list[Member], data_dir, out_dir
     if data is None:
         from .data import load
         data = load(catalog.dataset(dataset).base, data_dir, settings["preprocessing"])
+    if settings["validation_proportion"] is not None:
+        from .data import with_validation_proportion
+        data = with_validation_proportion(data, settings["validation_proportion"])
     data = to_device(data, dev)
     tune_allocator()
     if settings["model"] in memory.LARGE_MODEL_MB or not batchable(settings, data):  # populations of one

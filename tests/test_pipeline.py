@@ -128,7 +128,7 @@ def test_full_study_dry_run_plans_population_jobs(workflow_copy):
     proc = snakemake(workflow_copy, "all", "-n", "-p", "--resources", "gpu=1")
     counts = job_counts(proc.stdout)
     planned = planned_jobs(proc.stdout)
-    assert sum("--device cuda" in j["shell"] for j in planned) == 438 + 156 + 1   # chunks, cells, quality
+    assert sum("--device cuda" in j["shell"] for j in planned) == 446 + 156 + 1   # chunks, cells, quality
     for job in planned:
         assert ("--device cuda" in job["shell"]) == (int(job["resources"].get("gpu", 0)) >= 1), job
     config = study.validate(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()),
@@ -138,19 +138,24 @@ def test_full_study_dry_run_plans_population_jobs(workflow_copy):
     # (Medium) included), Penn Treebank and CIFAR-10 9 x 50; BayesOpt's 32 repetitions on UCI Energy, Kin8nm,
     # Power and Fashion-MNIST; one ASHA, ASHA (Ours), PBT and PBT (Ours) search on UCI Energy; the appendix:
     # Fashion-MNIST with BatchNorm 9 x 100, the short-horizon comparisons 4 x 60 on 4 datasets, Long
-    # Diff-through-Opt (Full) 36 on UCI Energy
+    # Diff-through-Opt (Full) 36 on UCI Energy, the validation proportions 2 x 200 at 3 proportions, the proof
+    # of concept's 500 Random runs and 50 of Ours (WD+LR)
     assert runs == (8 * 9 * 200 + 10 * 100 + 2 * 9 * 50 + 32 * 4 + 4
-                    + 9 * 100 + 4 * 4 * 60 + 36) == 18328
+                    + 9 * 100 + 4 * 4 * 60 + 36 + 3 * 2 * 200 + 500 + 50) == 20078
     jobs = trained(counts)
     # hundreds of population jobs, not one per run: all seeds of a UCI or Fashion-MNIST algorithm at once,
     # Penn Treebank and CIFAR-10 5 seeds a job, UCI Energy's short horizons 12 (Full's memory), each
     # repetition of a search a job of its own
     assert sum(jobs.values()) == (8 * 9 + 10 + 2 * 9 * 10 + 32 * 4 + 4
-                                  + 9 + 3 * 4 + 4 * 5 + 3) == 438
+                                  + 9 + 3 * 4 + 4 * 5 + 3 + 3 * 2 + 2) == 446
     assert all(n == 1 for n in jobs.values())
     assert counts["prepare_data"] == 11       # the variants use their base's prepared data
-    assert counts["sweep"] == counts["collect"] == counts["analysis_page"] == 16
-    assert counts["figure"] == 16 * len(figures.KINDS)
+    assert counts["sweep"] == counts["collect"] == counts["analysis_page"] == 21
+    assert counts["figure"] == 21 * len(figures.KINDS)
+    # the paper's cross-dataset outputs: the learning rates of 8 UCI sets, the run durations of 3 large ones,
+    # the best test metric over time of 8 datasets; the validation-proportion table; the proof of concept
+    assert counts["paper_figure"] == 8 + 3 + 8
+    assert counts["validation_proportion_table"] == counts["proof_of_concept_figure"] == 1
 
 
 def test_quick_study_plan_with_the_slurm_profile(workflow_copy, monkeypatch):

@@ -107,14 +107,21 @@ def test_full_config_uses_the_papers_samplers_and_counts():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     samplers = config["sweep"]["samplers"]
     files = {"penn_treebank": {"type": "from_files"}, "cifar10": {"type": "from_files"}}
-    assert samplers["lr"] == {"type": "log_uniform", "range": [1e-6, 1e-1], "by_dataset": files}
-    assert samplers["weight_decay"] == {"type": "log_uniform", "range": [1e-7, 1e-2], "by_dataset": files}
-    assert samplers["momentum"] == {"type": "uniform", "range": [0.0, 1.0], "by_dataset": files}
+    # and the proof of concept's own boxes (run_all.py 167-198; tests/test_paper_studies.py)
+    fixed = {"type": "choice", "values": [1 / (1 + math.exp(-0.5))]}
+    assert samplers["lr"] == {"type": "log_uniform", "range": [1e-6, 1e-1],
+                              "by_dataset": {**files, "uci_energy_concept": {"range": [1e-6, 10.0]}}}
+    assert samplers["weight_decay"] == {"type": "log_uniform", "range": [1e-7, 1e-2],
+                                        "by_dataset": {**files, "uci_energy_concept": {"range": [1e-7, 100.0]}}}
+    assert samplers["momentum"] == {"type": "uniform", "range": [0.0, 1.0],
+                                    "by_dataset": {**files, "uci_energy_concept": fixed,
+                                                   "uci_energy_concept_ours": fixed}}
     assert samplers["lr_step_factor"]["range"] == [0.95, 1.01]
     assert {d: v["type"] for d, v in samplers["lr_step_factor"]["by_dataset"].items()} == {
         "penn_treebank": "from_files", "cifar10": "from_files"}
     n = config["sweep"]["initialisations"]
-    assert all(n[d] == 200 for d in config["datasets"] if d.startswith("uci_") and not d.endswith("_long"))
+    assert all(n[d] == 200 for d in config["datasets"] if d.startswith("uci_") and not d.endswith("_long")
+               and "concept" not in d)
     assert (n["fashion_mnist"], n["penn_treebank"], n["cifar10"]) == (100, 50, 50)
     # the appendix: BatchNorm on Fashion-MNIST's 100, the paper's 60 repetitions of the short horizons
     assert n["fashion_mnist_bn"] == 100

@@ -31,7 +31,7 @@ from .cli import main
 from .fetching import CHUNK, fetch, fetch_inits, sha256_file
 from .fileformat import FORMAT_VERSION, PREPARED_NAME, PREPROCESSING, SPLIT_SEED, SPLITS, prepared_path
 from .images import CIFAR_MEMBERS
-from .loading import Dataset, check_preprocessing, load, status
+from .loading import Dataset, check_preprocessing, load, status, with_validation_proportion
 from .penn_treebank import EOS, UNK
 from .preparing import PREPARERS, prepare
 from .sources import (DEFAULT_DATA_DIR, DEFAULT_SOURCES, INIT_PREFIX, MIRRORS_ENV, SOURCE_COLUMNS, DataError,
@@ -42,4 +42,5 @@ __all__ = ["CHUNK", "CIFAR_MEMBERS", "DEFAULT_DATA_DIR", "DEFAULT_SOURCES", "Dat
            "FORMAT_VERSION", "INIT_PREFIX", "MIRRORS_ENV", "PREPARED_NAME", "PREPARERS", "PREPROCESSING",
            "SOURCE_COLUMNS", "SPLITS", "SPLIT_SEED", "Source", "UNK", "check_name", "check_preprocessing",
            "datasets", "fetch", "fetch_inits", "init_digests", "load", "main", "prepare", "prepared_path",
-           "read_archive_members", "read_sources", "resolve_mirrors", "sha256_file", "status", "uci_splits"]
+           "read_archive_members", "read_sources", "resolve_mirrors", "sha256_file", "status", "uci_splits",
+           "with_validation_proportion"]

@@ -7,7 +7,7 @@ dataset is prepared in the current format.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -132,3 +132,21 @@ def status(name: str, data_dir: str | os.PathLike) -> str:
     except DataError:
         return "stale or unreadable: re-run prepare"
     return "prepared"
+
+
+def with_validation_proportion(dataset: Dataset, proportion: float) -> Dataset:
+    """``dataset`` with its training and validation rows (in that order) re-cut as the paper's
+    ``--validation_proportion`` (its datasets.make_split_datasets): of the n rows, round(n (1 - p)) train
+    (rounded half to even, as numpy's rint) and the rest validate; the test split and the normalisers unchanged.
+    """
+    if dataset.task == "language_model":
+        raise DataError(f"{dataset.name}: validation_proportion re-cuts rows of examples; a token stream has none")
+    if not 0 < proportion < 1:
+        raise DataError(f"validation_proportion must lie strictly between 0 and 1, got {proportion!r}")
+    inputs = torch.cat([dataset.train[0], dataset.valid[0]])
+    targets = torch.cat([dataset.train[1], dataset.valid[1]])
+    n_train = round(len(inputs) * (1 - proportion))
+    if not 0 < n_train < len(inputs):
+        raise DataError(f"validation_proportion {proportion} leaves {dataset.name} an empty split")
+    return replace(dataset, train=(inputs[:n_train], targets[:n_train]),
+                   valid=(inputs[n_train:], targets[n_train:]))

@@ -30,13 +30,15 @@ _DATA_CACHE: dict = {}
 
 def _trial_data(ctx: dict):
     """The dataset on the trial's device, loaded once per Ray worker process."""
-    key = (ctx["dataset"], ctx["data_dir"], ctx["device"], ctx["inner"]["preprocessing"])
+    proportion = ctx["inner"].get("validation_proportion")
+    key = (ctx["dataset"], ctx["data_dir"], ctx["device"], ctx["inner"]["preprocessing"], proportion)
     if key not in _DATA_CACHE:
-        from ..data import load
+        from ..data import load, with_validation_proportion
         _DATA_CACHE.clear()
-        _DATA_CACHE[key] = to_device(load(catalog.dataset(ctx["dataset"]).base, ctx["data_dir"],
-                                          ctx["inner"]["preprocessing"]),
-                                     torch.device(ctx["device"]))
+        data = load(catalog.dataset(ctx["dataset"]).base, ctx["data_dir"], ctx["inner"]["preprocessing"])
+        if proportion is not None:
+            data = with_validation_proportion(data, proportion)
+        _DATA_CACHE[key] = to_device(data, torch.device(ctx["device"]))
     return _DATA_CACHE[key]
 
 
