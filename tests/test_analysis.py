@@ -254,9 +254,9 @@ def test_paper_tables(study, tmp_path):
     assert "## Table 2: Fashion-MNIST\n" in text and "Penn Treebank" not in text
     assert "| Method | Mean ± SE | Median ± SE | Best | Runs (diverged) |" in text
     assert "Random (3-batched)" in text and "Random (validation)" not in text
-    # each number to the precision its standard error supports (SE to two significant digits)
-    assert re.search(r"\| Ours \(WD\+LR\) \| \*\*5\.0 ± 1\.4\*\* \| \*\*5\.0 ± [0-9]\.[0-9]\*\* \| \*\*2\.5\*\* \|", text)
-    assert "| Random | 15.0 ± 5.0 |" in text
+    # the paper's format: each SE to one significant figure, its value to that place, Best to 3 figures
+    assert re.search(r"\| Ours \(WD\+LR\) \| \*\*5\*\* ± 1 \| \*\*5\*\* ± [0-9] \| \*\*2\.50\*\* \|", text)
+    assert "| Random | 15 ± 5 |" in text
     assert len(pd.read_csv(tsv, sep="\t")) == 10
 
 
@@ -438,7 +438,9 @@ def test_searches_show_the_papers_statistic_beside_the_honest_one(study, tmp_pat
     md, tsv = tmp_path / "paper_tables.md", tmp_path / "paper_tables.tsv"
     analysis.main(["paper-tables", "--summaries", str(summary_path), "--markdown", str(md), "--tsv", str(tsv)])
     text = md.read_text()
-    assert "| Bayesian Optimisation (paper: best test seen) | **2.50 ± 0.50** |" in text
+    # the search tables have no bold (the paper's bold_best=False, paper_plots.py:508-533)
+    assert "| Bayesian Optimisation (paper: best test seen) | 2.5 ± 0.5 |" in text
+    assert "**" not in text.split("## Table 2: Bayesian Optimisation")[1]
     assert "| Bayesian Optimisation (test at best validation) |" in text and "| ASHA (paper: all finished trials) |" in text
     assert "ASHA@paper" in tsv.read_text()
 
@@ -877,10 +879,11 @@ def test_paper_tables_scale_kin8nm_and_add_test_error_tables(study, tmp_path):
 
 
 def test_paper_tables_place_long_diff_through_opt_and_the_searches_as_the_paper():
-    """The paper's tables (paper_plots.py:466-542): Long Diff-through-Opt (Full), run on uci_energy_long, is a row
-    of UCI Energy's table after the 4000-step algorithms; Medium is not in Table 2 but in a table of its own with
-    Fashion-MNIST's rows (cross-entropy and error); BayesOpt, ASHA and PBT have tables of their own; the other
-    rows of a variant (the short-horizon study) stay out."""
+    """The paper's tables (paper_plots.py:466-542): Long Diff-through-Opt (Full), run on uci_energy_long, has a
+    table of its own with UCI Energy's rows (502-504); Medium one with Fashion-MNIST's rows, cross-entropy and
+    error (491-495); Fashion-MNIST and its BatchNorm variant share one (481-483); the short-horizon study
+    (Standalone) is a table of its own (497-507); BayesOpt has two tables, UCI and Fashion-MNIST, ASHA and PBT
+    one each, all without bold."""
     def rows(dataset, algorithms, metric="m"):
         return [{"dataset": dataset, "algorithm": a, "label": catalog.label(a.split("@")[0]), "metric": metric,
                  "runs": 3, "done": 3, "diverged": 0, "stale": 0, "missing": 0, "mean": 1.0 + i, "mean_se": 0.1,
@@ -894,26 +897,104 @@ def test_paper_tables_place_long_diff_through_opt_and_the_searches_as_the_paper(
                "test MSE (unnormalised)")
         + rows("fashion_mnist", ["Random", "Ours_LR", "LongDiffThroughOpt_Medium", "BayesOpt"],
                "test cross-entropy")
-        + rows("fashion_mnist", ["Random", "Ours_LR", "LongDiffThroughOpt_Medium"], tables.ERROR_METRIC),
+        + rows("fashion_mnist", ["Random", "Ours_LR", "LongDiffThroughOpt_Medium"], tables.ERROR_METRIC)
+        + rows("fashion_mnist_bn", ["Random", "Ours_LR"], "test cross-entropy")
+        + rows("fashion_mnist_bn", ["Random", "Ours_LR"], tables.ERROR_METRIC),
         columns=tables.COLUMNS)
+    laid = tables._layout(summaries)
     layout = {title.split(": ", 1)[1]: {h: list(part["algorithm"]) for h, part in sections}
-              for title, sections in tables._layout(summaries)}
-    # titles name the datasets present (Fashion-MNIST alone here)
-    assert list(layout) == ["UCI regression (unnormalised test MSE)", "Fashion-MNIST",
-                            f"Fashion-MNIST, {tables.ERROR_METRIC}",
-                            "Fashion-MNIST with Long Diff-through-Opt (Medium)", "Bayesian Optimisation",
-                            "ASHA", "PBT"]
-    energy = "UCI Energy (test MSE (unnormalised))"
-    assert layout["UCI regression (unnormalised test MSE)"] == {
-        energy: ["Random", "Random_3Batched", "Ours_LR", "LongDiffThroughOpt_Full"]}
+              for title, sections, _ in laid}
+    bold = [b for _, _, b in laid]
+    energy, long = "UCI Energy (test MSE (unnormalised))", catalog.dataset_label("uci_energy_long")
     fm, fm_error = "Fashion-MNIST (test cross-entropy)", f"Fashion-MNIST ({tables.ERROR_METRIC})"
-    assert layout["Fashion-MNIST"] == {fm: ["Random", "Ours_LR"]}
-    assert layout[f"Fashion-MNIST, {tables.ERROR_METRIC}"] == {fm_error: ["Random", "Ours_LR"]}
-    assert layout["Fashion-MNIST with Long Diff-through-Opt (Medium)"] == {
-        fm: ["Random", "Ours_LR", "LongDiffThroughOpt_Medium"], fm_error: ["Random", "Ours_LR",
-                                                                          "LongDiffThroughOpt_Medium"]}
-    assert layout["Bayesian Optimisation"] == {energy: ["BayesOpt", "BayesOpt@paper"], fm: ["BayesOpt"]}
-    assert layout["ASHA"] == {energy: ["ASHA", "ASHA@paper"]} and layout["PBT"] == {energy: ["PBT", "PBT@paper"]}
+    bn = "Fashion-MNIST with BatchNorm (test cross-entropy)"
+    assert layout == {
+        "UCI regression (unnormalised test MSE)": {energy: ["Random", "Random_3Batched", "Ours_LR"]},
+        "Fashion-MNIST": {fm: ["Random", "Ours_LR"]},
+        f"Fashion-MNIST, {tables.ERROR_METRIC}": {fm_error: ["Random", "Ours_LR"]},
+        "Fashion-MNIST with Long Diff-through-Opt (Medium)": {
+            fm: ["Random", "Ours_LR", "LongDiffThroughOpt_Medium"],
+            fm_error: ["Random", "Ours_LR", "LongDiffThroughOpt_Medium"]},
+        "UCI Energy with Long Diff-through-Opt (Full)": {
+            energy: ["Random", "Random_3Batched", "Ours_LR", "LongDiffThroughOpt_Full"]},
+        "Fashion-MNIST and Fashion-MNIST with BatchNorm": {fm: ["Random", "Ours_LR"], bn: ["Random", "Ours_LR"]},
+        long: {f"{long} (test MSE (unnormalised))": ["Random", "LongDiffThroughOpt_Standalone"]},
+        "Bayesian Optimisation, UCI Energy": {energy: ["BayesOpt", "BayesOpt@paper"]},
+        "Bayesian Optimisation, Fashion-MNIST": {fm: ["BayesOpt"]},
+        "ASHA, UCI Energy": {energy: ["ASHA", "ASHA@paper"]},
+        "PBT, UCI Energy": {energy: ["PBT", "PBT@paper"]}}
+    assert list(layout)[3:5] == ["Fashion-MNIST with Long Diff-through-Opt (Medium)",
+                                 "UCI Energy with Long Diff-through-Opt (Full)"]
+    assert bold == [True] * 7 + [False] * 4
     text = tables.paper_markdown(summaries)
-    assert "## Table 4: Fashion-MNIST with Long Diff-through-Opt (Medium)" in text
-    assert "Long Diff-through-Opt (Standalone)" not in text
+    assert "## Table 5: UCI Energy with Long Diff-through-Opt (Full)" in text
+    assert "**" in text.split("## Table 8")[0] and "**" not in text.split("## Table 8")[1]
+
+
+def test_best_column_is_the_lowest_test_metric_of_a_finished_runs_whole_trajectory(study):
+    """Best is nanmin over every finished run's test trajectory (paper_plots.py:448 over figures.py:508-520),
+    not the minimum of final values; a diverged run's trajectory does not count (the paper deleted runs whose
+    final value was NaN), and the mean and median stay over the final values."""
+    runs_dir, _ = study
+    history = runs_dir / "Ours_LR" / "seed1" / "history.csv"
+    h = pd.read_csv(history)
+    h.loc[2, "test_metric"] = 1.5          # a dip mid-way: final 5.0, trajectory minimum 1.5
+    h.to_csv(history, index=False)
+    history = runs_dir / "Random" / "seed2" / "history.csv"   # the diverged run: 0.1 before its NaN
+    h = pd.read_csv(history)
+    h.loc[1, "test_metric"] = 0.1
+    h.to_csv(history, index=False)
+    runs = collect(runs_dir, ["Random", "Random_SteppedLR", "Random_Validation", "Ours_LR"], range(6))
+    r = runs.set_index(["algorithm", "seed"])
+    assert r.loc[("Ours_LR", 1), "best_test_metric"] == 1.5 and r.loc[("Ours_LR", 1), "test_metric"] == 5.0
+    s = tables.summarise(runs, statistic="sample").set_index("algorithm")
+    assert s.loc["Ours_LR", "best"] == 1.5
+    assert s.loc["Ours_LR", "mean"] == pytest.approx((2.5 + 5.0 + 7.5) / 3)
+    assert s.loc["Random", "best"] == 10.0     # the diverged run's 0.1 left out: the finished runs' 10 and 20
+
+
+def _classification_runs():
+    """Fashion-MNIST runs of Random, by hand: finished (error 0.2), finished but over the post-hoc threshold
+    (test cross-entropy 2000, error 0.1), diverged (no accuracy) and missing."""
+    nan = float("nan")
+    return pd.DataFrame({
+        "dataset": "fashion_mnist", "algorithm": "Random", "seed": [0, 1, 2, 3],
+        "status": ["done", "done", "diverged", "missing"], "valid_loss": [0.5, 2000.0, nan, nan],
+        "test_metric": [0.5, 2000.0, nan, nan], "best_test_metric": [0.4, 0.3, nan, nan],
+        "over_threshold": [False, True, False, False], "test_accuracy": [0.8, 0.9, nan, nan]})
+
+
+def test_error_table_keeps_diverged_runs_and_the_loss_table_drops_runs_over_the_threshold():
+    """The loss row leaves out the run over Fashion-MNIST's post-hoc threshold (paper_plots.py:54-76) but its
+    Best keeps that run's trajectory; the error row keeps it and the diverged run, at chance error 1 - 1/10
+    (paper_plots.py:341-364)."""
+    s = tables.summarise(_classification_runs(), statistic="sample").set_index("metric")
+    loss, error = s.loc["test cross-entropy"], s.loc[tables.ERROR_METRIC]
+    assert (loss["mean"], loss["median"], loss["best"]) == (0.5, 0.5, 0.3)
+    errors = [0.2, 0.1, 0.9]
+    assert error["mean"] == pytest.approx(np.mean(errors))
+    assert error["mean_se"] == pytest.approx(np.std(errors, ddof=1) / np.sqrt(3))
+    assert error["median"] == pytest.approx(0.2) and error["best"] == pytest.approx(0.1)
+    assert (error["runs"], error["diverged"], error["missing"]) == (4, 1, 1)
+
+
+def test_paper_format_on_hand_made_numbers():
+    """paper_plots.py:610-640: each SE to one significant figure, the value to that decimal place (a whole
+    number once the SE is 1 or more), bold when the rounded value is at most the column's lowest value plus its
+    SE; Best as '{:#.3g}' without a bare decimal point."""
+    assert tables.paper_rounding(0.123456, 0.0234)[1:] == ("0.12", "0.02")
+    assert tables.paper_rounding(7.434, 8.1)[1:] == ("7", "8")
+    assert tables.paper_rounding(1234.5, 123)[1:] == ("1200", "100")
+    assert tables.paper_rounding(0.5271, 0.0996)[1:] == ("0.5", "0.1")
+    assert tables.paper_rounding(float("nan"), 0.1) is None
+    assert [tables.best_text(v) for v in (2.5, 100.0, 1234.5, 0.012345)] == ["2.50", "100", "1.23e+03", "0.0123"]
+    summary = pd.DataFrame({"label": ["A", "B", "C", "D"], "mean": [1.0, 1.04, 1.054, 1.2],
+                            "mean_se": [0.05, 0.01, 0.01, 0.01], "median": [3.0, 2.0, 2.0, 2.0],
+                            "median_se": [0.3, 0.3, 0.3, 0.3], "best": [0.9, 0.95, 0.9, 1.1],
+                            "runs": 3, "diverged": 0})
+    cells = tables._cells(summary)
+    # threshold 1.0 + 0.05: A, B and C (1.054 rounds to 1.05) bold, D not
+    assert cells["Mean ± SE"].tolist() == ["**1.00** ± 0.05", "**1.04** ± 0.01", "**1.05** ± 0.01", "1.20 ± 0.01"]
+    assert cells["Median ± SE"].tolist() == ["3.0 ± 0.3", "**2.0** ± 0.3", "**2.0** ± 0.3", "**2.0** ± 0.3"]
+    assert cells["Best"].tolist() == ["**0.900**", "0.950", "**0.900**", "1.10"]
+    assert "**" not in "".join(tables._cells(summary, bold=None)[["Mean ± SE", "Best"]].sum())
