@@ -177,7 +177,7 @@ class Population(WeightSteps, Reports):
     def check_divergence(self) -> list[int]:
         """Freeze and record the members that diverged in the last hyperparameter step; returns them."""
         bad = ~torch.isfinite(self.last_loss) | ~self.hypers.finite()
-        if self.settings["divergence_threshold"] is not None:
+        if self.settings["divergence_threshold"] is not None and self.settings["divergence_check"] == "training":
             bad |= self.last_loss > self.settings["divergence_threshold"]
         bad &= self.alive
         newly = bad.nonzero().flatten().tolist()

@@ -97,6 +97,11 @@ SETTINGS: dict[str, Setting] = {
                                             "train mode; false: training batches only"),
     "divergence_threshold": Setting(OPT_FLOAT, None, "training loss above this marks the run diverged (null: only "
                                     "a NaN/inf loss does, as the paper's code for UCI)", positive=True),
+    "divergence_check": Setting((str,), "training", "where divergence_threshold applies: training (the run is "
+                                "frozen once its training loss passes it) or post_hoc (the run trains to the end; "
+                                "the loss tables and figures leave out a run whose final test metric reaches it, "
+                                "the paper's Fashion-MNIST rule, paper_plots.py:54-76, figures.py:525-526)",
+                                ("training", "post_hoc")),
     "weight_steps": Setting(OPT_INT, None, "total weight steps; when set, it fixes hyperparameter_steps to "
                             "ceil(weight_steps / update_interval), so one budget fits every algorithm", minimum=1),
     "log_every": Setting(INT, 100, "weight steps between logged evaluations (taken at the end of the "

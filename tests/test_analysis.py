@@ -998,3 +998,21 @@ def test_paper_format_on_hand_made_numbers():
     assert cells["Median ± SE"].tolist() == ["3.0 ± 0.3", "**2.0** ± 0.3", "**2.0** ± 0.3", "**2.0** ± 0.3"]
     assert cells["Best"].tolist() == ["**0.900**", "0.950", "**0.900**", "1.10"]
     assert "**" not in "".join(tables._cells(summary, bold=None)[["Mean ± SE", "Best"]].sum())
+
+
+@pytest.mark.parametrize("check,over", [("post_hoc", True), ("training", False)])
+def test_a_run_over_a_post_hoc_threshold_is_flagged_not_diverged(study, check, over):
+    """divergence_check: post_hoc flags a run whose final test metric reaches divergence_threshold (the paper's
+    Fashion-MNIST rule); it stays done, so only the loss statistics leave it out. Under training (a run frozen
+    during training) nothing is flagged after the fact."""
+    runs_dir, _ = study
+    path = runs_dir / "Ours_LR" / "seed2" / "metrics.json"      # final test metric 7.5
+    metrics = json.loads(path.read_text())
+    metrics["settings"].update(divergence_threshold=7.0, divergence_check=check)
+    path.write_text(json.dumps(metrics))
+    runs = collect(runs_dir, ["Ours_LR"], range(3))
+    r = runs.set_index("seed")
+    assert r.loc[2, "status"] == "done" and bool(r.loc[2, "over_threshold"]) is over
+    assert not r.loc[[0, 1], "over_threshold"].astype(bool).any()
+    s = tables.summarise(runs, statistic="sample").set_index("algorithm")
+    assert s.loc["Ours_LR", "mean"] == pytest.approx(np.mean([2.5, 5.0] if over else [2.5, 5.0, 7.5]))
