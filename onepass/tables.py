@@ -103,6 +103,7 @@ def best_of_groups(runs: pd.DataFrame, source: str, size: int, groups: str = "ra
     Returns one row per group with the chosen run's seed, status, validation loss and test metric.
     """
     rv = runs[runs["algorithm"] == source]
+    rv = rv.assign(over_threshold=flag(rv, "over_threshold"))
     if groups == "random":
         done = rv[rv["status"] == "done"].sort_values("seed")
         order = np.random.default_rng(seed).permutation(len(done))
@@ -119,7 +120,7 @@ def best_of_groups(runs: pd.DataFrame, source: str, size: int, groups: str = "ra
         rows.append({"group": group, "seed": chosen["seed"], "status": chosen["status"],
                      "valid_loss": chosen["valid_loss"], "test_metric": chosen["test_metric"],
                      "best_test_metric": chosen.get("best_test_metric", chosen["test_metric"]),
-                     "over_threshold": bool(chosen.get("over_threshold", False) is True)})
+                     "over_threshold": bool(chosen["over_threshold"])})
     return pd.DataFrame(rows, columns=GROUP_COLUMNS)
 
 
@@ -134,7 +135,7 @@ def derived_populations(runs: pd.DataFrame) -> dict:
     return out
 
 
-def _flag(runs: pd.DataFrame, column: str) -> pd.Series:
+def flag(runs: pd.DataFrame, column: str) -> pd.Series:
     """A boolean column of runs.tsv (False where absent: runs collected before it existed)."""
     if column not in runs.columns:
         return pd.Series(False, index=runs.index)
@@ -145,7 +146,7 @@ def loss_values(runs: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     """(the final values a loss table's mean and median take, the values its Best takes): finished runs, less
     those over a post-hoc threshold for the first; every finished run's trajectory minimum for the second."""
     done = runs["status"] == "done"
-    final = pd.to_numeric(runs["test_metric"].where(done & ~_flag(runs, "over_threshold")), errors="coerce")
+    final = pd.to_numeric(runs["test_metric"].where(done & ~flag(runs, "over_threshold")), errors="coerce")
     trajectory = runs["best_test_metric"] if "best_test_metric" in runs.columns else runs["test_metric"]
     lowest = pd.to_numeric(trajectory.where(done), errors="coerce")
     return final, lowest

@@ -484,7 +484,7 @@ def test_time_comparison_with_searches(study, tmp_path):
     fake_search(runs_dir, "BayesOpt", 1, [8.0, 8.0, 3.0, 3.0])
     fake_search(runs_dir, "PBT", 0, [7.0, 6.0], per_evaluation_s=4.0)
     runs = collect(runs_dir, ["Random", "Ours_LR", "BayesOpt", "PBT"], range(3), {"BayesOpt": 2, "PBT": 1})
-    fig = figures.test_vs_time(runs, runs_dir)
+    fig = figures.test_vs_time_by_validation(runs, runs_dir)
     median, best = fig.axes[:2]
     assert median.get_xscale() == best.get_xscale() == "log"  # 80 s of search against 0.5 s runs
     lines = {ln.get_label(): ln for ln in median.get_lines()}
@@ -502,18 +502,19 @@ def test_time_comparison_with_searches(study, tmp_path):
     assert any("best-by-validation" in t.get_text() for t in fig.texts)
     figures.plt.close(fig)
     # without searches: a linear time axis and no note
-    plain = figures.test_vs_time(runs[~runs["algorithm"].isin([a for a in catalog.algorithms() if catalog.is_search(a)])], runs_dir)
+    plain = figures.test_vs_time_by_validation(
+        runs[~runs["algorithm"].isin([a for a in catalog.algorithms() if catalog.is_search(a)])], runs_dir)
     assert plain.axes[0].get_xscale() == "linear" and not plain.texts
     assert plain.axes[0].get_xlabel() == "training time (s)"
     figures.plt.close(plain)
-    png = tmp_path / "test_vs_time.png"
-    figures.make("test_vs_time", runs, runs_dir, [png])
+    png = tmp_path / "test_vs_time_by_validation.png"
+    figures.make("test_vs_time_by_validation", runs, runs_dir, [png])
     assert png.stat().st_size > 5000
 
 
 def test_time_figure_caption_describes_searches():
     """The caption lives with the figure (the report's caption template shows it)."""
-    text = figures.caption("test_vs_time", "UCI Energy")
+    text = figures.caption("test_vs_time_by_validation", "UCI Energy")
     assert "UCI Energy" in text and "lowest validation loss so far" in text and "cumulative search time" in text
     template = (Path(__file__).resolve().parents[1] / "workflow" / "report" / "figure.rst").read_text()
     assert template.strip() == "{{ snakemake.params.caption }}"
@@ -573,11 +574,15 @@ def test_every_algorithm_is_drawn_in_its_catalogue_colour_and_line_style(searche
             assert {to_hex(c, keep_alpha=False) for c in artist.get_facecolors()} == {catalog.colour(algorithm)}
         drawn.setdefault(algorithm, 0)
         drawn[algorithm] += 1
-    expected = set(SEARCHED) | ({"Random_3Batched"} if kind == "edf" else set())
-    assert set(drawn) >= set(SEARCHED) and set(drawn) <= expected
+    # the loss envelope leaves out the searches, as the paper's loss figures
+    shown = {a for a in SEARCHED if not (kind == "test_vs_step" and catalog.is_search(a))}
+    expected = shown | ({"Random_3Batched"} if kind == "edf" else set())
+    assert set(drawn) >= shown and set(drawn) <= expected
     # all three catalogue line styles appear: '-', ':' (Long Diff-through-Opt), '--' (searches)
     if kind != "error_vs_hyperparameter":
-        assert {a.get_linestyle() for a in _data_artists(fig)} == {"-", ":", "--"}
+        styles = {"-", ":"} | (set() if kind == "test_vs_step" else {"--"})
+        assert {a.get_linestyle() for a in fig.axes[0].get_lines() + [
+            ln for ax in fig.axes[1:] for ln in ax.get_lines()]} == styles
     figures.plt.close(fig)
 
 
@@ -590,7 +595,7 @@ def _extent(ax, line) -> float:
     return float(ends[1, 0] - ends[0, 0])
 
 
-@pytest.mark.parametrize("kind", ["test_vs_step", "test_vs_time"])
+@pytest.mark.parametrize("kind", ["test_vs_time", "test_vs_time_by_validation"])
 def test_searches_over_30_runs_budget_squeeze_no_curve(searched, kind):
     """Searches whose cumulative budget is 30 single runs (and Long Diff-through-Opt, 1 here) share a log
     x axis with the one-pass runs: every curve spans at least a quarter of the width, where a linear axis
@@ -1016,3 +1021,58 @@ def test_a_run_over_a_post_hoc_threshold_is_flagged_not_diverged(study, check, o
     assert not r.loc[[0, 1], "over_threshold"].astype(bool).any()
     s = tables.summarise(runs, statistic="sample").set_index("algorithm")
     assert s.loc["Ours_LR", "mean"] == pytest.approx(np.mean([2.5, 5.0] if over else [2.5, 5.0, 7.5]))
+
+
+def test_envelope_is_the_bootstrap_median_and_its_spread():
+    """Two runs at 1 and 3: a resample's median is 1, 2 or 3 with probabilities 1/4, 1/2, 1/4, so the mean of
+    the medians is 2 and their standard deviation sqrt(1/2); one run: itself, no spread."""
+    middle, spread = figures.envelope(np.array([[1.0, 3.0], [1.0, 3.0]]), n_boot=4000)
+    np.testing.assert_allclose(middle, 2.0, atol=0.05)
+    np.testing.assert_allclose(spread, np.sqrt(0.5), atol=0.03)
+    middle, spread = figures.envelope(np.array([[4.0], [2.0]]))
+    np.testing.assert_array_equal(middle, [4.0, 2.0]) and np.testing.assert_array_equal(spread, [0.0, 0.0])
+
+
+def test_loss_envelope_figure_draws_the_papers_envelope(study):
+    """test_vs_step: one line and one band per algorithm, log y; Ours (WD+LR)'s last point is the bootstrap mean
+    of the median of its three finals (27 equally likely resamples, counted here); Random (3-batched) replaces
+    Random (validation); a run over a post-hoc threshold is left out."""
+    import itertools
+
+    runs_dir, runs = study
+    runs = runs.copy()
+    runs["over_threshold"] = (runs["algorithm"] == "Random_SteppedLR") & (runs["seed"] == 1)
+    fig = figures.test_vs_step(runs, runs_dir)
+    ax = fig.axes[0]
+    lines = {ln.get_gid(): ln for ln in ax.get_lines()}
+    assert set(lines) == {"Random", "Random_SteppedLR", "Random_3Batched", "Ours_LR"}
+    assert {c.get_gid() for c in ax.collections} == set(lines)   # the ± std bands
+    assert ax.get_yscale() == "log"
+    exact = np.mean([np.median(c) for c in itertools.product([2.5, 5.0, 7.5], repeat=3)])
+    assert lines["Ours_LR"].get_ydata()[-1] == pytest.approx(exact, rel=0.03)
+    assert "n=1" in lines["Random_SteppedLR"].get_label()   # seed 1 over the threshold
+    assert lines["Random_SteppedLR"].get_ydata()[-1] == pytest.approx(15.0)
+    figures.plt.close(fig)
+
+
+def test_running_minimum_figure(tmp_path):
+    """test_vs_time: each run's running minimum of the test metric against time (the paper's
+    ray_best_evolution, paper_plots.py:869-887); a search's over every evaluation's lowest test metric
+    (evaluations.csv), against cumulative search time."""
+    runs_dir = tmp_path / "runs" / "uci_energy"
+    out = fake_run(runs_dir, "Ours_LR", 0, 1.0, steps=3)
+    h = pd.read_csv(out / "history.csv")
+    h["time_s"], h["test_metric"] = [0.0, 1.0, 2.0, 3.0], [5.0, 2.0, 4.0, 1.0]
+    h.to_csv(out / "history.csv", index=False)
+    out = fake_search(runs_dir, "BayesOpt", 0, [3.0, 3.0, 2.0])
+    pd.DataFrame({"cumulative_time_s": [10.0, 20.0, 30.0], "test_metric": [3.0, 9.0, 2.0],
+                  "min_test_metric": [3.0, 1.0, 2.0]}).to_csv(out / "evaluations.csv", index=False)
+    runs = collect(runs_dir, ["Ours_LR", "BayesOpt"], range(1))
+    fig = figures.test_vs_time(runs, runs_dir)
+    lines = {ln.get_gid(): ln for ln in fig.axes[0].get_lines()}
+    ours, bayes = lines["Ours_LR"], lines["BayesOpt"]
+    assert dict(zip(ours.get_xdata()[ours.get_xdata() > 0], ours.get_ydata()[ours.get_xdata() > 0])) == {
+        1.0: 2.0, 2.0: 2.0, 3.0: 1.0}
+    assert list(bayes.get_ydata()) == [3.0, 1.0, 1.0] and list(bayes.get_xdata()) == [10.0, 20.0, 30.0]
+    assert fig.axes[0].get_xscale() == "log"   # 30 s of search against 3 s of training
+    figures.plt.close(fig)
