@@ -91,10 +91,13 @@ SETTINGS: dict[str, Setting] = {
     "clip_grad_norm": Setting(OPT_FLOAT, None, "clip the training gradient to this global norm", positive=True),
     "baydin_clipped_gradients": Setting((bool,), False, "baydin: its hypergradient from the clipped training "
                                         "gradients (default: unclipped, as the paper's code; the step is clipped)"),
-    "batchnorm_absorbs_validation": Setting((bool,), True, "BatchNorm models: the running statistics also "
-                                            "absorb one validation batch (a train-mode forward pass) every weight "
-                                            "step, as the paper's code, which computed its validation loss in "
-                                            "train mode; false: training batches only"),
+    "batchnorm_absorbs": Setting((str,), "validation", "BatchNorm models: the extra batch the running statistics "
+                                 "absorb (a train-mode forward pass) after every weight step, as the paper's code, "
+                                 "which computed its validation loss in train mode on its validation loader "
+                                 "(train.py:189-208, 576-582): validation (one validation batch), training (another "
+                                 "training batch: Baydin, whose validation loader was the training data) or none "
+                                 "(Random and Random (xLR), which computed no validation loss)",
+                                 ("validation", "training", "none")),
     "divergence_threshold": Setting(OPT_FLOAT, None, "training loss above this marks the run diverged (null: only "
                                     "a NaN/inf loss does, as the paper's code for UCI)", positive=True),
     "divergence_check": Setting((str,), "training", "where divergence_threshold applies: training (the run is "

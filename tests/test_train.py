@@ -542,7 +542,7 @@ def test_divergence_thresholds_of_the_datasets():
     assert load_settings("cifar10", "Random")["divergence_threshold"] is None
 
 
-def _bn_problem(absorb: bool, steps: int, batch_size: int | None = None):
+def _bn_problem(absorb: str, steps: int, batch_size: int | None = None):
     """A population of one BatchNorm MLP (Random_Validation, trained on the training split; lr 0: the weights
     stay at their initial values) on a small
     synthetic classification set whose validation inputs are shifted, trained for ``steps`` steps (full batch
@@ -563,25 +563,30 @@ def _bn_problem(absorb: bool, steps: int, batch_size: int | None = None):
                       num_classes=3, vocab_size=None)
     settings = load_settings("fashion_mnist_bn", "Random_Validation", {"hidden_units": 4, "batch_size": batch_size,
                                                             "hyperparameter_steps": 1, "update_interval": steps,
-                                                            "batchnorm_absorbs_validation": absorb})
+                                                            "batchnorm_absorbs": absorb})
     population = Population(settings, dataset, [Member(3, 0.0, 0.0, 0.0)], "cpu")
     population.step()
     return population, dataset
 
 
-@pytest.mark.parametrize("absorb", [True, False])
+@pytest.mark.parametrize("absorb", ["validation", "training", "none"])
 def test_batchnorm_mlp_has_no_hidden_bias_and_its_running_statistics_absorb_validation(absorb):
     """The paper's BatchNorm MLP (its models.py:31-42): no bias on the Linear before BatchNorm; and, as its
     validation loss was computed in train mode every weight step (train.py:576-582), the running statistics
-    absorb a validation batch after every training batch (batchnorm_absorbs_validation, the default).
-    Checked against the exponential moving averages by hand, and the eval-mode test loss by hand."""
+    absorb a validation batch after every training batch (batchnorm_absorbs: validation, the default), another
+    training batch for Baydin (training: its validation loader was the training data, train.py:207-208) and
+    nothing for Random and Random (xLR) (none: no validation loss, train.py:697-704). Checked against the
+    exponential moving averages by hand, and the eval-mode test loss by hand."""
     import torch
     import torch.nn.functional as F
 
     from onepass.models import build_model
     from onepass.settings import load_settings
 
-    assert load_settings("fashion_mnist_bn", "Random")["batchnorm_absorbs_validation"] is True
+    defaults = {a: load_settings("fashion_mnist_bn", a)["batchnorm_absorbs"]
+                for a in ("Random", "Random_SteppedLR", "Baydin", "Random_Validation", "Ours_LR_Momentum")}
+    assert defaults == {"Random": "none", "Random_SteppedLR": "none", "Baydin": "training",
+                        "Random_Validation": "validation", "Ours_LR_Momentum": "validation"}
     model = build_model({"model": "mlp_bn", "hidden_units": 50}, (28, 28), 10)
     assert [(n, tuple(p.shape)) for n, p in model.named_parameters()] == [
         ("net.1.weight", (50, 784)), ("net.2.weight", (50,)), ("net.2.bias", (50,)), ("net.4.weight", (10, 50)),
@@ -597,12 +602,12 @@ def test_batchnorm_mlp_has_no_hidden_bias_and_its_running_statistics_absorb_vali
     h_train, h_valid = hidden(dataset.train[0]), hidden(dataset.valid[0])
     mean, var = torch.zeros(4), torch.ones(4)
     for _ in range(steps):   # momentum 0.1, unbiased batch variance, as torch's BatchNorm1d
-        for h in ([h_train, h_valid] if absorb else [h_train]):
+        for h in {"validation": [h_train, h_valid], "training": [h_train, h_train], "none": [h_train]}[absorb]:
             mean = 0.9 * mean + 0.1 * h.mean(0)
             var = 0.9 * var + 0.1 * h.var(0, unbiased=True)
     assert torch.allclose(b["net.2.running_mean"], mean, rtol=1e-5, atol=1e-6)
     assert torch.allclose(b["net.2.running_var"], var, rtol=1e-5, atol=1e-6)
-    assert int(b["net.2.num_batches_tracked"]) == steps * (2 if absorb else 1)
+    assert int(b["net.2.num_batches_tracked"]) == steps * (1 if absorb == "none" else 2)
     # the test loss (eval mode) normalises with those statistics
     x, y = dataset.test
     h = (hidden(x) - mean) / torch.sqrt(var + 1e-5) * p["net.2.weight"] + p["net.2.bias"]
@@ -618,9 +623,9 @@ def test_batchnorm_validation_stream_resumes_from_a_checkpoint():
 
     from onepass.population import Population
 
-    whole, _ = _bn_problem(True, 3, batch_size=8)
+    whole, _ = _bn_problem("validation", 3, batch_size=8)
     whole.step()
-    half, dataset = _bn_problem(True, 3, batch_size=8)
+    half, dataset = _bn_problem("validation", 3, batch_size=8)
     resumed = Population(half.settings, dataset, half.members, "cpu")
     resumed.load_state_dict(half.state_dict())
     resumed.step()
