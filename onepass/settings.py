@@ -91,6 +91,11 @@ SETTINGS: dict[str, Setting] = {
     "clip_grad_norm": Setting(OPT_FLOAT, None, "clip the training gradient to this global norm", positive=True),
     "baydin_clipped_gradients": Setting((bool,), False, "baydin: its hypergradient from the clipped training "
                                         "gradients (default: unclipped, as the paper's code; the step is clipped)"),
+    "baydin_new_gradient": Setting((str,), "next_batch", "baydin: the newer gradient of its hypergradient: "
+                                   "next_batch (the next step's, on the next training batch) or same_batch (after "
+                                   "the step, on the same batch: the paper's on Penn Treebank, whose validation "
+                                   "loader walked the training data in lockstep, train.py:207-208, 531-536)",
+                                   ("next_batch", "same_batch")),
     "batchnorm_absorbs": Setting((str,), "validation", "BatchNorm models: the extra batch the running statistics "
                                  "absorb (a train-mode forward pass) after every weight step, as the paper's code, "
                                  "which computed its validation loss in train mode on its validation loader "

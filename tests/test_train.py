@@ -438,6 +438,35 @@ def test_baydin_takes_its_hypergradient_from_the_unclipped_gradients(data_dir):
     assert member_norms(pops[True].grads_prev).tolist() == pytest.approx([c, c], rel=1e-4)
 
 
+def test_baydin_same_batch_takes_the_newer_gradient_after_the_step(data_dir):
+    """baydin_new_gradient: same_batch (the paper's on Penn Treebank, train.py:207-208, 531-536): the step first,
+    then -grad L_b(w_{t+1}) . grad L_b(w_t) on the same batch b. On UCI's full batch that is the hypergradient
+    next_batch takes one step later, so after k steps same_batch has next_batch's weights after k steps and
+    its learning rate after k + 1; Penn Treebank's Baydin takes same_batch by default, the other datasets not."""
+    import torch
+
+    from onepass.population import Population
+
+    assert load_settings("penn_treebank", "Baydin")["baydin_new_gradient"] == "same_batch"
+    assert load_settings("fashion_mnist", "Baydin")["baydin_new_gradient"] == "next_batch"
+    dataset = data.load("uci_energy", data_dir)
+    members = [Member(0, 1e-3, 1e-4, 0.5), Member(1, 2e-3, 1e-5, 0.3)]
+    pops = {mode: Population(load_settings("uci_energy", "Baydin", {"baydin_new_gradient": mode, "hyper_lr": 0.1}),
+                             dataset, members, torch.device("cpu")) for mode in ("next_batch", "same_batch")}
+    lrs, weights = {m: [] for m in pops}, {m: [] for m in pops}
+    for _ in range(3):
+        for mode, pop in pops.items():
+            pop.step()
+            lrs[mode].append(pop.hypers.trainable()["lr"].clone())
+            weights[mode].append([p.detach().clone() for p in pop.params])
+    assert not torch.equal(lrs["same_batch"][0], lrs["next_batch"][0])   # the switch acts from the first step
+    for k in range(2):
+        torch.testing.assert_close(lrs["same_batch"][k], lrs["next_batch"][k + 1], rtol=1e-5, atol=0)  # float32
+    for k in range(3):
+        for a, b in zip(weights["same_batch"][k], weights["next_batch"][k]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_running_job_writes_progress_lines_to_its_log(data_dir, tmp_path):
     """As the workflow runs a job (--quiet, output to a log file, no terminal), the log shows progress
     lines while the job is still running: steps done/total, alive/diverged, median losses, elapsed, ETA."""
