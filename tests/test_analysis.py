@@ -1076,3 +1076,16 @@ def test_running_minimum_figure(tmp_path):
     assert list(bayes.get_ydata()) == [3.0, 1.0, 1.0] and list(bayes.get_xdata()) == [10.0, 20.0, 30.0]
     assert fig.axes[0].get_xscale() == "log"   # 30 s of search against 3 s of training
     figures.plt.close(fig)
+
+
+def test_a_datasets_paper_table_is_checked(tmp_path):
+    """A dataset's paper_table is with_base or absent; anything else stops with the file and the key named."""
+    for value, where in (("with_base", "good"), ("beside", "bad")):
+        datasets = tmp_path / where / "datasets"
+        datasets.mkdir(parents=True)
+        (datasets / "a.yaml").write_text("label: A\nfamily: uci\ntask: regression\nmetric: test MSE\n")
+        (datasets / "b.yaml").write_text(f"label: B\nsame_as: a\npaper_table: {value}\n")
+    known = catalog.datasets(tmp_path / "good")
+    assert known["b"].paper_table == "with_base" and known["a"].paper_table is None
+    with pytest.raises(catalog.CatalogError, match=r"b\.yaml: key 'paper_table' must be with_base, got 'beside'"):
+        catalog.datasets(tmp_path / "bad")
