@@ -264,8 +264,8 @@ def error_rows(dataset: str, runs: pd.DataFrame, n_boot: int = N_BOOT, statistic
         return []
     errors = runs.assign(test_metric=1.0 - pd.to_numeric(runs["test_accuracy"], errors="coerce"))
     groups = {a: g for a, g in errors.groupby("algorithm")}
+    accuracy = runs.set_index(["algorithm", "seed"])["test_accuracy"]
     for name, population in derived_populations(runs).items():   # the derived groups' chosen runs' errors
-        accuracy = runs.set_index(["algorithm", "seed"])["test_accuracy"]
         source = catalog.algorithms()[name].derived["from"]
         chosen = [accuracy.get((source, seed), float("nan")) for seed in population["seed"]]
         groups[name] = population.assign(test_metric=1.0 - pd.to_numeric(pd.Series(chosen, index=population.index),
