@@ -1,4 +1,5 @@
-"""The paper's tables: mean, median (with standard errors) and best final test metric per algorithm.
+"""The paper's tables: mean and median (with standard errors) of the final test metric, and its best value,
+per algorithm.
 
 Two estimators (``STATISTICS_KINDS``, the study config's ``table_statistic``):
 
@@ -394,7 +395,7 @@ ESTIMATORS = {
 INTRODUCTION = ("Mean and median with their standard errors over the initialisations of each algorithm, "
                 "in the paper's format: each standard error to one significant figure and its value to that "
                 "decimal place; Best, the lowest test metric of any finished run's whole logged trajectory, to "
-                "three significant figures. Loss tables leave out diverged runs (NaN) and runs over a post-hoc "
+                "three significant figures (in a test-error table, the lowest final error). Loss tables leave out diverged runs (NaN) and runs over a post-hoc "
                 "divergence threshold (Fashion-MNIST's 1e3 on the final test cross-entropy); test-error tables "
                 "keep diverged runs, at chance error. Lower is better; bold marks every value at most the "
                 "column's best value plus its standard error (no bold in the search tables). A black-box search "
