@@ -37,7 +37,7 @@ ALGORITHM_KEYS = {"label", "style", "rank", "search", "settings", "by_family", "
 # own with the dataset's other rows (Long Diff-through-Opt (Medium) with Fashion-MNIST's)
 PAPER_TABLES = ("base", "separate")
 DATASET_KEYS = {"label", "family", "task", "metric", "table_scale", "data", "shape", "settings", "same_as",
-                "model", "path"}
+                "paper_table", "model", "path"}
 SEARCH_KINDS = ("none", "bayesopt", "asha", "pbt")
 # A derived algorithm's groups: random groups of the finished runs (the paper's), or consecutive seeds
 DERIVED_KEYS = {"from", "best_of", "groups", "seed"}
@@ -94,6 +94,7 @@ class Dataset:
     settings: dict = field(default_factory=dict)
     base: str = ""  # the dataset whose data and initialisations it uses: itself, or its ``same_as``
     table_scale: float = 1.0  # the paper's tables show the metric times this (Kin8nm's MSE x 1000)
+    paper_table: str | None = None  # a variant: "with_base", a table beside its base's rows (Fashion-MNIST + BN)
     function: str | None = None  # a user dataset: ``module:function`` returning its splits (YAML key ``data``)
     path: str | None = None  # a user dataset: the directory its modules are imported from (absolute)
     file: str = ""  # the YAML file it was read from
@@ -231,7 +232,7 @@ def _dataset(path: Path) -> Dataset:
                    metric=_require(path, data, "metric"), data={} if function else _mapping(path, data, "data"),
                    shape=_mapping(path, data, "shape"), settings=settings,
                    base=base or path.stem, table_scale=_scale(path, data), function=function, path=root,
-                   file=str(path))
+                   file=str(path), paper_table=_dataset_table(path, data))
 
 
 def _user_keys(path: Path, data: dict) -> tuple:
@@ -258,6 +259,13 @@ def _user_keys(path: Path, data: dict) -> tuple:
         raise CatalogError(f"{path}: key 'path' must be a directory (relative to the YAML file), got {root!r}")
     settings = {**settings, "model": data.get("model", "mlp")}
     return spec, str((path.parent / root).resolve()), settings
+
+
+def _dataset_table(path: Path, data: dict) -> str | None:
+    value = data.get("paper_table")
+    if value not in (None, "with_base"):
+        raise CatalogError(f"{path}: key 'paper_table' must be with_base, got {value!r}")
+    return value
 
 
 def _scale(path: Path, data: dict) -> float:

@@ -4,6 +4,14 @@ its status, and the run directories behind it.
 A run is ``done``, ``diverged``, ``missing`` (no metrics.json) or ``stale``: its metrics.json records other
 settings or another initialisation than the plan (say, left over from an earlier config). Stale runs are
 reported in the status line and never enter a statistic.
+
+Two columns are derived rather than copied: ``best_test_metric``, the lowest finite test metric of the run's
+whole logged trajectory (history.csv, the final value and, where recorded, the running minimum
+``min_test_metric``), the paper's Best column (its paper_plots.py:448 takes ``nanmin`` over every run's test
+trajectory, figures.py:508-520); and ``over_threshold``, whether a run trained under
+``divergence_check: post_hoc`` ended with a test metric at or above its ``divergence_threshold`` (the paper's
+Fashion-MNIST rule, paper_plots.py:54-76, figures.py:525-526: such a run is left out of the loss tables and
+figures, but not of the test-error tables).
 """
 
 from __future__ import annotations
@@ -49,10 +57,33 @@ def stale_reason(metrics: dict, expected_settings: dict, member: dict) -> str | 
     return None
 
 
+def trajectory_min(history: Path, metrics: dict) -> float:
+    """The lowest finite test metric a run logged: its history.csv's ``test_metric`` column, its final
+    ``test_metric`` and its ``min_test_metric`` (NaN if none is finite)."""
+    values = [metrics.get("test_metric"), metrics.get("min_test_metric")]
+    if history.exists():
+        try:
+            values += pd.read_csv(history, usecols=["test_metric"])["test_metric"].tolist()
+        except (ValueError, pd.errors.EmptyDataError):
+            pass
+    finite = [float(v) for v in values if _finite(v)]
+    return min(finite) if finite else float("nan")
+
+
+def over_threshold(metrics: dict) -> bool:
+    """Whether a run's final test metric reached its ``divergence_threshold`` and the threshold applies post
+    hoc (``divergence_check: post_hoc``; a run frozen during training, ``training``, is ``diverged`` instead)."""
+    settings = metrics.get("settings") or {}
+    threshold = settings.get("divergence_threshold")
+    value = metrics.get("test_metric")
+    return (settings.get("divergence_check") == "post_hoc" and threshold is not None and _finite(value)
+            and float(value) >= float(threshold))
+
+
 def read_run(path: Path, expected_settings: dict | None = None, member: dict | None = None) -> dict:
     """One row of runs.tsv from a run's metrics.json, checked against its plan entry when given."""
     if not path.exists():
-        return {"status": "missing", "diverged": None, "stale_reason": None}
+        return {"status": "missing", "diverged": None, "stale_reason": None, "over_threshold": False}
     metrics = json.loads(path.read_text())
     row = {k: metrics.get(k) for k in FIELDS}
     diverged = bool(metrics.get("diverged")) or not _finite(metrics.get("test_metric"))
@@ -60,6 +91,8 @@ def read_run(path: Path, expected_settings: dict | None = None, member: dict | N
     row["status"] = "stale" if reason else ("diverged" if diverged else "done")
     row["diverged"] = diverged
     row["stale_reason"] = reason
+    row["best_test_metric"] = trajectory_min(path.parent / "history.csv", metrics)
+    row["over_threshold"] = over_threshold(metrics)
     if metrics.get("paper_test_metrics") is not None:   # a search: the values of the paper's statistic
         row["paper_statistic"] = metrics.get("paper_statistic")
         row["paper_test_metrics"] = json.dumps([float(v) for v in metrics["paper_test_metrics"]])
@@ -77,7 +110,8 @@ def collect(plan: dict, runs_dir) -> pd.DataFrame:
             expected = plans.expected_settings(plan, algorithm, seed)
             rows.append({"dataset": plan["dataset"], "algorithm": algorithm, "seed": seed,
                          **read_run(run_dir(runs_dir, algorithm, seed) / "metrics.json", expected, member)})
-    cols = ["dataset", "algorithm", "seed", "status", "diverged", *FIELDS, "stale_reason"]
+    cols = ["dataset", "algorithm", "seed", "status", "diverged", *FIELDS, "best_test_metric", "over_threshold",
+            "stale_reason"]
     frame = pd.DataFrame(rows)
     extra = [c for c in frame.columns if c not in cols]
     return frame.reindex(columns=cols + extra)

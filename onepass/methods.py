@@ -160,7 +160,12 @@ class Plain(Method):
 
 class Baydin(Method):
     """``baydin``: the hypergradient from this and the previous step's unclipped gradients (as the paper's
-    code; ``baydin_clipped_gradients``: the clipped ones), then the clipped step with the new lr."""
+    code; ``baydin_clipped_gradients``: the clipped ones), then the clipped step with the new lr.
+
+    ``baydin_new_gradient: same_batch`` (the paper's on Penn Treebank, whose unshuffled validation loader was
+    the training data in lockstep, train.py:207-208, 531-536): the clipped step first, then the hypergradient
+    from the gradient at the new weights on the same batch and this step's, as the paper's
+    BaydinHypergradientDescent (optimisers.py:56-77)."""
 
     name = "baydin"
 
@@ -169,6 +174,15 @@ class Baydin(Method):
         losses, grads = run.train_grads(batch, clip=False)
         clipped = list(clip_by_norm(grads, s["clip_grad_norm"]))
         seen = clipped if s["baydin_clipped_gradients"] else grads
+        if s["baydin_new_gradient"] == "same_batch":
+            sgd_step_(run.params, run.bufs, clipped, *run.spread())
+            w = tuple(p.detach().requires_grad_(True) for p in run.params)
+            new = list(torch.autograd.grad(run.hypergradient_losses(w, batch)[0].sum(), w))
+            if s["baydin_clipped_gradients"]:
+                new = list(clip_by_norm(new, s["clip_grad_norm"]))
+            run.last_hypergradient = {"lr": baydin_hypergradient(new, seen)}
+            run.hypers.step(run.last_hypergradient, run.frozen)
+            return losses
         if run.grads_prev is not None:
             run.last_hypergradient = {"lr": baydin_hypergradient(seen, run.grads_prev)}
             run.hypers.step(run.last_hypergradient, run.frozen)

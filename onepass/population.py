@@ -86,9 +86,11 @@ class Population(WeightSteps, Reports):
         self.train_stream = self.problem.stream(settings["train_on"], seeds)
         self.val_stream = self.problem.stream("valid", [s + VALID_SEED_OFFSET for s in seeds])
         self.has_batchnorm = any(name.endswith("running_mean") for name in self.problem.buffer_names)
-        # the paper's quirk (batchnorm_absorbs_validation): a validation batch in train mode every weight step
-        self.stats_stream = self.problem.stream("valid", [s + STATS_SEED_OFFSET for s in seeds]) \
-            if self.has_batchnorm and settings["batchnorm_absorbs_validation"] else None
+        # the paper's quirk (batchnorm_absorbs): a validation (or, for Baydin, training) batch in train mode
+        # every weight step
+        absorbs = {"validation": "valid", "training": settings["train_on"]}.get(settings["batchnorm_absorbs"])
+        self.stats_stream = self.problem.stream(absorbs, [s + STATS_SEED_OFFSET for s in seeds]) \
+            if self.has_batchnorm and absorbs else None
         # cuDNN's LSTM has no double backward: on CUDA the hypergradients of a recurrent model run on the
         # native kernels (cuDNN's convolutions and BatchNorm have one, so the ResNet keeps them)
         self.no_cudnn = device.type == "cuda" and any(isinstance(m, torch.nn.RNNBase)
@@ -177,7 +179,7 @@ class Population(WeightSteps, Reports):
     def check_divergence(self) -> list[int]:
         """Freeze and record the members that diverged in the last hyperparameter step; returns them."""
         bad = ~torch.isfinite(self.last_loss) | ~self.hypers.finite()
-        if self.settings["divergence_threshold"] is not None:
+        if self.settings["divergence_threshold"] is not None and self.settings["divergence_check"] == "training":
             bad |= self.last_loss > self.settings["divergence_threshold"]
         bad &= self.alive
         newly = bad.nonzero().flatten().tolist()

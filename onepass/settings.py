@@ -96,12 +96,25 @@ SETTINGS: dict[str, Setting] = {
     "clip_grad_norm": Setting(OPT_FLOAT, None, "clip the training gradient to this global norm", positive=True),
     "baydin_clipped_gradients": Setting((bool,), False, "baydin: its hypergradient from the clipped training "
                                         "gradients (default: unclipped, as the paper's code; the step is clipped)"),
-    "batchnorm_absorbs_validation": Setting((bool,), True, "BatchNorm models: the running statistics also "
-                                            "absorb one validation batch (a train-mode forward pass) every weight "
-                                            "step, as the paper's code, which computed its validation loss in "
-                                            "train mode; false: training batches only"),
+    "baydin_new_gradient": Setting((str,), "next_batch", "baydin: the newer gradient of its hypergradient: "
+                                   "next_batch (the next step's, on the next training batch) or same_batch (after "
+                                   "the step, on the same batch: the paper's on Penn Treebank, whose validation "
+                                   "loader walked the training data in lockstep, train.py:207-208, 531-536)",
+                                   ("next_batch", "same_batch")),
+    "batchnorm_absorbs": Setting((str,), "validation", "BatchNorm models: the extra batch the running statistics "
+                                 "absorb (a train-mode forward pass) after every weight step, as the paper's code, "
+                                 "which computed its validation loss in train mode on its validation loader "
+                                 "(train.py:189-208, 576-582): validation (one validation batch), training (another "
+                                 "training batch: Baydin, whose validation loader was the training data) or none "
+                                 "(Random and Random (xLR), which computed no validation loss)",
+                                 ("validation", "training", "none")),
     "divergence_threshold": Setting(OPT_FLOAT, None, "training loss above this marks the run diverged (null: only "
                                     "a NaN/inf loss does, as the paper's code for UCI)", positive=True),
+    "divergence_check": Setting((str,), "training", "where divergence_threshold applies: training (the run is "
+                                "frozen once its training loss passes it) or post_hoc (the run trains to the end; "
+                                "the loss tables and figures leave out a run whose final test metric reaches it, "
+                                "the paper's Fashion-MNIST rule, paper_plots.py:54-76, figures.py:525-526)",
+                                ("training", "post_hoc")),
     "weight_steps": Setting(OPT_INT, None, "total weight steps; when set, it fixes hyperparameter_steps to "
                             "ceil(weight_steps / update_interval), so one budget fits every algorithm", minimum=1),
     "log_every": Setting(INT, 100, "weight steps between logged evaluations (taken at the end of the "

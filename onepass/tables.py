@@ -1,4 +1,5 @@
-"""The paper's tables: mean, median (with standard errors) and best final test metric per algorithm.
+"""The paper's tables: mean and median (with standard errors) of the final test metric, and its best value,
+per algorithm.
 
 Two estimators (``STATISTICS_KINDS``, the study config's ``table_statistic``):
 
@@ -7,6 +8,13 @@ Two estimators (``STATISTICS_KINDS``, the study config's ``table_statistic``):
   deviation; the mean is the mean of the resamples' means, ± their standard deviation.
 - ``sample``: the sample median ± the standard deviation of 1000 bootstrap medians, and the sample mean ± its
   standard error (std / sqrt(n)).
+
+Which runs enter, as the paper's code: a loss table's mean and median take the finished runs, less those over
+a post-hoc divergence threshold (``over_threshold``, Fashion-MNIST's 1e3 on the final test cross-entropy,
+paper_plots.py:54-76); its Best is the lowest test metric of any finished run's whole trajectory
+(``best_test_metric``, paper_plots.py:448 over figures.py:508-520's trajectories). A test-error table takes
+every finished and every diverged run (paper_plots.py:341-364: accuracy is never NaN, so a diverged network
+enters at chance, 1 - 1/classes). Cells follow the paper's format (paper_plots.py:610-640, :func:`paper_cell`).
 """
 
 from __future__ import annotations
@@ -78,6 +86,9 @@ def best(values) -> float:
     return float(x.min()) if len(x) else float("nan")
 
 
+GROUP_COLUMNS = ["group", "seed", "status", "valid_loss", "test_metric", "best_test_metric", "over_threshold"]
+
+
 def best_of_groups(runs: pd.DataFrame, source: str, size: int, groups: str = "random", seed: int = 0) -> pd.DataFrame:
     """A derived population such as Random (3-batched): groups of ``size`` runs of ``source``, keeping in each
     the run with the best final validation loss.
@@ -93,6 +104,7 @@ def best_of_groups(runs: pd.DataFrame, source: str, size: int, groups: str = "ra
     Returns one row per group with the chosen run's seed, status, validation loss and test metric.
     """
     rv = runs[runs["algorithm"] == source]
+    rv = rv.assign(over_threshold=flag(rv, "over_threshold"))
     if groups == "random":
         done = rv[rv["status"] == "done"].sort_values("seed")
         order = np.random.default_rng(seed).permutation(len(done))
@@ -107,8 +119,10 @@ def best_of_groups(runs: pd.DataFrame, source: str, size: int, groups: str = "ra
         valid = pd.to_numeric(m["valid_loss"], errors="coerce").fillna(np.inf).to_numpy()
         chosen = m.iloc[int(np.argmin(valid))]
         rows.append({"group": group, "seed": chosen["seed"], "status": chosen["status"],
-                     "valid_loss": chosen["valid_loss"], "test_metric": chosen["test_metric"]})
-    return pd.DataFrame(rows, columns=["group", "seed", "status", "valid_loss", "test_metric"])
+                     "valid_loss": chosen["valid_loss"], "test_metric": chosen["test_metric"],
+                     "best_test_metric": chosen.get("best_test_metric", chosen["test_metric"]),
+                     "over_threshold": bool(chosen["over_threshold"])})
+    return pd.DataFrame(rows, columns=GROUP_COLUMNS)
 
 
 def derived_populations(runs: pd.DataFrame) -> dict:
@@ -122,16 +136,35 @@ def derived_populations(runs: pd.DataFrame) -> dict:
     return out
 
 
-def _row(dataset, algorithm, metric, runs: pd.DataFrame, n_boot: int, statistic: str = "bootstrap") -> dict:
-    """An algorithm's statistics over its finished runs (stale, missing and diverged runs left out)."""
-    values = pd.to_numeric(runs["test_metric"].where(runs["status"] == "done"), errors="coerce")
-    mean, mse, median, mdse = estimate(values, statistic, n_boot)
+def flag(runs: pd.DataFrame, column: str) -> pd.Series:
+    """A boolean column of runs.tsv (False where absent: runs collected before it existed)."""
+    if column not in runs.columns:
+        return pd.Series(False, index=runs.index)
+    return runs[column].astype(str).str.lower().isin(("true", "1", "1.0"))
+
+
+def loss_values(runs: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(the final values a loss table's mean and median take, the values its Best takes): finished runs, less
+    those over a post-hoc threshold for the first; every finished run's trajectory minimum for the second."""
+    done = runs["status"] == "done"
+    final = pd.to_numeric(runs["test_metric"].where(done & ~flag(runs, "over_threshold")), errors="coerce")
+    trajectory = runs["best_test_metric"] if "best_test_metric" in runs.columns else runs["test_metric"]
+    lowest = pd.to_numeric(trajectory.where(done), errors="coerce")
+    return final, lowest
+
+
+def _row(dataset, algorithm, metric, runs: pd.DataFrame, n_boot: int, statistic: str = "bootstrap",
+         values=None) -> dict:
+    """An algorithm's statistics: by default a loss table's (:func:`loss_values`); ``values``: (finals, the
+    values of Best) given by the caller (the test-error table's)."""
+    final, lowest = loss_values(runs) if values is None else values
+    mean, mse, median, mdse = estimate(final, statistic, n_boot)
     status = runs["status"].value_counts()
     return {"dataset": dataset, "algorithm": algorithm, "label": catalog.label(algorithm),
             "metric": metric, "runs": len(runs), "done": int(status.get("done", 0)),
             "diverged": int(status.get("diverged", 0)), "stale": int(status.get("stale", 0)),
             "missing": int(status.get("missing", 0)),
-            "mean": mean, "mean_se": mse, "median": median, "median_se": mdse, "best": best(values),
+            "mean": mean, "mean_se": mse, "median": median, "median_se": mdse, "best": best(lowest),
             "statistic": statistic}
 
 
@@ -203,20 +236,47 @@ def summarise(runs: pd.DataFrame, n_boot: int = N_BOOT, statistic: str = "bootst
 ERROR_METRIC = "test error (1 − accuracy)"
 
 
+def chance_error(dataset: str) -> float:
+    """The test error of a network whose outputs are NaN: every prediction the first class, so 1 - 1/classes
+    on the balanced test sets of Fashion-MNIST and CIFAR-10 (the error a diverged run has in the paper's
+    tables, whose accuracy was never NaN)."""
+    known = catalog.datasets().get(dataset)
+    classes = (known.shape or {}).get("outputs") if known is not None else None
+    return 1.0 - 1.0 / float(classes) if classes else float("nan")
+
+
+def error_values(runs: pd.DataFrame, dataset: str) -> tuple[pd.Series, pd.Series]:
+    """(final test errors, the values of Best) of a test-error table: every finished and every diverged run, a
+    diverged run without an accuracy at :func:`chance_error` (paper_plots.py:341-364). Best takes the same final
+    values: the runs log no accuracy trajectory."""
+    counted = runs["status"].isin(("done", "diverged"))
+    error = runs["test_metric"].where(counted)
+    error = error.where(~((runs["status"] == "diverged") & error.isna()), chance_error(dataset))
+    error = pd.to_numeric(error, errors="coerce")
+    return error, error
+
+
 def error_rows(dataset: str, runs: pd.DataFrame, n_boot: int = N_BOOT, statistic: str = "bootstrap") -> list[dict]:
     """For a classification dataset, the same statistics of the final test error (1 - test accuracy), the
-    paper's other measure for Fashion-MNIST and CIFAR-10 (metric ``ERROR_METRIC``); algorithms whose runs
-    recorded no accuracy are left out."""
+    paper's other measure for Fashion-MNIST and CIFAR-10 (metric ``ERROR_METRIC``), diverged runs included
+    (:func:`error_values`); algorithms whose finished runs recorded no accuracy are left out."""
     known = catalog.datasets().get(dataset)
     if known is None or known.task != "classification" or "test_accuracy" not in runs.columns:
         return []
     errors = runs.assign(test_metric=1.0 - pd.to_numeric(runs["test_accuracy"], errors="coerce"))
-    groups = populations(errors)
+    groups = {a: g for a, g in errors.groupby("algorithm")}
+    accuracy = runs.set_index(["algorithm", "seed"])["test_accuracy"]
+    for name, population in derived_populations(runs).items():   # the derived groups' chosen runs' errors
+        source = catalog.algorithms()[name].derived["from"]
+        chosen = [accuracy.get((source, seed), float("nan")) for seed in population["seed"]]
+        groups[name] = population.assign(test_metric=1.0 - pd.to_numeric(pd.Series(chosen, index=population.index),
+                                                                         errors="coerce"))
     rows = []
     for a in catalog.order(groups):
         finished = groups[a][groups[a]["status"] == "done"]
         if pd.to_numeric(finished["test_metric"], errors="coerce").notna().any():
-            rows.append(_row(dataset, a, ERROR_METRIC, groups[a], n_boot, statistic))
+            rows.append(_row(dataset, a, ERROR_METRIC, groups[a], n_boot, statistic,
+                             values=error_values(groups[a], dataset)))
     return rows
 
 
@@ -235,7 +295,8 @@ def _fixed(x: float, decimals: int) -> str:
 
 def with_se(value: float, se: float) -> str:
     """'value ± SE' with the SE to two significant digits and the value to the same decimal place, the
-    precision the SE supports (a zero or unknown SE: four significant digits)."""
+    precision the SE supports (a zero or unknown SE: four significant digits). The summary pages' format; the
+    paper's tables use :func:`paper_cell`."""
     if value is None or not np.isfinite(value):
         return "NaN"
     if se is None or not np.isfinite(se) or se <= 0:
@@ -248,17 +309,71 @@ def with_se(value: float, se: float) -> str:
     return f"{_fixed(value, decimals)} ± {se_text}"
 
 
-def _cells(summary: pd.DataFrame, bold=("**", "**")) -> pd.DataFrame:
-    """Formatted 'mean ± SE', 'median ± SE', 'best' cells, the lowest of each marked ``bold``."""
+def paper_rounding(value: float, se: float) -> tuple[float, str, str] | None:
+    """The paper's rounding of 'value ± SE' (paper_plots.py:610-630): the SE to one significant figure, the
+    value to the decimal place of that figure (a whole number once the SE is 1 or more). Returns (the rounded
+    value, its text, the SE's text), or None where the value or SE is not finite (the paper's '---'). A zero SE
+    (one run) leaves the value to three significant figures."""
+    if value is None or se is None or not (np.isfinite(value) and np.isfinite(se)):
+        return None
+    if se == 0:
+        return float(value), best_text(value), "0"
+    se_one = float(f"{se:.1g}")
+    places = -math.floor(math.log10(se_one))
+    rounded = round(float(value), places)
+    text = f"{rounded:.{places}f}" if se < 1 else str(int(rounded))
+    return rounded, text, np.format_float_positional(se, precision=1, fractional=False, trim="-")
+
+
+def best_text(value: float) -> str:
+    """The paper's Best: three significant figures, trailing zeros kept, no bare decimal point
+    ('{:#.3g}', paper_plots.py:632-635)."""
+    if value is None or not np.isfinite(value):
+        return "NaN"
+    return f"{value:#.3g}".rstrip(".")
+
+
+def bold_thresholds(values, errors) -> float:
+    """The paper's bold rule for one column (paper_plots.py:600-603): a value is bold when its rounded value is
+    at most the column's best (lowest) value plus that best value's standard error."""
+    v = pd.to_numeric(pd.Series(list(values)), errors="coerce").to_numpy(float)
+    e = pd.to_numeric(pd.Series(list(errors)), errors="coerce").to_numpy(float)
+    if not np.isfinite(v).any():
+        return float("nan")
+    i = int(np.nanargmin(v))
+    return float(v[i] + (e[i] if np.isfinite(e[i]) else 0.0))
+
+
+def paper_cell(value: float, se: float, threshold: float, bold=("**", "**")) -> str:
+    """'value ± SE' in the paper's format, marked ``bold`` when the rounded value is at most ``threshold``
+    (:func:`bold_thresholds`); ``bold=None``: never (the paper's tables without bold, bold_best=False)."""
+    rounded = paper_rounding(value, se)
+    if rounded is None:
+        return "—"
+    number, text, se_text = rounded
+    if bold and np.isfinite(threshold) and number <= threshold:
+        text = f"{bold[0]}{text}{bold[1]}"
+    return f"{text} ± {se_text}"
+
+
+def _cells(summary: pd.DataFrame, bold=("**", "**"), paper: bool = True) -> pd.DataFrame:
+    """Formatted 'mean ± SE', 'median ± SE', 'best' cells. ``paper``: the paper's format (:func:`paper_cell`,
+    :func:`best_text`), marked ``bold`` as the paper marks them (``bold=None``: none marked); else the summary
+    pages' (:func:`with_se`, Best to four significant digits, the lowest of each column bold)."""
     out = pd.DataFrame({"Method": summary["label"]})
-    for col, se in (("mean", "mean_se"), ("median", "median_se"), ("best", None)):
-        values = pd.to_numeric(summary[col], errors="coerce")
-        low = values.min()
-        cells = []
-        for v, e in zip(values, summary[se] if se else [None] * len(values)):
-            text = _fmt(v) if se is None else with_se(v, e)
-            cells.append(f"{bold[0]}{text}{bold[1]}" if np.isfinite(v) and v == low else text)
-        out[{"mean": "Mean ± SE", "median": "Median ± SE", "best": "Best"}[col]] = cells
+    for col, se, name in (("mean", "mean_se", "Mean ± SE"), ("median", "median_se", "Median ± SE")):
+        values, errors = pd.to_numeric(summary[col], errors="coerce"), pd.to_numeric(summary[se], errors="coerce")
+        if paper:
+            threshold = bold_thresholds(values, errors)
+            out[name] = [paper_cell(v, e, threshold, bold) for v, e in zip(values, errors)]
+        else:
+            out[name] = [f"{bold[0]}{with_se(v, e)}{bold[1]}" if np.isfinite(v) and v == values.min()
+                         else with_se(v, e) for v, e in zip(values, errors)]
+    bests = pd.to_numeric(summary["best"], errors="coerce")
+    low = bests.min()
+    text = best_text if paper else _fmt
+    out["Best"] = [f"{bold[0]}{text(v)}{bold[1]}" if bold and np.isfinite(v) and v <= low else text(v)
+                   for v in bests]
     out["Runs (diverged)"] = [f"{r} ({d})" for r, d in zip(summary["runs"], summary["diverged"])]
     return out
 
@@ -277,9 +392,14 @@ ESTIMATORS = {
     "sample": "the sample mean ± its standard error, the sample median ± the standard deviation of 1000 "
               "bootstrap medians",
 }
-INTRODUCTION = ("Mean and median with their standard errors, and the best final test metric, over the "
-                "initialisations of each algorithm, each rounded to the precision its standard error supports; "
-                "diverged runs (NaN) are left out. Lower is better; the lowest value is bold. A black-box search "
+INTRODUCTION = ("Mean and median with their standard errors over the initialisations of each algorithm, "
+                "in the paper's format: each standard error to one significant figure and its value to that "
+                "decimal place; Best, the lowest test metric of any finished run's whole logged trajectory, to "
+                "three significant figures (in a test-error table, the lowest final error). Loss tables leave "
+                "out diverged runs (NaN) and runs over a post-hoc divergence threshold "
+                "(Fashion-MNIST's 1e3 on the final test cross-entropy); test-error tables keep diverged runs, "
+                "at chance error. Lower is better; bold marks every value at most the column's best value plus "
+                "its standard error (no bold in the search tables). A black-box search "
                 "has two rows: its test metric at the best validation loss, over its repetitions (honest), and "
                 "the paper's statistic: for BayesOpt the lowest test metric logged by any evaluation of each "
                 "repetition (selected on the test set), for ASHA and PBT the final test metric of every trial "
@@ -310,13 +430,25 @@ def _placement(algorithm: str) -> str:
     return known.paper_table or "main"
 
 
+def _titled(title: str, sections: list) -> str:
+    """A table's title with ``{datasets}`` standing for the datasets its sections show."""
+    present = list(dict.fromkeys(h.split(" (")[0] for h, _ in sections))
+    names = ", ".join(present[:-1]) + " and " + present[-1] if len(present) > 1 else present[0]
+    return title.replace("{datasets}", names)
+
+
 def _layout(summaries: pd.DataFrame):
     """The paper's layout (its paper_plots.py write_all_tables, lines 466-542): [(table title, [(dataset
-    heading, its summary rows)])]. Table 1 the UCI sets, Table 2 the others, Table 3 the test errors, with the
-    rows of Long Diff-through-Opt (Full) (``paper_table: base``) in UCI Energy's section though run on a variant;
-    then a table of its own for each ``paper_table: separate`` algorithm (Long Diff-through-Opt (Medium), with
-    Fashion-MNIST's rows) and for each search kind (BayesOpt, ASHA, PBT). Other variants' rows are studies of
-    their own, not in these tables."""
+    heading, its summary rows)], bold)], ``bold`` whether the paper marked its best values (bold_best).
+
+    Table 1 the UCI sets, Table 2 the others, Table 3 the test errors (with bold); then, each with bold, a
+    table of its own for each ``paper_table: separate`` algorithm beside its base dataset's rows (Long
+    Diff-through-Opt (Full), run on uci_energy_long, with UCI Energy's rows, paper_plots.py:502-504; Medium with
+    Fashion-MNIST's, test cross-entropy and error, 491-495); a variant dataset marked ``paper_table: with_base``
+    beside its base (Fashion-MNIST and its BatchNorm variant, 481-483); the other variants, the short-horizon
+    studies with Long Diff-through-Opt (Standalone), one table per family (the UCI sets together, Fashion-MNIST
+    with its test error, 497-507); and, without bold, each search kind's rows, the UCI sets and the others in
+    two tables (BayesOpt's 508-515, ASHA's and PBT's 526-533)."""
     sources = {a.derived["from"] for a in catalog.derived_algorithms().values()}
     shown = summaries[~summaries["algorithm"].isin(sources)]  # the paper shows the derived rows instead
     known = catalog.datasets()
@@ -326,35 +458,45 @@ def _layout(summaries: pd.DataFrame):
     main = pd.concat([shown[own], shown[place == "base"].assign(dataset=base[place == "base"])])
     datasets = catalog.dataset_order(dict.fromkeys(main["dataset"]))
     primary, errors = main[main["metric"] != ERROR_METRIC], main[main["metric"] == ERROR_METRIC]
-    tables = [("UCI regression (unnormalised test MSE)", primary, [d for d in datasets if catalog.family(d) == "uci"]),
-              ("{datasets}", primary,
-               [d for d in datasets if catalog.family(d) != "uci"]),
-              (f"{{datasets}}, {ERROR_METRIC}", errors,
-               [d for d in datasets if d in set(errors["dataset"])])]
-    separate = shown[place == "separate"]
+    uci = [d for d in datasets if catalog.family(d) == "uci"]
+    tables = [("UCI regression (unnormalised test MSE)", [(primary, d) for d in uci], True),
+              ("{datasets}", [(primary, d) for d in datasets if catalog.family(d) != "uci"], True),
+              (f"{{datasets}}, {ERROR_METRIC}", [(errors, d) for d in datasets if d in set(errors["dataset"])], True)]
+    separate = shown[place == "separate"].assign(dataset=base[place == "separate"])
     for algorithm in catalog.order(dict.fromkeys(separate["algorithm"])):
         rows = separate[separate["algorithm"] == algorithm]
         for d in catalog.dataset_order(dict.fromkeys(rows["dataset"])):
             frame = pd.concat([main[main["dataset"] == d], rows[rows["dataset"] == d]])
-            tables.append((f"{catalog.dataset_label(d)} with {catalog.label(algorithm)}", frame, [d]))
+            tables.append((f"{catalog.dataset_label(d)} with {catalog.label(algorithm)}", [(frame, d)], True))
+    variants = shown[(base != shown["dataset"]) & (place == "main")]
+    beside = [d for d in catalog.dataset_order(dict.fromkeys(variants["dataset"]))
+              if known[d].paper_table == "with_base"]
+    for d in beside:
+        tables.append(("{datasets}", [(primary, known[d].base), (variants[variants["metric"] != ERROR_METRIC], d)],
+                       True))
+    others = [d for d in catalog.dataset_order(dict.fromkeys(variants["dataset"])) if d not in beside]
+    for family in dict.fromkeys(catalog.family(d) for d in others):
+        tables.append(("{datasets}", [(variants, d) for d in others if catalog.family(d) == family], True))
     searches = catalog.order(dict.fromkeys(shown.loc[place.str.startswith("search:"), "algorithm"]))
     for kind in dict.fromkeys(_placement(a) for a in searches):
         frame = shown[place == kind]
         labels = ", ".join(catalog.label(a) for a in catalog.order(dict.fromkeys(
             a for a in frame["algorithm"] if PAPER_SUFFIX not in a)))
-        tables.append((labels, frame, catalog.dataset_order(dict.fromkeys(frame["dataset"]))))
+        members = catalog.dataset_order(dict.fromkeys(frame["dataset"]))
+        for part in ([d for d in members if catalog.family(d) == "uci"],
+                     [d for d in members if catalog.family(d) != "uci"]):
+            if part:
+                tables.append((f"{labels}, {{datasets}}", [(frame, d) for d in part], False))
     out = []
-    for title, frame, members in tables:
+    for title, members, bold in tables:
         sections = []
-        for d in members:
+        for frame, d in members:
             for metric in dict.fromkeys(frame.loc[frame["dataset"] == d, "metric"]):
                 part = frame[(frame["dataset"] == d) & (frame["metric"] == metric)].reset_index(drop=True)
                 scale = catalog.table_scale(d) if metric != ERROR_METRIC else 1.0
                 sections.append((_heading(d, metric, scale), scaled(part, scale)))
         if sections:   # a title names the datasets the study has, not the paper's
-            present = list(dict.fromkeys(h.split(" (")[0] for h, _ in sections))
-            names = ", ".join(present[:-1]) + " and " + present[-1] if len(present) > 1 else present[0]
-            out.append((f"Table {len(out) + 1}: {title.replace('{datasets}', names)}", sections))
+            out.append((f"Table {len(out) + 1}: {_titled(title, sections)}", sections, bold))
     return out
 
 
@@ -379,10 +521,10 @@ def _heading(dataset: str, metric: str, scale: float) -> str:
 def paper_markdown(summaries: pd.DataFrame) -> str:
     """All datasets laid out like the paper: Table 1 for UCI, Table 2 for the rest."""
     parts = ["# Final test metrics of the population study", "", introduction(summaries)]
-    for title, sections in _layout(summaries):
+    for title, sections, bold in _layout(summaries):
         parts += ["", f"## {title}"]
         for heading, part in sections:
-            parts += ["", f"### {heading}", "", markdown_table(_cells(part))]
+            parts += ["", f"### {heading}", "", markdown_table(_cells(part, ("**", "**") if bold else None))]
     return "\n".join(parts) + "\n"
 
 
@@ -403,11 +545,12 @@ def _page(title: str, body: list[str]) -> str:
 def paper_html(summaries: pd.DataFrame) -> str:
     """The paper's tables as one HTML page (for the report)."""
     body = ["<h1>Final test metrics of the population study</h1>", f"<p>{html.escape(introduction(summaries))}</p>"]
-    for title, sections in _layout(summaries):
+    for title, sections, bold in _layout(summaries):
         body.append(f"<h2>{html.escape(title)}</h2>")
         for heading, part in sections:
             body += [f"<h3>{html.escape(heading)}</h3>",
-                     html_table(_cells(part, ("<b>", "</b>")), raw=("Mean ± SE", "Median ± SE", "Best"))]
+                     html_table(_cells(part, ("<b>", "</b>") if bold else None),
+                                raw=("Mean ± SE", "Median ± SE", "Best"))]
     return _page("Paper tables", body)
 
 
@@ -419,7 +562,7 @@ def summary_html(summary: pd.DataFrame) -> str:
     body = []
     for metric in dict.fromkeys(summary["metric"]):
         part = summary[summary["metric"] == metric].reset_index(drop=True)
-        cells = _cells(part, ("<b>", "</b>")).drop(columns=["Runs (diverged)"])
+        cells = _cells(part, ("<b>", "</b>"), paper=False).drop(columns=["Runs (diverged)"])
         for col in ("runs", "done", "diverged", "stale", "missing"):
             cells[col.capitalize()] = part[col].astype(int).tolist()
         title = f"{catalog.dataset_label(dataset)}: final {metric}"

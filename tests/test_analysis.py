@@ -254,9 +254,9 @@ def test_paper_tables(study, tmp_path):
     assert "## Table 2: Fashion-MNIST\n" in text and "Penn Treebank" not in text
     assert "| Method | Mean ± SE | Median ± SE | Best | Runs (diverged) |" in text
     assert "Random (3-batched)" in text and "Random (validation)" not in text
-    # each number to the precision its standard error supports (SE to two significant digits)
-    assert re.search(r"\| Ours \(WD\+LR\) \| \*\*5\.0 ± 1\.4\*\* \| \*\*5\.0 ± [0-9]\.[0-9]\*\* \| \*\*2\.5\*\* \|", text)
-    assert "| Random | 15.0 ± 5.0 |" in text
+    # the paper's format: each SE to one significant figure, its value to that place, Best to 3 figures
+    assert re.search(r"\| Ours \(WD\+LR\) \| \*\*5\*\* ± 1 \| \*\*5\*\* ± [0-9] \| \*\*2\.50\*\* \|", text)
+    assert "| Random | 15 ± 5 |" in text
     assert len(pd.read_csv(tsv, sep="\t")) == 10
 
 
@@ -438,7 +438,9 @@ def test_searches_show_the_papers_statistic_beside_the_honest_one(study, tmp_pat
     md, tsv = tmp_path / "paper_tables.md", tmp_path / "paper_tables.tsv"
     analysis.main(["paper-tables", "--summaries", str(summary_path), "--markdown", str(md), "--tsv", str(tsv)])
     text = md.read_text()
-    assert "| Bayesian Optimisation (paper: best test seen) | **2.50 ± 0.50** |" in text
+    # the search tables have no bold (the paper's bold_best=False, paper_plots.py:508-533)
+    assert "| Bayesian Optimisation (paper: best test seen) | 2.5 ± 0.5 |" in text
+    assert "**" not in text.split("## Table 2: Bayesian Optimisation")[1]
     assert "| Bayesian Optimisation (test at best validation) |" in text and "| ASHA (paper: all finished trials) |" in text
     assert "ASHA@paper" in tsv.read_text()
 
@@ -482,7 +484,7 @@ def test_time_comparison_with_searches(study, tmp_path):
     fake_search(runs_dir, "BayesOpt", 1, [8.0, 8.0, 3.0, 3.0])
     fake_search(runs_dir, "PBT", 0, [7.0, 6.0], per_evaluation_s=4.0)
     runs = collect(runs_dir, ["Random", "Ours_LR", "BayesOpt", "PBT"], range(3), {"BayesOpt": 2, "PBT": 1})
-    fig = figures.test_vs_time(runs, runs_dir)
+    fig = figures.test_vs_time_by_validation(runs, runs_dir)
     median, best = fig.axes[:2]
     assert median.get_xscale() == best.get_xscale() == "log"  # 80 s of search against 0.5 s runs
     lines = {ln.get_label(): ln for ln in median.get_lines()}
@@ -500,18 +502,19 @@ def test_time_comparison_with_searches(study, tmp_path):
     assert any("best-by-validation" in t.get_text() for t in fig.texts)
     figures.plt.close(fig)
     # without searches: a linear time axis and no note
-    plain = figures.test_vs_time(runs[~runs["algorithm"].isin([a for a in catalog.algorithms() if catalog.is_search(a)])], runs_dir)
+    plain = figures.test_vs_time_by_validation(
+        runs[~runs["algorithm"].isin([a for a in catalog.algorithms() if catalog.is_search(a)])], runs_dir)
     assert plain.axes[0].get_xscale() == "linear" and not plain.texts
     assert plain.axes[0].get_xlabel() == "training time (s)"
     figures.plt.close(plain)
-    png = tmp_path / "test_vs_time.png"
-    figures.make("test_vs_time", runs, runs_dir, [png])
+    png = tmp_path / "test_vs_time_by_validation.png"
+    figures.make("test_vs_time_by_validation", runs, runs_dir, [png])
     assert png.stat().st_size > 5000
 
 
 def test_time_figure_caption_describes_searches():
     """The caption lives with the figure (the report's caption template shows it)."""
-    text = figures.caption("test_vs_time", "UCI Energy")
+    text = figures.caption("test_vs_time_by_validation", "UCI Energy")
     assert "UCI Energy" in text and "lowest validation loss so far" in text and "cumulative search time" in text
     template = (Path(__file__).resolve().parents[1] / "workflow" / "report" / "figure.rst").read_text()
     assert template.strip() == "{{ snakemake.params.caption }}"
@@ -571,11 +574,15 @@ def test_every_algorithm_is_drawn_in_its_catalogue_colour_and_line_style(searche
             assert {to_hex(c, keep_alpha=False) for c in artist.get_facecolors()} == {catalog.colour(algorithm)}
         drawn.setdefault(algorithm, 0)
         drawn[algorithm] += 1
-    expected = set(SEARCHED) | ({"Random_3Batched"} if kind == "edf" else set())
-    assert set(drawn) >= set(SEARCHED) and set(drawn) <= expected
+    # the loss envelope leaves out the searches, as the paper's loss figures
+    shown = {a for a in SEARCHED if not (kind == "test_vs_step" and catalog.is_search(a))}
+    expected = shown | ({"Random_3Batched"} if kind == "edf" else set())
+    assert set(drawn) >= shown and set(drawn) <= expected
     # all three catalogue line styles appear: '-', ':' (Long Diff-through-Opt), '--' (searches)
     if kind != "error_vs_hyperparameter":
-        assert {a.get_linestyle() for a in _data_artists(fig)} == {"-", ":", "--"}
+        styles = {"-", ":"} | (set() if kind == "test_vs_step" else {"--"})
+        assert {a.get_linestyle() for a in fig.axes[0].get_lines() + [
+            ln for ax in fig.axes[1:] for ln in ax.get_lines()]} == styles
     figures.plt.close(fig)
 
 
@@ -588,7 +595,7 @@ def _extent(ax, line) -> float:
     return float(ends[1, 0] - ends[0, 0])
 
 
-@pytest.mark.parametrize("kind", ["test_vs_step", "test_vs_time"])
+@pytest.mark.parametrize("kind", ["test_vs_time", "test_vs_time_by_validation"])
 def test_searches_over_30_runs_budget_squeeze_no_curve(searched, kind):
     """Searches whose cumulative budget is 30 single runs (and Long Diff-through-Opt, 1 here) share a log
     x axis with the one-pass runs: every curve spans at least a quarter of the width, where a linear axis
@@ -604,7 +611,8 @@ def test_searches_over_30_runs_budget_squeeze_no_curve(searched, kind):
     figures.plt.close(fig)
     one_pass = runs[~runs["algorithm"].map(catalog.is_search)]
     fig = figures.FIGURES[kind].draw(one_pass, runs_dir)
-    assert fig.axes[0].get_xscale() == "linear" and not fig.texts  # one budget: a linear axis
+    # one budget: a linear axis, except the paper's HPO curves, always on log axes (paper_plots.py:888)
+    assert fig.axes[0].get_xscale() == ("log" if kind == "test_vs_time" else "linear") and not fig.texts
     figures.plt.close(fig)
 
 
@@ -877,10 +885,11 @@ def test_paper_tables_scale_kin8nm_and_add_test_error_tables(study, tmp_path):
 
 
 def test_paper_tables_place_long_diff_through_opt_and_the_searches_as_the_paper():
-    """The paper's tables (paper_plots.py:466-542): Long Diff-through-Opt (Full), run on uci_energy_long, is a row
-    of UCI Energy's table after the 4000-step algorithms; Medium is not in Table 2 but in a table of its own with
-    Fashion-MNIST's rows (cross-entropy and error); BayesOpt, ASHA and PBT have tables of their own; the other
-    rows of a variant (the short-horizon study) stay out."""
+    """The paper's tables (paper_plots.py:466-542): Long Diff-through-Opt (Full), run on uci_energy_long, has a
+    table of its own with UCI Energy's rows (502-504); Medium one with Fashion-MNIST's rows, cross-entropy and
+    error (491-495); Fashion-MNIST and its BatchNorm variant share one (481-483); the short-horizon study
+    (Standalone) is a table of its own (497-507); BayesOpt has two tables, UCI and Fashion-MNIST, ASHA and PBT
+    one each, all without bold."""
     def rows(dataset, algorithms, metric="m"):
         return [{"dataset": dataset, "algorithm": a, "label": catalog.label(a.split("@")[0]), "metric": metric,
                  "runs": 3, "done": 3, "diverged": 0, "stale": 0, "missing": 0, "mean": 1.0 + i, "mean_se": 0.1,
@@ -894,26 +903,192 @@ def test_paper_tables_place_long_diff_through_opt_and_the_searches_as_the_paper(
                "test MSE (unnormalised)")
         + rows("fashion_mnist", ["Random", "Ours_LR", "LongDiffThroughOpt_Medium", "BayesOpt"],
                "test cross-entropy")
-        + rows("fashion_mnist", ["Random", "Ours_LR", "LongDiffThroughOpt_Medium"], tables.ERROR_METRIC),
+        + rows("fashion_mnist", ["Random", "Ours_LR", "LongDiffThroughOpt_Medium"], tables.ERROR_METRIC)
+        + rows("fashion_mnist_bn", ["Random", "Ours_LR"], "test cross-entropy")
+        + rows("fashion_mnist_bn", ["Random", "Ours_LR"], tables.ERROR_METRIC),
         columns=tables.COLUMNS)
+    laid = tables._layout(summaries)
     layout = {title.split(": ", 1)[1]: {h: list(part["algorithm"]) for h, part in sections}
-              for title, sections in tables._layout(summaries)}
-    # titles name the datasets present (Fashion-MNIST alone here)
-    assert list(layout) == ["UCI regression (unnormalised test MSE)", "Fashion-MNIST",
-                            f"Fashion-MNIST, {tables.ERROR_METRIC}",
-                            "Fashion-MNIST with Long Diff-through-Opt (Medium)", "Bayesian Optimisation",
-                            "ASHA", "PBT"]
-    energy = "UCI Energy (test MSE (unnormalised))"
-    assert layout["UCI regression (unnormalised test MSE)"] == {
-        energy: ["Random", "Random_3Batched", "Ours_LR", "LongDiffThroughOpt_Full"]}
+              for title, sections, _ in laid}
+    bold = [b for _, _, b in laid]
+    energy, long = "UCI Energy (test MSE (unnormalised))", catalog.dataset_label("uci_energy_long")
     fm, fm_error = "Fashion-MNIST (test cross-entropy)", f"Fashion-MNIST ({tables.ERROR_METRIC})"
-    assert layout["Fashion-MNIST"] == {fm: ["Random", "Ours_LR"]}
-    assert layout[f"Fashion-MNIST, {tables.ERROR_METRIC}"] == {fm_error: ["Random", "Ours_LR"]}
-    assert layout["Fashion-MNIST with Long Diff-through-Opt (Medium)"] == {
-        fm: ["Random", "Ours_LR", "LongDiffThroughOpt_Medium"], fm_error: ["Random", "Ours_LR",
-                                                                          "LongDiffThroughOpt_Medium"]}
-    assert layout["Bayesian Optimisation"] == {energy: ["BayesOpt", "BayesOpt@paper"], fm: ["BayesOpt"]}
-    assert layout["ASHA"] == {energy: ["ASHA", "ASHA@paper"]} and layout["PBT"] == {energy: ["PBT", "PBT@paper"]}
+    bn = "Fashion-MNIST with BatchNorm (test cross-entropy)"
+    assert layout == {
+        "UCI regression (unnormalised test MSE)": {energy: ["Random", "Random_3Batched", "Ours_LR"]},
+        "Fashion-MNIST": {fm: ["Random", "Ours_LR"]},
+        f"Fashion-MNIST, {tables.ERROR_METRIC}": {fm_error: ["Random", "Ours_LR"]},
+        "Fashion-MNIST with Long Diff-through-Opt (Medium)": {
+            fm: ["Random", "Ours_LR", "LongDiffThroughOpt_Medium"],
+            fm_error: ["Random", "Ours_LR", "LongDiffThroughOpt_Medium"]},
+        "UCI Energy with Long Diff-through-Opt (Full)": {
+            energy: ["Random", "Random_3Batched", "Ours_LR", "LongDiffThroughOpt_Full"]},
+        "Fashion-MNIST and Fashion-MNIST with BatchNorm": {fm: ["Random", "Ours_LR"], bn: ["Random", "Ours_LR"]},
+        long: {f"{long} (test MSE (unnormalised))": ["Random", "LongDiffThroughOpt_Standalone"]},
+        "Bayesian Optimisation, UCI Energy": {energy: ["BayesOpt", "BayesOpt@paper"]},
+        "Bayesian Optimisation, Fashion-MNIST": {fm: ["BayesOpt"]},
+        "ASHA, UCI Energy": {energy: ["ASHA", "ASHA@paper"]},
+        "PBT, UCI Energy": {energy: ["PBT", "PBT@paper"]}}
+    assert list(layout)[3:5] == ["Fashion-MNIST with Long Diff-through-Opt (Medium)",
+                                 "UCI Energy with Long Diff-through-Opt (Full)"]
+    assert bold == [True] * 7 + [False] * 4
     text = tables.paper_markdown(summaries)
-    assert "## Table 4: Fashion-MNIST with Long Diff-through-Opt (Medium)" in text
-    assert "Long Diff-through-Opt (Standalone)" not in text
+    assert "## Table 5: UCI Energy with Long Diff-through-Opt (Full)" in text
+    assert "**" in text.split("## Table 8")[0] and "**" not in text.split("## Table 8")[1]
+
+
+def test_best_column_is_the_lowest_test_metric_of_a_finished_runs_whole_trajectory(study):
+    """Best is nanmin over every finished run's test trajectory (paper_plots.py:448 over figures.py:508-520),
+    not the minimum of final values; a diverged run's trajectory does not count (the paper deleted runs whose
+    final value was NaN), and the mean and median stay over the final values."""
+    runs_dir, _ = study
+    history = runs_dir / "Ours_LR" / "seed1" / "history.csv"
+    h = pd.read_csv(history)
+    h.loc[2, "test_metric"] = 1.5          # a dip mid-way: final 5.0, trajectory minimum 1.5
+    h.to_csv(history, index=False)
+    history = runs_dir / "Random" / "seed2" / "history.csv"   # the diverged run: 0.1 before its NaN
+    h = pd.read_csv(history)
+    h.loc[1, "test_metric"] = 0.1
+    h.to_csv(history, index=False)
+    runs = collect(runs_dir, ["Random", "Random_SteppedLR", "Random_Validation", "Ours_LR"], range(6))
+    r = runs.set_index(["algorithm", "seed"])
+    assert r.loc[("Ours_LR", 1), "best_test_metric"] == 1.5 and r.loc[("Ours_LR", 1), "test_metric"] == 5.0
+    s = tables.summarise(runs, statistic="sample").set_index("algorithm")
+    assert s.loc["Ours_LR", "best"] == 1.5
+    assert s.loc["Ours_LR", "mean"] == pytest.approx((2.5 + 5.0 + 7.5) / 3)
+    assert s.loc["Random", "best"] == 10.0     # the diverged run's 0.1 left out: the finished runs' 10 and 20
+
+
+def _classification_runs():
+    """Fashion-MNIST runs of Random, by hand: finished (error 0.2), finished but over the post-hoc threshold
+    (test cross-entropy 2000, error 0.1), diverged (no accuracy) and missing."""
+    nan = float("nan")
+    return pd.DataFrame({
+        "dataset": "fashion_mnist", "algorithm": "Random", "seed": [0, 1, 2, 3],
+        "status": ["done", "done", "diverged", "missing"], "valid_loss": [0.5, 2000.0, nan, nan],
+        "test_metric": [0.5, 2000.0, nan, nan], "best_test_metric": [0.4, 0.3, nan, nan],
+        "over_threshold": [False, True, False, False], "test_accuracy": [0.8, 0.9, nan, nan]})
+
+
+def test_error_table_keeps_diverged_runs_and_the_loss_table_drops_runs_over_the_threshold():
+    """The loss row leaves out the run over Fashion-MNIST's post-hoc threshold (paper_plots.py:54-76) but its
+    Best keeps that run's trajectory; the error row keeps it and the diverged run, at chance error 1 - 1/10
+    (paper_plots.py:341-364)."""
+    s = tables.summarise(_classification_runs(), statistic="sample").set_index("metric")
+    loss, error = s.loc["test cross-entropy"], s.loc[tables.ERROR_METRIC]
+    assert (loss["mean"], loss["median"], loss["best"]) == (0.5, 0.5, 0.3)
+    errors = [0.2, 0.1, 0.9]
+    assert error["mean"] == pytest.approx(np.mean(errors))
+    assert error["mean_se"] == pytest.approx(np.std(errors, ddof=1) / np.sqrt(3))
+    assert error["median"] == pytest.approx(0.2) and error["best"] == pytest.approx(0.1)
+    assert (error["runs"], error["diverged"], error["missing"]) == (4, 1, 1)
+
+
+def test_paper_format_on_hand_made_numbers():
+    """paper_plots.py:610-640: each SE to one significant figure, the value to that decimal place (a whole
+    number once the SE is 1 or more), bold when the rounded value is at most the column's lowest value plus its
+    SE; Best as '{:#.3g}' without a bare decimal point."""
+    assert tables.paper_rounding(0.123456, 0.0234)[1:] == ("0.12", "0.02")
+    assert tables.paper_rounding(7.434, 8.1)[1:] == ("7", "8")
+    assert tables.paper_rounding(1234.5, 123)[1:] == ("1200", "100")
+    assert tables.paper_rounding(0.5271, 0.0996)[1:] == ("0.5", "0.1")
+    assert tables.paper_rounding(float("nan"), 0.1) is None
+    assert [tables.best_text(v) for v in (2.5, 100.0, 1234.5, 0.012345)] == ["2.50", "100", "1.23e+03", "0.0123"]
+    summary = pd.DataFrame({"label": ["A", "B", "C", "D"], "mean": [1.0, 1.04, 1.054, 1.2],
+                            "mean_se": [0.05, 0.01, 0.01, 0.01], "median": [3.0, 2.0, 2.0, 2.0],
+                            "median_se": [0.3, 0.3, 0.3, 0.3], "best": [0.9, 0.95, 0.9, 1.1],
+                            "runs": 3, "diverged": 0})
+    cells = tables._cells(summary)
+    # threshold 1.0 + 0.05: A, B and C (1.054 rounds to 1.05) bold, D not
+    assert cells["Mean ± SE"].tolist() == ["**1.00** ± 0.05", "**1.04** ± 0.01", "**1.05** ± 0.01", "1.20 ± 0.01"]
+    assert cells["Median ± SE"].tolist() == ["3.0 ± 0.3", "**2.0** ± 0.3", "**2.0** ± 0.3", "**2.0** ± 0.3"]
+    assert cells["Best"].tolist() == ["**0.900**", "0.950", "**0.900**", "1.10"]
+    assert "**" not in "".join(tables._cells(summary, bold=None)[["Mean ± SE", "Best"]].sum())
+
+
+@pytest.mark.parametrize("check,over", [("post_hoc", True), ("training", False)])
+def test_a_run_over_a_post_hoc_threshold_is_flagged_not_diverged(study, check, over):
+    """divergence_check: post_hoc flags a run whose final test metric reaches divergence_threshold (the paper's
+    Fashion-MNIST rule); it stays done, so only the loss statistics leave it out. Under training (a run frozen
+    during training) nothing is flagged after the fact."""
+    runs_dir, _ = study
+    path = runs_dir / "Ours_LR" / "seed2" / "metrics.json"      # final test metric 7.5
+    metrics = json.loads(path.read_text())
+    metrics["settings"].update(divergence_threshold=7.0, divergence_check=check)
+    path.write_text(json.dumps(metrics))
+    runs = collect(runs_dir, ["Ours_LR"], range(3))
+    r = runs.set_index("seed")
+    assert r.loc[2, "status"] == "done" and bool(r.loc[2, "over_threshold"]) is over
+    assert not r.loc[[0, 1], "over_threshold"].astype(bool).any()
+    s = tables.summarise(runs, statistic="sample").set_index("algorithm")
+    assert s.loc["Ours_LR", "mean"] == pytest.approx(np.mean([2.5, 5.0] if over else [2.5, 5.0, 7.5]))
+
+
+def test_envelope_is_the_bootstrap_median_and_its_spread():
+    """Two runs at 1 and 3: a resample's median is 1, 2 or 3 with probabilities 1/4, 1/2, 1/4, so the mean of
+    the medians is 2 and their standard deviation sqrt(1/2); one run: itself, no spread."""
+    middle, spread = figures.envelope(np.array([[1.0, 3.0], [1.0, 3.0]]), n_boot=4000)
+    np.testing.assert_allclose(middle, 2.0, atol=0.05)
+    np.testing.assert_allclose(spread, np.sqrt(0.5), atol=0.03)
+    middle, spread = figures.envelope(np.array([[4.0], [2.0]]))
+    np.testing.assert_array_equal(middle, [4.0, 2.0]) and np.testing.assert_array_equal(spread, [0.0, 0.0])
+
+
+def test_loss_envelope_figure_draws_the_papers_envelope(study):
+    """test_vs_step: one line and one band per algorithm, log y; Ours (WD+LR)'s last point is the bootstrap mean
+    of the median of its three finals (27 equally likely resamples, counted here); Random (3-batched) replaces
+    Random (validation); a run over a post-hoc threshold is left out."""
+    import itertools
+
+    runs_dir, runs = study
+    runs = runs.copy()
+    runs["over_threshold"] = (runs["algorithm"] == "Random_SteppedLR") & (runs["seed"] == 1)
+    fig = figures.test_vs_step(runs, runs_dir)
+    ax = fig.axes[0]
+    lines = {ln.get_gid(): ln for ln in ax.get_lines()}
+    assert set(lines) == {"Random", "Random_SteppedLR", "Random_3Batched", "Ours_LR"}
+    assert {c.get_gid() for c in ax.collections} == set(lines)   # the ± std bands
+    assert ax.get_yscale() == "log"
+    exact = np.mean([np.median(c) for c in itertools.product([2.5, 5.0, 7.5], repeat=3)])
+    assert lines["Ours_LR"].get_ydata()[-1] == pytest.approx(exact, rel=0.03)
+    assert "n=1" in lines["Random_SteppedLR"].get_label()   # seed 1 over the threshold
+    assert lines["Random_SteppedLR"].get_ydata()[-1] == pytest.approx(15.0)
+    figures.plt.close(fig)
+
+
+def test_running_minimum_figure(tmp_path):
+    """test_vs_time: each run's running minimum of the test metric against time (the paper's HPO curves,
+    paper_plots.py:869-887); a search's over every evaluation's lowest test metric (evaluations.csv), against
+    cumulative search time; log axes."""
+    runs_dir = tmp_path / "runs" / "uci_energy"
+    out = fake_run(runs_dir, "Ours_LR", 0, 1.0, steps=3)
+    h = pd.read_csv(out / "history.csv")
+    h["time_s"], h["test_metric"] = [0.0, 1.0, 2.0, 3.0], [5.0, 2.0, 4.0, 1.0]
+    h.to_csv(out / "history.csv", index=False)
+    out = fake_search(runs_dir, "BayesOpt", 0, [3.0, 3.0, 2.0])
+    pd.DataFrame({"cumulative_time_s": [10.0, 20.0, 30.0], "test_metric": [3.0, 9.0, 2.0],
+                  "min_test_metric": [3.0, 1.0, 2.0]}).to_csv(out / "evaluations.csv", index=False)
+    fake_run(runs_dir, "Random_Validation", 0, 2.0)
+    runs = collect(runs_dir, ["Ours_LR", "BayesOpt", "Random_Validation"], range(1))
+    fig = figures.test_vs_time(runs, runs_dir)
+    lines = {ln.get_gid(): ln for ln in fig.axes[0].get_lines()}
+    assert set(lines) == {"Ours_LR", "BayesOpt"}   # Random (validation) left out, as the paper's
+    ours, bayes = lines["Ours_LR"], lines["BayesOpt"]
+    assert dict(zip(ours.get_xdata()[ours.get_xdata() > 0], ours.get_ydata()[ours.get_xdata() > 0])) == {
+        1.0: 2.0, 2.0: 2.0, 3.0: 1.0}
+    assert list(bayes.get_ydata()) == [3.0, 1.0, 1.0] and list(bayes.get_xdata()) == [10.0, 20.0, 30.0]
+    assert fig.axes[0].get_xscale() == "log"   # 30 s of search against 3 s of training
+    figures.plt.close(fig)
+
+
+def test_a_datasets_paper_table_is_checked(tmp_path):
+    """A dataset's paper_table is with_base or absent; anything else stops with the file and the key named."""
+    for value, where in (("with_base", "good"), ("beside", "bad")):
+        datasets = tmp_path / where / "datasets"
+        datasets.mkdir(parents=True)
+        (datasets / "a.yaml").write_text("label: A\nfamily: uci\ntask: regression\nmetric: test MSE\n")
+        (datasets / "b.yaml").write_text(f"label: B\nsame_as: a\npaper_table: {value}\n")
+    known = catalog.datasets(tmp_path / "good")
+    assert known["b"].paper_table == "with_base" and known["a"].paper_table is None
+    with pytest.raises(catalog.CatalogError, match=r"b\.yaml: key 'paper_table' must be with_base, got 'beside'"):
+        catalog.datasets(tmp_path / "bad")

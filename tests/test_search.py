@@ -186,6 +186,20 @@ def test_searches_default_to_the_papers_designs():
     assert (bo["bayesopt_acquisition"], bo["bayesopt_kappa"], bo["bayesopt_surrogate"]) == ("LCB", 2.576, "matern52")
 
 
+def test_bayesopt_scores_a_finite_validation_loss_however_large():
+    """The paper's score (bayesopt.py:30-38): the final validation loss where finite, the penalty only where
+    not. On Fashion-MNIST the threshold applies post hoc by default, so an evaluation past 1e3 trains to the end
+    and scores its own validation loss, not the penalty of 3 (the frozen run of divergence_check: training
+    has NaN losses and scores 3)."""
+    from onepass.search.bayesopt import diverged_penalty, evaluation_score
+
+    settings, inner = search_settings("fashion_mnist", "BayesOpt")
+    assert settings["divergence_check"] == "post_hoc" and diverged_penalty(settings) == 3.0
+    assert evaluation_score({"diverged": False, "valid_loss": 5000.0}, 3.0) == 5000.0
+    assert evaluation_score({"diverged": True, "valid_loss": float("nan")}, 3.0) == 3.0
+    assert evaluation_score({"diverged": False, "valid_loss": float("inf")}, 3.0) == 3.0
+
+
 @pytest.mark.parametrize("dataset,penalty", [("uci_energy", 150.0), ("uci_kin8nm", 0.1), ("uci_power", 400.0),
                                              ("fashion_mnist", 3.0), ("uci_boston", 10.0),
                                              ("penn_treebank", 20.0)])

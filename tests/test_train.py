@@ -438,6 +438,35 @@ def test_baydin_takes_its_hypergradient_from_the_unclipped_gradients(data_dir):
     assert member_norms(pops[True].grads_prev).tolist() == pytest.approx([c, c], rel=1e-4)
 
 
+def test_baydin_same_batch_takes_the_newer_gradient_after_the_step(data_dir):
+    """baydin_new_gradient: same_batch (the paper's on Penn Treebank, train.py:207-208, 531-536): the step first,
+    then -grad L_b(w_{t+1}) . grad L_b(w_t) on the same batch b. On UCI's full batch that is the hypergradient
+    next_batch takes one step later, so after k steps same_batch has next_batch's weights after k steps and
+    its learning rate after k + 1; Penn Treebank's Baydin takes same_batch by default, the other datasets not."""
+    import torch
+
+    from onepass.population import Population
+
+    assert load_settings("penn_treebank", "Baydin")["baydin_new_gradient"] == "same_batch"
+    assert load_settings("fashion_mnist", "Baydin")["baydin_new_gradient"] == "next_batch"
+    dataset = data.load("uci_energy", data_dir)
+    members = [Member(0, 1e-3, 1e-4, 0.5), Member(1, 2e-3, 1e-5, 0.3)]
+    pops = {mode: Population(load_settings("uci_energy", "Baydin", {"baydin_new_gradient": mode, "hyper_lr": 0.1}),
+                             dataset, members, torch.device("cpu")) for mode in ("next_batch", "same_batch")}
+    lrs, weights = {m: [] for m in pops}, {m: [] for m in pops}
+    for _ in range(3):
+        for mode, pop in pops.items():
+            pop.step()
+            lrs[mode].append(pop.hypers.trainable()["lr"].clone())
+            weights[mode].append([p.detach().clone() for p in pop.params])
+    assert not torch.equal(lrs["same_batch"][0], lrs["next_batch"][0])   # the switch acts from the first step
+    for k in range(2):
+        torch.testing.assert_close(lrs["same_batch"][k], lrs["next_batch"][k + 1], rtol=1e-5, atol=0)  # float32
+    for k in range(3):
+        for a, b in zip(weights["same_batch"][k], weights["next_batch"][k]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_running_job_writes_progress_lines_to_its_log(data_dir, tmp_path):
     """As the workflow runs a job (--quiet, output to a log file, no terminal), the log shows progress
     lines while the job is still running: steps done/total, alive/diverged, median losses, elapsed, ETA."""
@@ -488,12 +517,13 @@ def test_progress_line_cadence_and_eta():
     assert out.getvalue() == text + "\n"
     assert not log.due(41)                      # the line just written restarts both counts
     assert log.line(100, 2, 1, [], []).endswith("median train -, valid - | elapsed 0:00:12, ETA 0:00:00")
-@pytest.mark.parametrize("threshold", [None, 1e3])
-def test_a_uci_member_that_passes_1e3_and_recovers_is_kept(data_dir, threshold):
+@pytest.mark.parametrize("threshold,check", [(None, "training"), (1e3, "training"), (1e3, "post_hoc")])
+def test_a_uci_member_that_passes_1e3_and_recovers_is_kept(data_dir, threshold, check):
     """UCI has no divergence threshold, as the paper's code (paper_plots.py:55-69, its runs trained to the end and
     only a NaN final value was dropped): a member whose normalised training MSE passes 1e3 and comes back trains
     on. Member 0 starts with its output bias 100 too high (an MSE near 1e4 that gradient descent brings down);
-    with an explicit threshold of 1e3 the same member is frozen at the first check."""
+    with an explicit threshold of 1e3 the same member is frozen at the first check, unless the threshold applies
+    post hoc (divergence_check: post_hoc, the paper's Fashion-MNIST rule): then it trains on as without one."""
     import torch
 
     from onepass import data as D
@@ -501,8 +531,9 @@ def test_a_uci_member_that_passes_1e3_and_recovers_is_kept(data_dir, threshold):
     from onepass.problems import to_device
     from onepass.settings import load_settings
 
-    overrides = {"hyperparameter_steps": 40} if threshold is None else {"hyperparameter_steps": 40,
-                                                                         "divergence_threshold": threshold}
+    overrides = {"hyperparameter_steps": 40, "divergence_check": check}
+    if threshold is not None:
+        overrides["divergence_threshold"] = threshold
     settings = load_settings("uci_energy", "Random", overrides)
     assert load_settings("uci_energy", "Random")["divergence_threshold"] is None
     dataset = to_device(D.load("uci_energy", data_dir, settings["preprocessing"]), "cpu")
@@ -512,7 +543,7 @@ def test_a_uci_member_that_passes_1e3_and_recovers_is_kept(data_dir, threshold):
         population.params[-1][0] += 100.0
     newly = population.step()
     assert population.last_loss[0] > 1e3 and population.last_loss[1] < 10   # past 1e3 at the check
-    if threshold is not None:
+    if threshold is not None and check == "training":
         assert newly == [0] and not population.alive[0]
         return
     assert newly == []
@@ -535,11 +566,12 @@ def test_divergence_thresholds_of_the_datasets():
             assert threshold is None, name
         elif known.family == "fashion_mnist":
             assert threshold == 1e3, name
+            assert load_settings(name, "Random")["divergence_check"] == "post_hoc", name
     assert load_settings("penn_treebank", "Random")["divergence_threshold"] is None
     assert load_settings("cifar10", "Random")["divergence_threshold"] is None
 
 
-def _bn_problem(absorb: bool, steps: int, batch_size: int | None = None):
+def _bn_problem(absorb: str, steps: int, batch_size: int | None = None):
     """A population of one BatchNorm MLP (Random_Validation, trained on the training split; lr 0: the weights
     stay at their initial values) on a small
     synthetic classification set whose validation inputs are shifted, trained for ``steps`` steps (full batch
@@ -560,25 +592,30 @@ def _bn_problem(absorb: bool, steps: int, batch_size: int | None = None):
                       num_classes=3, vocab_size=None)
     settings = load_settings("fashion_mnist_bn", "Random_Validation", {"hidden_units": 4, "batch_size": batch_size,
                                                             "hyperparameter_steps": 1, "update_interval": steps,
-                                                            "batchnorm_absorbs_validation": absorb})
+                                                            "batchnorm_absorbs": absorb})
     population = Population(settings, dataset, [Member(3, 0.0, 0.0, 0.0)], "cpu")
     population.step()
     return population, dataset
 
 
-@pytest.mark.parametrize("absorb", [True, False])
+@pytest.mark.parametrize("absorb", ["validation", "training", "none"])
 def test_batchnorm_mlp_has_no_hidden_bias_and_its_running_statistics_absorb_validation(absorb):
     """The paper's BatchNorm MLP (its models.py:31-42): no bias on the Linear before BatchNorm; and, as its
     validation loss was computed in train mode every weight step (train.py:576-582), the running statistics
-    absorb a validation batch after every training batch (batchnorm_absorbs_validation, the default).
-    Checked against the exponential moving averages by hand, and the eval-mode test loss by hand."""
+    absorb a validation batch after every training batch (batchnorm_absorbs: validation, the default), another
+    training batch for Baydin (training: its validation loader was the training data, train.py:207-208) and
+    nothing for Random and Random (xLR) (none: no validation loss, train.py:697-704). Checked against the
+    exponential moving averages by hand, and the eval-mode test loss by hand."""
     import torch
     import torch.nn.functional as F
 
     from onepass.models import build_model
     from onepass.settings import load_settings
 
-    assert load_settings("fashion_mnist_bn", "Random")["batchnorm_absorbs_validation"] is True
+    defaults = {a: load_settings("fashion_mnist_bn", a)["batchnorm_absorbs"]
+                for a in ("Random", "Random_SteppedLR", "Baydin", "Random_Validation", "Ours_LR_Momentum")}
+    assert defaults == {"Random": "none", "Random_SteppedLR": "none", "Baydin": "training",
+                        "Random_Validation": "validation", "Ours_LR_Momentum": "validation"}
     model = build_model({"model": "mlp_bn", "hidden_units": 50}, (28, 28), 10)
     assert [(n, tuple(p.shape)) for n, p in model.named_parameters()] == [
         ("net.1.weight", (50, 784)), ("net.2.weight", (50,)), ("net.2.bias", (50,)), ("net.4.weight", (10, 50)),
@@ -594,12 +631,12 @@ def test_batchnorm_mlp_has_no_hidden_bias_and_its_running_statistics_absorb_vali
     h_train, h_valid = hidden(dataset.train[0]), hidden(dataset.valid[0])
     mean, var = torch.zeros(4), torch.ones(4)
     for _ in range(steps):   # momentum 0.1, unbiased batch variance, as torch's BatchNorm1d
-        for h in ([h_train, h_valid] if absorb else [h_train]):
+        for h in {"validation": [h_train, h_valid], "training": [h_train, h_train], "none": [h_train]}[absorb]:
             mean = 0.9 * mean + 0.1 * h.mean(0)
             var = 0.9 * var + 0.1 * h.var(0, unbiased=True)
     assert torch.allclose(b["net.2.running_mean"], mean, rtol=1e-5, atol=1e-6)
     assert torch.allclose(b["net.2.running_var"], var, rtol=1e-5, atol=1e-6)
-    assert int(b["net.2.num_batches_tracked"]) == steps * (2 if absorb else 1)
+    assert int(b["net.2.num_batches_tracked"]) == steps * (1 if absorb == "none" else 2)
     # the test loss (eval mode) normalises with those statistics
     x, y = dataset.test
     h = (hidden(x) - mean) / torch.sqrt(var + 1e-5) * p["net.2.weight"] + p["net.2.bias"]
@@ -615,9 +652,9 @@ def test_batchnorm_validation_stream_resumes_from_a_checkpoint():
 
     from onepass.population import Population
 
-    whole, _ = _bn_problem(True, 3, batch_size=8)
+    whole, _ = _bn_problem("validation", 3, batch_size=8)
     whole.step()
-    half, dataset = _bn_problem(True, 3, batch_size=8)
+    half, dataset = _bn_problem("validation", 3, batch_size=8)
     resumed = Population(half.settings, dataset, half.members, "cpu")
     resumed.load_state_dict(half.state_dict())
     resumed.step()

@@ -52,6 +52,16 @@ def diverged_penalty(settings: dict) -> float:
     return float(settings["search_diverged_penalty"] if value is None else value)
 
 
+def evaluation_score(metrics: dict, penalty: float) -> float:
+    """What the surrogate is told for an evaluation, as the paper's launch_run (bayesopt.py:30-38): its final
+    validation loss where that is finite, however large (on Fashion-MNIST a run past the 1e3 threshold trains
+    to the end under ``divergence_check: post_hoc`` and scores its own loss), else ``penalty``; a run frozen
+    during training (``divergence_check: training``) records NaN losses and scores ``penalty``."""
+    value = metrics.get("valid_loss")
+    finite = isinstance(value, (int, float)) and math.isfinite(value)
+    return penalty if metrics.get("diverged") or not finite else float(value)
+
+
 def surrogate(settings: dict, seed: int):
     """The Gaussian process: ``matern52`` a Matern(nu=2.5) kernel with alpha 1e-6, normalised scores and 5
     restarts of the kernel's optimiser (the paper's bayes_opt defaults); ``skopt`` scikit-optimize's default
@@ -111,7 +121,7 @@ def bayesopt(dataset: str, seed: int, settings: dict, inner_overrides: dict, dat
         if m is None:
             m = train_run(dataset, settings["search_inner_algorithm"], run_seed, lr, wd, mom, data_dir, where,
                           device, {**inner_overrides, "track_min_test": True}, data=data, progress_every=0)
-        score = penalty if m["diverged"] or not math.isfinite(m["valid_loss"]) else m["valid_loss"]
+        score = evaluation_score(m, penalty)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             opt.tell(x, float(score))
