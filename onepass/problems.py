@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .batches import BatchStream, SequenceStream
-from .models import VMAPPABLE, build_model
+from .models import STACKED, VMAPPABLE, build_model, population_mlp
 
 
 def to_device(dataset, device):
@@ -83,6 +83,8 @@ class Problem:
         self.names = [name for name, _ in self.template.named_parameters()]
         self.buffer_names = [name for name, _ in self.template.named_buffers()]
         self.vmapped = batchable(settings, dataset, self.template)
+        # a plain MLP's population runs through its batched matmuls written out (the same numbers as vmap)
+        self.stacked = settings["model"] in STACKED and self.task != "language_model"
 
     def build(self) -> nn.Module:
         """A freshly initialised network (its weights drawn from torch's global generator)."""
@@ -126,6 +128,8 @@ class Problem:
         (stacked) or an empty tuple. ``shared``: the batch has no member dimension (full batch, text).
         ``track_stats``: BatchNorm updates its running statistics (plain training steps); otherwise the loss
         is a pure function of the weights (hypergradients)."""
+        if self.stacked:
+            return self._stacked_losses(params, batch), ()
         context = contextlib.nullcontext() if track_stats else frozen_batchnorm_stats(self.template)
         with context:
             if self.vmapped:
@@ -137,6 +141,17 @@ class Problem:
                 batch = (*batch[:2], None if batch[2] is None else _squeeze(batch[2]))
             loss, aux = self._member_loss(_squeeze(tuple(params)), _squeeze(tuple(buffers)), batch)
             return loss.unsqueeze(0), _unsqueeze(aux)
+
+    def _stacked_losses(self, params, batch) -> torch.Tensor:
+        """[N] losses of a plain MLP population (:func:`onepass.models.population_mlp`), each member's loss
+        reduced as ``F.mse_loss``/``F.cross_entropy`` reduce one network's."""
+        inputs, targets = batch
+        out = population_mlp(params, inputs, len(self.dataset.input_shape))
+        if self.task == "regression":
+            return (out - targets).pow(2).mean((1, 2))
+        n, rows = out.shape[:2]
+        losses = F.cross_entropy(out.reshape(n * rows, -1), targets.expand(n, rows).reshape(-1), reduction="none")
+        return losses.view(n, rows).mean(1)
 
     def loss_function(self, buffers, shared: bool, track_stats: bool = False):
         """``loss(params, batch) -> ([N] losses, aux)`` with these buffers (for the hypergradients)."""
