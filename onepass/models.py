@@ -41,9 +41,11 @@ def population_mlp(params, inputs: torch.Tensor, feature_dims: int) -> torch.Ten
     n = w1.shape[0]
     x = inputs.flatten(-feature_dims)
     if x.dim() == 2:
-        x = x.expand(n, *x.shape)
-    hidden = torch.baddbmm(b1.unsqueeze(1), x, w1.transpose(1, 2)).relu_()
-    return torch.baddbmm(b2.unsqueeze(1), hidden, w2.transpose(1, 2))
+        x = torch.cat([x, x.new_ones(len(x), 1)], 1).expand(n, -1, -1)
+        hidden = torch.bmm(x, torch.cat([w1, b1.unsqueeze(2)], 2).transpose(1, 2))
+    else:
+        hidden = torch.baddbmm(b1.unsqueeze(1), x, w1.transpose(1, 2))
+    return torch.baddbmm(b2.unsqueeze(1), hidden.relu_(), w2.transpose(1, 2))
 
 
 class LSTMLanguageModel(nn.Module):
