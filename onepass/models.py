@@ -35,9 +35,19 @@ def population_mlp(params, inputs: torch.Tensor, feature_dims: int) -> torch.Ten
     hidden], b2 [N, out]), ``inputs`` [N, batch, *features] (each member its batch) or [batch, *features]
     (one batch, shared), ``feature_dims`` the number of feature dimensions (flattened, as nn.Flatten does).
 
-    The same arithmetic as ``vmap`` over the module (each bias added to the matmul's output, in the same
-    kernels), in fewer passes over the hidden layer: the bias add fused into ``baddbmm``, the ReLU in place."""
-    w1, b1, w2, b2 = params
+    The same arithmetic as ``vmap`` over the module in fewer passes over the hidden layer: the ReLU in place,
+    the bias adds fused into ``baddbmm``, and with a shared batch the first bias folded into the matmul as
+    the weight of a column of ones (the same outputs, bit for bit; no pass to add it, and its gradient comes
+    out of the weight gradient's matmul instead of a sum over the rows: equal to float round-off)."""
+    x, hidden = _hidden_layer(params, inputs, feature_dims)
+    w2, b2 = params[2:]
+    return torch.baddbmm(b2.unsqueeze(1), hidden, w2.transpose(1, 2))
+
+
+def _hidden_layer(params, inputs: torch.Tensor, feature_dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the first layer's input [N, batch, in (+1: the column of ones of a shared batch)], its hidden layer
+    after the ReLU) of :func:`population_mlp`."""
+    w1, b1 = params[:2]
     n = w1.shape[0]
     x = inputs.flatten(-feature_dims)
     if x.dim() == 2:
@@ -45,7 +55,24 @@ def population_mlp(params, inputs: torch.Tensor, feature_dims: int) -> torch.Ten
         hidden = torch.bmm(x, torch.cat([w1, b1.unsqueeze(2)], 2).transpose(1, 2))
     else:
         hidden = torch.baddbmm(b1.unsqueeze(1), x, w1.transpose(1, 2))
-    return torch.baddbmm(b2.unsqueeze(1), hidden.relu_(), w2.transpose(1, 2))
+    return x, hidden.relu_()
+
+
+@torch.no_grad()
+def population_mlp_grads(params, inputs: torch.Tensor, feature_dims: int, output_grad) -> tuple:
+    """(losses [N], gradients list) of :func:`population_mlp`'s networks, backpropagation written out for the
+    plain training step (no graph recorded): the products autograd takes, bit for bit, without its
+    bookkeeping. ``output_grad(outputs) -> (losses [N], d(losses.sum())/d(outputs))`` is the loss's part."""
+    w1, b1, w2, b2 = params
+    x, hidden = _hidden_layer(params, inputs, feature_dims)
+    losses, d_out = output_grad(torch.baddbmm(b2.unsqueeze(1), hidden, w2.transpose(1, 2)))
+    g_w2 = torch.bmm(d_out.transpose(1, 2), hidden)
+    g_b2 = d_out.sum(1)
+    d_hidden = torch.ops.aten.threshold_backward(torch.bmm(d_out, w2), hidden, 0)
+    g_in = torch.bmm(x.transpose(1, 2), d_hidden)     # [N, in (+1), hidden]
+    if g_in.shape[1] > w1.shape[2]:                     # a shared batch: the bias's gradient in the last row
+        return losses, [g_in[:, :-1].transpose(1, 2), g_in[:, -1], g_w2, g_b2]
+    return losses, [g_in.transpose(1, 2), d_hidden.sum(1), g_w2, g_b2]
 
 
 class LSTMLanguageModel(nn.Module):

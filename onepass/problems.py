@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .batches import BatchStream, SequenceStream
-from .models import STACKED, VMAPPABLE, build_model, population_mlp
+from .models import STACKED, VMAPPABLE, build_model, population_mlp, population_mlp_grads
 
 
 def to_device(dataset, device):
@@ -152,6 +152,28 @@ class Problem:
         n, rows = out.shape[:2]
         losses = F.cross_entropy(out.reshape(n * rows, -1), targets.expand(n, rows).reshape(-1), reduction="none")
         return losses.view(n, rows).mean(1)
+
+    def stacked_grads(self, params, batch) -> tuple:
+        """([N] losses, gradients list) of a plain MLP population's training step, without autograd
+        (:func:`onepass.models.population_mlp_grads`): what ``torch.autograd.grad`` of the summed
+        :meth:`losses` gives."""
+        inputs, targets = batch
+        return population_mlp_grads(params, inputs, len(self.dataset.input_shape),
+                                    lambda out: self._output_grad(out, targets))
+
+    def _output_grad(self, out, targets) -> tuple:
+        """(every member's loss, d(sum of the losses)/d(out)), each step as autograd takes it: MSE's
+        2 (out - y) / numel; cross-entropy's (softmax - one-hot) / rows."""
+        if self.task == "regression":
+            diff = out - targets
+            return diff.pow(2).mean((1, 2)), diff.mul_(2.0 / (out.shape[1] * out.shape[2]))
+        n, rows = out.shape[:2]
+        log_p = F.log_softmax(out, -1)
+        index = targets.expand(n, rows).unsqueeze(-1)
+        losses = -log_p.gather(-1, index).squeeze(-1).mean(1)
+        d_out = log_p.exp_().mul_(1.0 / rows)
+        d_out.scatter_add_(-1, index, d_out.new_full(index.shape, -1.0 / rows))
+        return losses, d_out
 
     def loss_function(self, buffers, shared: bool, track_stats: bool = False):
         """``loss(params, batch) -> ([N] losses, aux)`` with these buffers (for the hypergradients)."""

@@ -1,6 +1,7 @@
 """The plain MLP's population path (onepass.models.population_mlp, batched matmuls written out) against one
-``nn.Module`` per member: losses, gradients and the double backward the Neumann series takes, on generated
-regression and classification data, with one batch shared by all members and with a batch per member."""
+``nn.Module`` per member: losses, gradients (through autograd, and written out as the plain step takes
+them) and the double backward the Neumann series takes, on generated regression and classification data,
+with one batch shared by all members and with a batch per member."""
 
 import pytest
 import torch
@@ -65,6 +66,11 @@ def test_population_mlp_is_every_members_network(task, shared):
     g_ref = torch.autograd.grad(reference.sum(), params, create_graph=True)
     for a, b in zip(g_mine, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    # the plain step's gradients, backpropagation written out
+    losses, grads = problem.stacked_grads([p.detach() for p in params], batch)
+    torch.testing.assert_close(losses, reference.detach(), rtol=1e-12, atol=1e-14)
+    for a, b in zip(grads, g_ref):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-14)
     v = [torch.randn_like(p) for p in params]
     hv_mine = torch.autograd.grad(g_mine, params, grad_outputs=v)
     hv_ref = torch.autograd.grad(g_ref, params, grad_outputs=v)
