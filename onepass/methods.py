@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from .hypergrad import Unroll, baydin_hypergradient, linearised_update, neumann_hypergradient
+from .hypergrad import Unroll, baydin_hypergradient, linearised_update, neumann_hypergradient, update
 from .updates import clip_by_norm, per_member, sgd_step_, spread
 
 
@@ -76,6 +76,12 @@ class WeightSteps(ABC):
     def kernels(self):
         """The context of every hypergradient computation."""
         return contextlib.nullcontext()
+
+    def curvature(self, batch):
+        """(training losses [N], gradients, hvp) at the current weights on ``batch``, ``hvp(v)`` the Hessian of
+        the summed losses times v, where the run has them written out (a plain MLP, unclipped); else None
+        (autograd's graph gives them)."""
+        return None
 
     # ---- shared -------------------------------------------------------------------------------------
     @property
@@ -191,9 +197,16 @@ class Neumann(Method):
             return plain_step(run, batch)
         s = run.settings
         lr, wd, mom = run.natural()
-        with run.kernels():
-            w, u, d, losses, aux = linearised_update(run.hypergradient_losses, run.params, run.bufs, batch, lr, wd,
-                                                     mom, s["clip_grad_norm"])
+        curvature = run.curvature(batch)
+        if curvature is not None:
+            losses, train_grads, hvp = curvature
+            w, aux = tuple(p.detach() for p in run.params), ()
+            u, d = update(w, run.bufs, train_grads, lr, wd, mom)
+        else:
+            hvp = None
+            with run.kernels():
+                w, u, d, losses, aux = linearised_update(run.hypergradient_losses, run.params, run.bufs, batch,
+                                                         lr, wd, mom, s["clip_grad_norm"])
         if aux:
             run.carry(aux)
         run.track_stats(batch)   # the running statistics follow this step as they follow the plain ones
@@ -203,7 +216,7 @@ class Neumann(Method):
         with run.kernels():
             val_grad = validation_gradient(run, new_params, valid())
             grads = neumann_hypergradient(w, u, val_grad, s["neumann_terms"], tuple(run.bufs), lr, wd, mom,
-                                          run.hypers.optimise)
+                                          run.hypers.optimise, hvp)
         del w, u, d
         with torch.no_grad():
             torch._foreach_copy_(run.params, list(new_params))

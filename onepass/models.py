@@ -44,9 +44,9 @@ def population_mlp(params, inputs: torch.Tensor, feature_dims: int) -> torch.Ten
     return torch.baddbmm(b2.unsqueeze(1), hidden, w2.transpose(1, 2))
 
 
-def _hidden_layer(params, inputs: torch.Tensor, feature_dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _hidden_layer(params, inputs: torch.Tensor, feature_dims: int, relu: bool = True) -> tuple:
     """(the first layer's input [N, batch, in (+1: the column of ones of a shared batch)], its hidden layer
-    after the ReLU) of :func:`population_mlp`."""
+    after the ReLU (before it, unless ``relu``)) of :func:`population_mlp`."""
     w1, b1 = params[:2]
     n = w1.shape[0]
     x = inputs.flatten(-feature_dims)
@@ -55,24 +55,56 @@ def _hidden_layer(params, inputs: torch.Tensor, feature_dims: int) -> tuple[torc
         hidden = torch.bmm(x, torch.cat([w1, b1.unsqueeze(2)], 2).transpose(1, 2))
     else:
         hidden = torch.baddbmm(b1.unsqueeze(1), x, w1.transpose(1, 2))
-    return x, hidden.relu_()
+    return x, hidden.relu_() if relu else hidden
 
 
 @torch.no_grad()
-def population_mlp_grads(params, inputs: torch.Tensor, feature_dims: int, output_grad) -> tuple:
+def population_mlp_grads(params, inputs: torch.Tensor, feature_dims: int, output_grad, output_hvp=None) -> tuple:
     """(losses [N], gradients list) of :func:`population_mlp`'s networks, backpropagation written out for the
     plain training step (no graph recorded): the products autograd takes, bit for bit, without its
-    bookkeeping. ``output_grad(outputs) -> (losses [N], d(losses.sum())/d(outputs))`` is the loss's part."""
+    bookkeeping. ``output_grad(outputs) -> (losses [N], d(losses.sum())/d(outputs))`` is the loss's part.
+
+    With ``output_hvp(outputs, r) -> the loss's Hessian in the outputs times r``, also ``hvp(v)``: the Hessian
+    of the summed losses at these weights times ``v`` (a list shaped like ``params``), by Pearlmutter's
+    R-operator on the forward and backward passes kept here (for the Neumann series' products)."""
     w1, b1, w2, b2 = params
     x, hidden = _hidden_layer(params, inputs, feature_dims)
-    losses, d_out = output_grad(torch.baddbmm(b2.unsqueeze(1), hidden, w2.transpose(1, 2)))
+    out = torch.baddbmm(b2.unsqueeze(1), hidden, w2.transpose(1, 2))
+    losses, d_out = output_grad(out)
+    grads = _backward(x, hidden, d_out, w1, w2)
+    if output_hvp is None:
+        return losses, grads
+
+    @torch.no_grad()
+    def hvp(v) -> list:
+        r_hidden = _hidden_layer(v, inputs, feature_dims, relu=False)[1]
+        r_hidden = torch.ops.aten.threshold_backward(r_hidden, hidden, 0)    # the ReLU's mask is constant
+        r_out = torch.baddbmm(v[3].unsqueeze(1), r_hidden, w2.transpose(1, 2))
+        r_out.baddbmm_(hidden, v[2].transpose(1, 2))
+        r_d_out = output_hvp(out, r_out)
+        g_w2 = torch.bmm(r_d_out.transpose(1, 2), hidden).baddbmm_(d_out.transpose(1, 2), r_hidden)
+        r_d_hidden = torch.bmm(r_d_out, w2).baddbmm_(d_out, v[2])
+        return _first_layer(x, torch.ops.aten.threshold_backward(r_d_hidden, hidden, 0), w1) + \
+            [g_w2, r_d_out.sum(1)]
+
+    return losses, grads, hvp
+
+
+def _backward(x, hidden, d_out, w1, w2) -> list:
+    """The gradients of W1, b1, W2, b2 from d(loss)/d(outputs) ``d_out`` (the first layer's input ``x`` and
+    ``hidden`` after the ReLU, from :func:`_hidden_layer`)."""
     g_w2 = torch.bmm(d_out.transpose(1, 2), hidden)
     g_b2 = d_out.sum(1)
     d_hidden = torch.ops.aten.threshold_backward(torch.bmm(d_out, w2), hidden, 0)
+    return _first_layer(x, d_hidden, w1) + [g_w2, g_b2]
+
+
+def _first_layer(x, d_hidden, w1) -> list:
+    """[gradient of W1, of b1] from d(loss)/d(the first layer's output, before the ReLU)."""
     g_in = torch.bmm(x.transpose(1, 2), d_hidden)     # [N, in (+1), hidden]
     if g_in.shape[1] > w1.shape[2]:                     # a shared batch: the bias's gradient in the last row
-        return losses, [g_in[:, :-1].transpose(1, 2), g_in[:, -1], g_w2, g_b2]
-    return losses, [g_in.transpose(1, 2), d_hidden.sum(1), g_w2, g_b2]
+        return [g_in[:, :-1].transpose(1, 2), g_in[:, -1]]
+    return [g_in.transpose(1, 2), d_hidden.sum(1)]
 
 
 class LSTMLanguageModel(nn.Module):

@@ -147,6 +147,11 @@ class Population(WeightSteps, Reports):
         self.record_loss(losses.detach())
         return self.last_loss, grads
 
+    def curvature(self, batch):
+        if not self.problem.stacked or self.settings["clip_grad_norm"] is not None:
+            return None
+        return self.problem.stacked_curvature([p.detach() for p in self.params], batch)
+
     def hypergradient_losses(self, params, batch) -> tuple:
         return self._losses(params, batch, self.train_stream)
 

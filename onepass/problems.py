@@ -161,6 +161,22 @@ class Problem:
         return population_mlp_grads(params, inputs, len(self.dataset.input_shape),
                                     lambda out: self._output_grad(out, targets))
 
+    def stacked_curvature(self, params, batch) -> tuple:
+        """(losses, gradients, hvp) of a plain MLP population at ``params`` on ``batch``: :meth:`stacked_grads`
+        and ``hvp(v)``, the Hessian of the summed losses times ``v`` (the products of the Neumann series)."""
+        inputs, targets = batch
+        return population_mlp_grads(params, inputs, len(self.dataset.input_shape),
+                                    lambda out: self._output_grad(out, targets), self._output_hvp)
+
+    def _output_hvp(self, out, r) -> torch.Tensor:
+        """The Hessian of the summed losses in the outputs ``out`` times ``r``: MSE's 2 r / numel;
+        cross-entropy's (softmax r - softmax (softmax . r)) / rows."""
+        if self.task == "regression":
+            return r * (2.0 / (out.shape[1] * out.shape[2]))
+        p = torch.softmax(out, -1)
+        pr = p * r
+        return pr.sub_(p * pr.sum(-1, keepdim=True)).mul_(1.0 / out.shape[1])
+
     def _output_grad(self, out, targets) -> tuple:
         """(every member's loss, d(sum of the losses)/d(out)), each step as autograd takes it: MSE's
         2 (out - y) / numel; cross-entropy's (softmax - one-hot) / rows."""

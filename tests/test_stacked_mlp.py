@@ -1,7 +1,8 @@
 """The plain MLP's population path (onepass.models.population_mlp, batched matmuls written out) against one
 ``nn.Module`` per member: losses, gradients (through autograd, and written out as the plain step takes
-them) and the double backward the Neumann series takes, on generated regression and classification data,
-with one batch shared by all members and with a batch per member."""
+them) and Hessian-vector products (autograd's double backward, and the R-operator written out), on
+generated regression and classification data, with one batch shared by all members and with a batch per
+member."""
 
 import pytest
 import torch
@@ -75,4 +76,10 @@ def test_population_mlp_is_every_members_network(task, shared):
     hv_mine = torch.autograd.grad(g_mine, params, grad_outputs=v)
     hv_ref = torch.autograd.grad(g_ref, params, grad_outputs=v)
     for a, b in zip(hv_mine, hv_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    # the same product by the R-operator, written out (the Neumann series' products)
+    losses, grads, hvp = problem.stacked_curvature([p.detach() for p in params], batch)
+    for a, b in zip(grads, g_ref):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-14)
+    for a, b in zip(hvp(v), hv_ref):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
