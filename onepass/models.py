@@ -62,7 +62,9 @@ def _hidden_layer(params, inputs: torch.Tensor, feature_dims: int, relu: bool = 
 def population_mlp_grads(params, inputs: torch.Tensor, feature_dims: int, output_grad, output_hvp=None) -> tuple:
     """(losses [N], gradients list) of :func:`population_mlp`'s networks, backpropagation written out for the
     plain training step (no graph recorded): the products autograd takes, bit for bit, without its
-    bookkeeping. ``output_grad(outputs) -> (losses [N], d(losses.sum())/d(outputs))`` is the loss's part.
+    bookkeeping; for networks of one output (UCI) the first layer's products regrouped so that they read the
+    ReLU's mask once (the same to round-off). ``output_grad(outputs) -> (losses [N], d(losses.sum())/d(outputs))``
+    is the loss's part.
 
     With ``output_hvp(outputs, r) -> the loss's Hessian in the outputs times r``, also ``hvp(v)``: the Hessian
     of the summed losses at these weights times ``v`` (a list shaped like ``params``), by Pearlmutter's
@@ -71,12 +73,18 @@ def population_mlp_grads(params, inputs: torch.Tensor, feature_dims: int, output
     x, hidden = _hidden_layer(params, inputs, feature_dims)
     out = torch.baddbmm(b2.unsqueeze(1), hidden, w2.transpose(1, 2))
     losses, d_out = output_grad(out)
+    if w2.shape[1] == 1:   # one output: the first layer's products regrouped to read the ReLU's mask once
+        inputs = w1.shape[2]
+        x, mask = _with_ones(x, inputs), hidden.sign()     # hidden >= 0: its sign is the mask
+        b = torch.bmm((x * d_out).transpose(1, 2), mask)   # B = (x d_out)^T M: [N, in + 1, hidden]
+        g1 = (b * w2).transpose(1, 2)                      # [W1 b1]'s gradient: w_j B[k, j]
+        grads = [g1[:, :, :inputs], g1[:, :, inputs], torch.bmm(d_out.transpose(1, 2), hidden), d_out.sum(1)]
+        if output_hvp is None:
+            return losses, grads
+        return losses, grads, _one_output_hvp(x, hidden, mask, b, d_out, out, w1, w2, output_hvp)
     grads = _backward(x, hidden, d_out, w1, w2)
     if output_hvp is None:
         return losses, grads
-
-    if w2.shape[1] == 1:
-        return losses, grads, _one_output_hvp(x, hidden, d_out, out, w1, w2, output_hvp)
 
     @torch.no_grad()
     def hvp(v) -> list:
@@ -93,21 +101,22 @@ def population_mlp_grads(params, inputs: torch.Tensor, feature_dims: int, output
     return losses, grads, hvp
 
 
-def _one_output_hvp(x, hidden, d_out, out, w1, w2, output_hvp):
+def _with_ones(x, inputs: int):
+    """The first layer's input with its column of ones (a shared batch has it already)."""
+    return x if x.shape[2] > inputs else torch.cat([x, x.new_ones(x.shape[:2] + (1,))], 2)
+
+
+def _one_output_hvp(x, hidden, mask, b, d_out, out, w1, w2, output_hvp):
     """:func:`population_mlp_grads`' ``hvp`` for networks of one output, the R-operator's products regrouped so
     that each reads the hidden layer's ReLU mask M and the hidden layer h twice, not 15 passes over them:
-    with x the inputs (a column of ones appended), V = [V1 c1] and w = W2[0] (per member),
+    with x the inputs (with the column of ones), V = [V1 c1] and w = W2[0] (per member),
 
         R(out) = rowsum(x . (M (w V))) + h v2 + c2,          R(W2) = R(d_out)^T h + rowsum(V . B^T),
         R([W1 b1])[j, k] = w_j A[k, j] + v2_j B[k, j],       A = (x R(d_out))^T M,  B = (x d_out)^T M,
 
-    B the same for every v (computed once)."""
+    B (``b``) the same for every v: the gradient's."""
     inputs = w1.shape[2]
-    if x.shape[2] == inputs:   # a batch per member: append the column of ones
-        x = torch.cat([x, x.new_ones(x.shape[:2] + (1,))], 2)
-    mask = (hidden > 0).to(hidden.dtype)
     x_t = x.transpose(1, 2)
-    b = torch.bmm((x * d_out).transpose(1, 2), mask)           # [N, in + 1, hidden]
     w = w2[:, 0]
 
     @torch.no_grad()
