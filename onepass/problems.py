@@ -83,7 +83,7 @@ class Problem:
         self.names = [name for name, _ in self.template.named_parameters()]
         self.buffer_names = [name for name, _ in self.template.named_buffers()]
         self.vmapped = batchable(settings, dataset, self.template)
-        # a plain MLP's population runs through its batched matmuls written out (the same numbers as vmap)
+        # a plain MLP's population runs through its batched matmuls written out (vmap's numbers, to round-off)
         self.stacked = settings["model"] in STACKED and self.task != "language_model"
 
     def build(self) -> nn.Module:
