@@ -19,13 +19,21 @@ The parts, in order:
   Initialisations are the study's (``sweep`` of config/config.yaml). Real data where prepared
   (``--data-dir``) or where the offline mirrors (``ONEPASS_DATA_MIRRORS``) hold them, else generated tensors
   of the real shapes; the JSON says which.
+- ``compiled_populations``: Random and Ours_LR_Momentum on the UCI Energy and Fashion-MNIST populations (200
+  members, 1000 weight steps; 100 members, 300 weight steps), eager and then with the training steps' loss
+  through ``torch.compile(mode="reduce-overhead")`` (:meth:`onepass.population.Population.compile`: CUDA
+  graphs on a GPU; on the CPU inductor alone), the same members for the same steps: training time per member
+  and weight step of each (the compiled one without its first hyperparameter step), their ratio, the
+  compilation with the first hyperparameter step, and the largest difference between the two runs' final
+  weights and training losses (the same numbers to float round-off). ``--tiny`` compiles with the
+  ``aot_eager`` backend (the same tracing, no code generation) so that the CPU test takes seconds.
 - ``group_size``: the group sizes :func:`onepass.train.train` plans for each population (its budget: 90 % of
   the GPU's free memory; on the CPU the job's ``mem_mb`` estimate) beside the members the measured peak
   allows in that budget.
 - ``cuda_tests``: ``pytest -m cuda tests/test_cuda.py`` in a subprocess, with its counts (it gets the time the
   other parts left; on a machine without CUDA every test skips).
 
-The engine uses neither CUDA graphs nor ``torch.compile``; the JSON records them as not used. Each part has a
+The engine runs eager unless asked (``Population.compile``); only ``compiled_populations`` asks. Each part has a
 share of ``--budget-s``: between steps a part past its share stops and records what it finished (status
 ``stopped``; algorithms it did not start are ``not reached``), and one stuck inside a step is interrupted at
 1.5 times its share plus a minute (20 s with ``--tiny``). ``--tiny`` runs every part at toy size (about 20 s
@@ -74,10 +82,12 @@ from onepass.train import member_budget, tune_allocator  # noqa: E402
 
 ALGORITHMS = ["Random", "Ours_LR_Momentum", "DiffThroughOpt"]
 PARTS = ["penn_treebank_lstm", "cifar10_resnet18", "uci_energy_population", "fashion_mnist_population",
-         "group_size", "cuda_tests"]
+         "compiled_populations", "group_size", "cuda_tests"]
+COMPILED_ALGORITHMS = ["Random", "Ours_LR_Momentum"]
+COMPILE_MODE = "reduce-overhead"
 # shares of the budget; cuda_tests, last, gets whatever the others left (at least its share)
 SHARES = {"penn_treebank_lstm": 0.12, "cifar10_resnet18": 0.12, "uci_energy_population": 0.22,
-          "fashion_mnist_population": 0.16, "group_size": 0.0, "cuda_tests": 0.30}
+          "fashion_mnist_population": 0.16, "compiled_populations": 0.12, "group_size": 0.0, "cuda_tests": 0.26}
 PTB_TOKENS = (929_589, 73_760, 82_430)   # the official train/valid/test streams with <eos> (onepass.data)
 MB = 2 ** 20
 
@@ -87,6 +97,8 @@ FULL = {
     "lstm": {"vocab": 10_000, "tokens": PTB_TOKENS, "overrides": {}},
     "resnet": {"image": 32, "rows": None, "overrides": {}},
     "populations": {"uci_energy": (200, 4000), "fashion_mnist": (100, 300)},
+    "compiled": {"uci_energy": (200, 1000), "fashion_mnist": (100, 300)},
+    "compile_backend": "inductor",
     "population_overrides": {},
     "cpu_reference_hyper_steps": 3,
     "cpu_reference_members": 25,   # as the README's CPU overhead table
@@ -98,6 +110,8 @@ TINY = {
                            "eval_batch_size": 4}},
     "resnet": {"image": 8, "rows": (40, 10, 10), "overrides": {"batch_size": 2, "eval_batch_size": 10}},
     "populations": {"uci_energy": (12, 40), "fashion_mnist": (6, 30)},
+    "compiled": {"uci_energy": (4, 20), "fashion_mnist": (3, 20)},
+    "compile_backend": "aot_eager",   # dynamo and AOTAutograd without inductor's code generation: seconds, not minutes
     "population_overrides": {"log_every": 20},
     "fashion_mnist_rows": (400, 100, 100),
     "cpu_reference_hyper_steps": 2,
@@ -427,11 +441,14 @@ def planned_groups(name: str, settings: dict, n: int, device: torch.device) -> d
 
 
 def train_population(name, algorithm, settings, ds, group, device, budget: Budget | None, row: dict,
-                     evaluate: bool = True) -> Population:
+                     evaluate: bool = True, compile_mode: str | None = None) -> Population:
     """Train ``group`` as a job's population does (evaluations at log_every when ``evaluate``), stopping between
-    hyperparameter steps once ``budget`` has passed; fills ``row`` as it goes."""
+    hyperparameter steps once ``budget`` has passed; fills ``row`` as it goes. With ``compile_mode``, the training
+    steps' loss goes through ``torch.compile`` in that mode."""
     start = time.perf_counter()
     population = Population(settings, ds, group, device)
+    if compile_mode is not None:
+        population.compile(compile_mode)
     if evaluate:
         population.log()
     total = settings["hyperparameter_steps"]
@@ -498,6 +515,53 @@ def population_part(name: str, cfg: dict, device, budget: Budget, datasets: dict
                                 "per_member_step_ms": ref["per_member_step_ms"]}
         row["speedup_over_cpu"] = round(ref["per_member_step_ms"] / row["per_member_step_ms"], 3)
         save()
+
+
+def compiled_part(cfg, device, budget: Budget, datasets: dict, result: dict, save=lambda: None) -> None:
+    """Each population of ``cfg['compiled']`` for :data:`COMPILED_ALGORITHMS`, eager then compiled
+    (:data:`COMPILE_MODE`) for the hyperparameter steps the eager run finished in its share of ``budget``."""
+    backend = cfg["compile_backend"]
+    result.update(backend=backend, mode=COMPILE_MODE if backend == "inductor" else None)
+    rows = result.setdefault("runs", {f"{name}/{a}": {"status": "not reached"} for name in cfg["compiled"]
+                                      for a in COMPILED_ALGORITHMS})
+    todo = list(rows)
+    for k, key in enumerate(todo):
+        name, algorithm = key.split("/")
+        n, weight_steps = cfg["compiled"][name]
+        ds = on(device, datasets[name][0])
+        group = members(name, n)
+        row = rows[key] = {"status": "running", "members": n}
+        mine = budget.share(2 * (len(todo) - k))
+        eager = {}
+        settings = load_settings(name, algorithm, {"weight_steps": weight_steps})
+        first = train_population(name, algorithm, settings, ds, group, device, mine, eager, evaluate=False)
+        steps = first.hyper_step
+        row.update(hyper_steps=steps, weight_steps=first.weight_step,
+                   eager_per_member_step_ms=eager["per_member_step_ms"])
+        settings = {**settings, "hyperparameter_steps": steps}
+        start = time.perf_counter()
+        second = Population(settings, ds, group, device)
+        second.compile(result["mode"], backend)
+        second.step()
+        sync(device)
+        row["compile_and_first_step_s"] = round(time.perf_counter() - start, 3)
+        first_step = second.train_time
+        while second.hyper_step < steps and bool(second.alive.any()):
+            second.step()
+        sync(device)
+        if second.weight_step > settings["update_interval"]:
+            timed = (second.train_time - first_step) / (n * (second.weight_step - settings["update_interval"]))
+            row["compiled_per_member_step_ms"] = round(1e3 * timed, 6)
+            row["compiled_over_eager"] = round(row["compiled_per_member_step_ms"] / row["eager_per_member_step_ms"], 3)
+        row["max_weight_difference"] = max(float((a - b).detach().abs().max())
+                                           for a, b in zip(first.params, second.params))
+        row["max_train_loss_difference"] = float((first.last_loss - second.last_loss).abs().max())
+        row["status"] = "done" if eager["status"] == "done" else "stopped"
+        del first, second
+        release(device)
+        save()
+        if budget.passed():
+            break
 
 
 def group_size_part(report: Report, device, result: dict) -> None:
@@ -650,13 +714,13 @@ def main(argv=None) -> int:
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "finished": None,
         "mode": {"device": device.type, "tiny": args.tiny, "budget_s": args.budget_s},
         "environment": environment(device),
-        "compilation": {"cuda_graphs": "not used", "torch_compile": "not used",
-                        "why": "the engine (onepass/population.py) runs eager PyTorch; neither is called"},
+        "compilation": {"engine": "eager PyTorch by default (onepass/population.py)",
+                        "torch_compile": f"mode {COMPILE_MODE!r}, against eager, in part compiled_populations"},
         "data": {}})
     report.log(f"device {device}, tiny={args.tiny}, budget {args.budget_s:.0f} s, parts {' '.join(args.parts)}")
     datasets = {}
     for name in ("uci_energy", "fashion_mnist"):
-        if f"{name}_population" in args.parts:
+        if f"{name}_population" in args.parts or "compiled_populations" in args.parts:
             tick = time.perf_counter()
             datasets[name] = real_or_generated(name, args.data_dir, args.tiny, report)
             report.doc["data"][name] = datasets[name][1]
@@ -669,6 +733,7 @@ def main(argv=None) -> int:
                                                               report.write),
         "fashion_mnist_population": lambda b, r: population_part("fashion_mnist", cfg, device, b, datasets, r,
                                                                  report.write),
+        "compiled_populations": lambda b, r: compiled_part(cfg, device, b, datasets, r, report.write),
         "group_size": lambda b, r: group_size_part(report, device, r),
         "cuda_tests": lambda b, r: cuda_tests_part(report, b, r),
     }
@@ -688,14 +753,14 @@ def main(argv=None) -> int:
                     else contextlib.nullcontext():
                 runners[name](budget, result)
             if result["status"] == "running":
-                parts = result.get("algorithms", {}).values()
+                parts = [*result.get("algorithms", {}).values(), *result.get("runs", {}).values()]
                 result["status"] = "stopped" if any(r.get("status") == "stopped" for r in parts) else "done"
         except PartTimeout as err:
             result.update(status="stopped", reason=str(err))
         except Exception as err:   # one part's failure must not cost the others their results
             result.update(status="failed", error=f"{type(err).__name__}: {err}")
             report.append_raw(traceback.format_exc())
-        for row in result.get("algorithms", {}).values():
+        for row in [*result.get("algorithms", {}).values(), *result.get("runs", {}).values()]:
             if row.get("status") == "running":
                 row["status"] = "stopped" if result["status"] == "stopped" else "failed"
         result["elapsed_s"] = round(budget.elapsed(), 2)

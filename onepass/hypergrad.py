@@ -39,14 +39,24 @@ def linearised_update(loss_fn, params: Tensors, bufs: Tensors, batch, lr, wd, mo
     return w, u, d, losses.detach(), aux
 
 
+def update(w: Tensors, bufs: Tensors, grads: Tensors, lr, wd, mom) -> tuple[Tensors, Tensors]:
+    """(u, d): the update u = lr d and the new momentum buffers d = mom b + grads + wd w."""
+    moms, wds, lrs = spread(mom, w), spread(wd, w), spread(lr, w)
+    d = tuple(m * b + g + x * p for p, b, g, m, x in zip(w, bufs, grads, moms, wds))
+    return tuple(l * x for l, x in zip(lrs, d)), d
+
+
 def neumann_hypergradient(w: Tensors, u: Tensors, val_grad: Tensors, terms: int, bufs: Tensors, lr, wd, mom,
-                          names) -> dict:
+                          names, hvp=None) -> dict:
     """g = -v . sum_{j<terms} (I - du/dw)^j . du/dlambda for every member, for the hyperparameters ``names``.
 
     ``w``/``u`` come from :func:`linearised_update` (its graph is reused for all ``terms - 1`` products),
     ``val_grad`` is v = dL_val/dw after the step, and ``bufs``/``lr``/``wd``/``mom`` are those the update
-    was taken with. Returns {name: [N] tensor} (a per-weight lr: a tuple shaped like the weights)."""
-    total = neumann_series(w, u, val_grad, terms)
+    was taken with. Given ``hvp(v)`` (the training loss's Hessian at ``w`` times v, a list like the
+    weights: :func:`onepass.models.population_mlp_grads`), the products are p . du/dw = H (lr p) + wd lr p
+    instead (H is symmetric; u needs no graph then). Returns {name: [N] tensor} (a per-weight lr: a tuple
+    shaped like the weights)."""
+    total = neumann_series(w, u, val_grad, terms, products(hvp, lr, wd, w))
     detached = tuple(x.detach() for x in u)
     grads = update_vjp(total, detached, tuple(x.detach() for x in w), bufs, lr, wd, mom, names)
     return torch.utils._pytree.tree_map(torch.neg, grads)
@@ -131,13 +141,27 @@ def update_with_graph(w: Tensors, bufs: Tensors, grads: Tensors, lr, wd, mom, ma
     return tuple(l * x for l, x in zip(lrs, d)), d
 
 
-def neumann_series(w: Tensors, u: Tensors, val_grad: Tensors, terms: int) -> Tensors:
+def products(hvp, lr, wd, w: Tensors):
+    """p -> p . du/dw from a Hessian-vector product ``hvp`` of the training loss: H (lr p) + wd lr p (H is
+    symmetric); None without one (the products then go through the update's graph)."""
+    if hvp is None:
+        return None
+    lrs, wds = spread(lr, w), spread(wd, w)
+
+    def vjp(p):
+        q = [l * x for l, x in zip(lrs, p)]
+        return tuple(h.add_(x * y) for h, x, y in zip(hvp(q), wds, q))
+    return vjp
+
+
+def neumann_series(w: Tensors, u: Tensors, val_grad: Tensors, terms: int, vjp=None) -> Tensors:
     """v . sum_{j<terms} (I - du/dw)^j, v = ``val_grad``: the cotangent that :func:`neumann_hypergradient`
-    contracts with du/dlambda (:func:`onepass.updates.update_vjp`)."""
+    contracts with du/dlambda (:func:`onepass.updates.update_vjp`). ``vjp(p)`` = p . du/dw
+    (:func:`products`), else a vector-Jacobian product through ``u``'s graph."""
     p = tuple(v.detach() for v in val_grad)
     total = p
     for _ in range(terms - 1):
-        dw = torch.autograd.grad(u, w, grad_outputs=p, retain_graph=True)
+        dw = vjp(p) if vjp is not None else torch.autograd.grad(u, w, grad_outputs=p, retain_graph=True)
         p = tuple(x - y for x, y in zip(p, dw))          # p <- p (I - du/dw)
         total = tuple(x + y for x, y in zip(total, p))
     return total

@@ -1,9 +1,8 @@
 """The hypergradient methods, one object each behind one interface, and the weights they step.
 
-A run (:class:`onepass.population.Population`, a population of members fed by its batch streams, or
-:class:`onepass.optim.OnePassSGD`, one model fed by its caller) is a :class:`WeightSteps`: weights, momentum
-buffers and hyperparameters stacked on a leading member dimension, and the few functions that differ between
-the two (the training and validation losses, what a step records). Its hyperparameter step is a block of
+A run (:class:`onepass.population.Population`, a population of members fed by its batch streams) is a
+:class:`WeightSteps`: weights, momentum buffers and hyperparameters stacked on a leading member dimension, and
+the few functions a run supplies (the training and validation losses, what a step records). Its hyperparameter step is a block of
 ``update_interval`` (T) weight steps; :meth:`WeightSteps.take_weight_step` hands the weight step at each
 position of the block to the method the ``hypergradient`` setting names (:data:`METHODS`), chosen once:
 
@@ -14,7 +13,8 @@ position of the block to the method the ``hypergradient`` setting names (:data:`
 * ``unroll`` - Diff-through-Opt: T - unroll_steps plain steps, then the last ``unroll_steps`` differentiable
   (:class:`onepass.hypergrad.Unroll`), a step at a time; its long variants first reset the weights.
 
-Both runs call the same method objects, so a population of one and OnePassSGD take the same steps.
+:class:`onepass.optim.OnePassSGD` takes the same steps on a user's own model from the same math
+(:mod:`onepass.hypergrad`, :mod:`onepass.updates`); tests/test_optim.py pins it to a population of one.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from .hypergrad import Unroll, baydin_hypergradient, linearised_update, neumann_hypergradient
+from .hypergrad import Unroll, baydin_hypergradient, linearised_update, neumann_hypergradient, update_with_graph
 from .updates import clip_by_norm, per_member, sgd_step_, spread
 
 
@@ -76,6 +76,12 @@ class WeightSteps(ABC):
     def kernels(self):
         """The context of every hypergradient computation."""
         return contextlib.nullcontext()
+
+    def curvature(self, batch):
+        """(training losses [N], gradients, hvp) at the current weights on ``batch``, ``hvp(v)`` the Hessian of
+        the summed losses times v, where the run has them written out (a plain MLP, unclipped); else None
+        (autograd's graph gives them)."""
+        return None
 
     # ---- shared -------------------------------------------------------------------------------------
     @property
@@ -205,9 +211,16 @@ class Neumann(Method):
             return plain_step(run, batch)
         s = run.settings
         lr, wd, mom = run.natural()
-        with run.kernels():
-            w, u, d, losses, aux = linearised_update(run.hypergradient_losses, run.params, run.bufs, batch, lr, wd,
-                                                     mom, s["clip_grad_norm"])
+        curvature = run.curvature(batch)
+        if curvature is not None:
+            losses, train_grads, hvp = curvature
+            w, aux = tuple(p.detach() for p in run.params), ()
+            u, d = update_with_graph(w, run.bufs, train_grads, lr, wd, mom)
+        else:
+            hvp = None
+            with run.kernels():
+                w, u, d, losses, aux = linearised_update(run.hypergradient_losses, run.params, run.bufs, batch,
+                                                         lr, wd, mom, s["clip_grad_norm"])
         if aux:
             run.carry(aux)
         run.track_stats(batch)   # the running statistics follow this step as they follow the plain ones
@@ -217,7 +230,7 @@ class Neumann(Method):
         with run.kernels():
             val_grad = validation_gradient(run, new_params, valid())
             grads = neumann_hypergradient(w, u, val_grad, s["neumann_terms"], tuple(run.bufs), lr, wd, mom,
-                                          run.hypers.optimise)
+                                          run.hypers.optimise, hvp)
         del w, u, d
         with torch.no_grad():
             torch._foreach_copy_(run.params, list(new_params))

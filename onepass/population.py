@@ -110,6 +110,7 @@ class Population(WeightSteps, Reports):
         self.last_logged_step = None
         # called after every plain weight step (an outer search's report inside a hyperparameter step)
         self.weight_step_hook = None
+        self.compiled_loss = None   # the training steps' loss through torch.compile (:meth:`compile`)
 
     @property
     def size(self) -> int:
@@ -123,15 +124,35 @@ class Population(WeightSteps, Reports):
     def _losses(self, params, batch, stream, track_stats=False):
         return self.problem.losses(params, self.buffers, batch, stream.shared, track_stats)
 
+    def compile(self, mode: str | None = None, backend: str = "inductor") -> None:
+        """Take the training steps' loss (forward and backward) through ``torch.compile`` (``backend``; with
+        inductor, ``mode`` ``reduce-overhead``: CUDA graphs on a GPU). Only for a plain MLP's population; the
+        hypergradients' losses stay eager (a compiled graph has no double backward). Same numbers to float
+        round-off."""
+        if not self.problem.stacked:
+            raise ValueError(f"torch.compile is only for plain MLP populations, not model {self.settings['model']!r}")
+        problem, buffers, shared = self.problem, self.buffers, self.train_stream.shared
+        self.compiled_loss = torch.compile(lambda params, batch: problem.losses(params, buffers, batch, shared, True),
+                                           mode=mode, backend=backend, dynamic=False)
+
     def train_grads(self, batch, clip: bool = True) -> tuple:
-        losses, aux = self._losses(self.params, batch, self.train_stream, track_stats=True)
-        grads = list(torch.autograd.grad(losses.sum(), self.params))
+        if self.problem.stacked and self.compiled_loss is None:   # backpropagation written out
+            (losses, grads), aux = self.problem.stacked_grads(self.params, batch), ()
+        else:
+            losses, aux = self.compiled_loss(tuple(self.params), batch) if self.compiled_loss is not None \
+                else self._losses(self.params, batch, self.train_stream, track_stats=True)
+            grads = list(torch.autograd.grad(losses.sum(), self.params))
         if aux:
             self.train_stream.carry(aux)
         if clip:
             clip_by_norm_(grads, self.settings["clip_grad_norm"])
         self.record_loss(losses.detach())
         return self.last_loss, grads
+
+    def curvature(self, batch):
+        if not self.problem.stacked or self.settings["clip_grad_norm"] is not None:
+            return None
+        return self.problem.stacked_curvature([p.detach() for p in self.params], batch)
 
     def hypergradient_losses(self, params, batch) -> tuple:
         return self._losses(params, batch, self.train_stream)

@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .batches import BatchStream, SequenceStream
-from .models import VMAPPABLE, build_model
+from .models import STACKED, VMAPPABLE, build_model, population_mlp, population_mlp_grads
 
 
 def to_device(dataset, device):
@@ -83,6 +83,8 @@ class Problem:
         self.names = [name for name, _ in self.template.named_parameters()]
         self.buffer_names = [name for name, _ in self.template.named_buffers()]
         self.vmapped = batchable(settings, dataset, self.template)
+        # a plain MLP's population runs through its batched matmuls written out (vmap's numbers, to round-off)
+        self.stacked = settings["model"] in STACKED and self.task != "language_model"
 
     def build(self) -> nn.Module:
         """A freshly initialised network (its weights drawn from torch's global generator)."""
@@ -126,6 +128,8 @@ class Problem:
         (stacked) or an empty tuple. ``shared``: the batch has no member dimension (full batch, text).
         ``track_stats``: BatchNorm updates its running statistics (plain training steps); otherwise the loss
         is a pure function of the weights (hypergradients)."""
+        if self.stacked:
+            return self._stacked_losses(params, batch), ()
         context = contextlib.nullcontext() if track_stats else frozen_batchnorm_stats(self.template)
         with context:
             if self.vmapped:
@@ -137,6 +141,55 @@ class Problem:
                 batch = (*batch[:2], None if batch[2] is None else _squeeze(batch[2]))
             loss, aux = self._member_loss(_squeeze(tuple(params)), _squeeze(tuple(buffers)), batch)
             return loss.unsqueeze(0), _unsqueeze(aux)
+
+    def _stacked_losses(self, params, batch) -> torch.Tensor:
+        """[N] losses of a plain MLP population (:func:`onepass.models.population_mlp`), each member's loss
+        reduced as ``F.mse_loss``/``F.cross_entropy`` reduce one network's."""
+        inputs, targets = batch
+        out = population_mlp(params, inputs, len(self.dataset.input_shape))
+        if self.task == "regression":
+            return (out - targets).pow(2).mean((1, 2))
+        n, rows = out.shape[:2]
+        losses = F.cross_entropy(out.reshape(n * rows, -1), targets.expand(n, rows).reshape(-1), reduction="none")
+        return losses.view(n, rows).mean(1)
+
+    def stacked_grads(self, params, batch) -> tuple:
+        """([N] losses, gradients list) of a plain MLP population's training step, without autograd
+        (:func:`onepass.models.population_mlp_grads`): what ``torch.autograd.grad`` of the summed
+        :meth:`losses` gives."""
+        inputs, targets = batch
+        return population_mlp_grads(params, inputs, len(self.dataset.input_shape),
+                                    lambda out: self._output_grad(out, targets))
+
+    def stacked_curvature(self, params, batch) -> tuple:
+        """(losses, gradients, hvp) of a plain MLP population at ``params`` on ``batch``: :meth:`stacked_grads`
+        and ``hvp(v)``, the Hessian of the summed losses times ``v`` (the products of the Neumann series)."""
+        inputs, targets = batch
+        return population_mlp_grads(params, inputs, len(self.dataset.input_shape),
+                                    lambda out: self._output_grad(out, targets), self._output_hvp)
+
+    def _output_hvp(self, out, r) -> torch.Tensor:
+        """The Hessian of the summed losses in the outputs ``out`` times ``r``: MSE's 2 r / numel;
+        cross-entropy's (softmax r - softmax (softmax . r)) / rows."""
+        if self.task == "regression":
+            return r * (2.0 / (out.shape[1] * out.shape[2]))
+        p = torch.softmax(out, -1)
+        pr = p * r
+        return pr.sub_(p * pr.sum(-1, keepdim=True)).mul_(1.0 / out.shape[1])
+
+    def _output_grad(self, out, targets) -> tuple:
+        """(every member's loss, d(sum of the losses)/d(out)), each step as autograd takes it: MSE's
+        2 (out - y) / numel; cross-entropy's (softmax - one-hot) / rows."""
+        if self.task == "regression":
+            diff = out - targets
+            return diff.pow(2).mean((1, 2)), diff.mul_(2.0 / (out.shape[1] * out.shape[2]))
+        n, rows = out.shape[:2]
+        log_p = F.log_softmax(out, -1)
+        index = targets.expand(n, rows).unsqueeze(-1)
+        losses = -log_p.gather(-1, index).squeeze(-1).mean(1)
+        d_out = log_p.exp_().mul_(1.0 / rows)
+        d_out.scatter_add_(-1, index, d_out.new_full(index.shape, -1.0 / rows))
+        return losses, d_out
 
     def loss_function(self, buffers, shared: bool, track_stats: bool = False):
         """``loss(params, batch) -> ([N] losses, aux)`` with these buffers (for the hypergradients)."""

@@ -15,7 +15,7 @@ from conftest import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu.py"
 PARTS = {"penn_treebank_lstm", "cifar10_resnet18", "uci_energy_population", "fashion_mnist_population",
-         "group_size", "cuda_tests"}
+         "compiled_populations", "group_size", "cuda_tests"}
 ALGORITHMS = {"Random", "Ours_LR_Momentum", "DiffThroughOpt"}
 
 
@@ -48,7 +48,7 @@ def test_every_part_ran_and_the_json_is_complete(tiny_run):
     assert set(doc["parts"]) == PARTS
     assert doc["finished"] and doc["mode"] == {"device": "cpu", "tiny": True, "budget_s": 420.0}
     assert doc["data"]["uci_energy"].startswith("generated") and doc["data"]["fashion_mnist"].startswith("generated")
-    assert doc["compilation"]["cuda_graphs"] == doc["compilation"]["torch_compile"] == "not used"
+    assert "reduce-overhead" in doc["compilation"]["torch_compile"]
     assert "---- pytest -m cuda ----" in log and "done in" in log
     for part in PARTS:
         assert doc["parts"][part]["elapsed_s"] >= 0 and doc["parts"][part]["host_peak_rss_mb"] > 100
@@ -96,6 +96,23 @@ def test_populations_beside_the_cpu(tiny_run):
         assert (ref["threads"], ref["members"], ref["weight_steps"]) == (1, 4, 20) and ref["per_member_step_ms"] > 0
         assert row["speedup_over_cpu"] == pytest.approx(ref["per_member_step_ms"] / row["per_member_step_ms"],
                                                         rel=1e-2)
+
+
+def test_compiled_populations_against_eager(tiny_run):
+    """Random and Ours on both populations, eager then through torch.compile, for the same steps: both timed,
+    the compilation counted, and the two runs' final weights the same to float round-off."""
+    doc, _ = tiny_run
+    part = doc["parts"]["compiled_populations"]
+    assert part["status"] == "done" and part["backend"] == "aot_eager" and part["mode"] is None
+    assert set(part["runs"]) == {f"{d}/{a}" for d in ("uci_energy", "fashion_mnist")
+                                 for a in ("Random", "Ours_LR_Momentum")}
+    for key, row in part["runs"].items():
+        assert row["status"] == "done" and row["hyper_steps"] == 2 and row["weight_steps"] == 20, key
+        assert row["eager_per_member_step_ms"] > 0 and row["compiled_per_member_step_ms"] > 0
+        assert row["compiled_over_eager"] == pytest.approx(
+            row["compiled_per_member_step_ms"] / row["eager_per_member_step_ms"], rel=1e-2)
+        assert row["compile_and_first_step_s"] > 0
+        assert 0 <= row["max_weight_difference"] < 1e-4 and 0 <= row["max_train_loss_difference"] < 1e-4
 
 
 def test_group_sizes_against_the_measured_peaks(tiny_run):
