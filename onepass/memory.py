@@ -180,18 +180,18 @@ def groups(n_members: int, per_member: int, budget_bytes: float | None, base_byt
     return [small + 1] * extra + [small] * (count - extra)
 
 
-def job_estimate(dataset: str, settings: dict, n_members: int, device: str, search: str = "none",
-                 threads: int = 1) -> dict:
-    """Estimated ``mem_mb`` and ``runtime`` (minutes) of one job training ``n_members`` seeds (for a search:
-    ``n_members`` repetitions, each a sequence of inner runs, one at a time)."""
+def member_seconds(dataset: str, settings: dict, search: str = "none", threads: int = 1) -> float:
+    """Estimated seconds one member (a search: one repetition) of a job trains on ``threads`` CPU threads,
+    without the :data:`SAFETY` margin: what a job's size is chosen from (onepass.packing)."""
     model = settings["model"]
     if model in LARGE_MODEL_MB:
-        return {"mem_mb": LARGE_MODEL_MB[model], "runtime": LARGE_MODEL_RUNTIME[model] * max(n_members, 1)}
-    per_member = member_bytes(dataset, settings)
-    members = 1 if search != "none" else n_members
-    mem_mb = RUNNER_MB + (base_bytes(dataset) + members * per_member) / 2 ** 20
-    if search in ("asha", "pbt"):  # Ray's own processes and a worker per thread
-        mem_mb += 1500 + 500 * threads
+        return LARGE_MODEL_RUNTIME[model] * 60 / SAFETY
+    return _cpu_seconds(dataset, settings, 1, search, threads)
+
+
+def _cpu_seconds(dataset: str, settings: dict, n_members: int, search: str, threads: int,
+                 device: str = "cpu") -> float:
+    """Expected seconds of ``n_members`` members (or repetitions of a search) of an MLP on ``device``."""
     params, _ = mlp_sizes(dataset, settings)
     train_rows, _ = _rows(dataset, settings)
     weight_steps = settings["hyperparameter_steps"] * settings["update_interval"]
@@ -209,5 +209,21 @@ def job_estimate(dataset: str, settings: dict, n_members: int, device: str, sear
             overhead_s = (settings["search_trials"] * RAY_TRIAL_S + reports * RAY_REPORT_S) / max(threads, 1)
         flops *= evaluations
     rate = FLOPS_PER_SECOND[device] * (threads if device == "cpu" else 1)
-    runtime = max(MIN_RUNTIME, math.ceil(SAFETY * (flops / rate + overhead_s) / 60))
+    return flops / rate + overhead_s
+
+
+def job_estimate(dataset: str, settings: dict, n_members: int, device: str, search: str = "none",
+                 threads: int = 1) -> dict:
+    """Estimated ``mem_mb`` and ``runtime`` (minutes) of one job training ``n_members`` seeds (for a search:
+    ``n_members`` repetitions, each a sequence of inner runs, one at a time)."""
+    model = settings["model"]
+    if model in LARGE_MODEL_MB:
+        return {"mem_mb": LARGE_MODEL_MB[model], "runtime": LARGE_MODEL_RUNTIME[model] * max(n_members, 1)}
+    per_member = member_bytes(dataset, settings)
+    members = 1 if search != "none" else n_members
+    mem_mb = RUNNER_MB + (base_bytes(dataset) + members * per_member) / 2 ** 20
+    if search in ("asha", "pbt"):  # Ray's own processes and a worker per thread
+        mem_mb += 1500 + 500 * threads
+    seconds = _cpu_seconds(dataset, settings, n_members, search, threads, device)
+    runtime = max(MIN_RUNTIME, math.ceil(SAFETY * seconds / 60))
     return {"mem_mb": int(math.ceil(mem_mb)), "runtime": runtime}

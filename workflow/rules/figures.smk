@@ -1,9 +1,10 @@
 # Every figure kind of onepass.figures for every dataset, as PNG (in the report, with the caption the
-# figures module gives it) and SVG. A figure reads runs.tsv and the runs' histories.
+# figures module gives it) and SVG. A figure reads runs.tsv and the runs' histories (which come with their
+# chunks' plans).
 rule figure:
     input:
         runs=rules.collect.output[0],
-        histories=dataset_runs("history.csv"),
+        chunks=dataset_chunks,
     output:
         png=report(
             f"{STUDY}/figures/{{dataset}}/{{figure}}.png",
