@@ -26,9 +26,9 @@ from . import catalog, memory, study
 
 FORMAT = 1
 AUTO = "auto"
-# a job trains for about this long on one thread (estimated, no safety margin): long enough that its
-# start-up (memory.JOB_OVERHEAD_S) is under 1% of it, short enough that a killed job loses little and a
-# dataset's algorithms still make several jobs for the cores
+# a job trains for about this long on its threads (estimated as its runtime request is, without the safety
+# margin): long enough that its start-up (Python, torch, the data: about 3 s) is a small share of it, short
+# enough that a killed job loses little, and the paper's study stays under 1,000 jobs (README, "Planning")
 JOB_TARGET_S = 3600.0
 DIRECTORY = "packing"
 
