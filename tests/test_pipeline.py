@@ -128,7 +128,7 @@ def test_full_study_dry_run_plans_population_jobs(workflow_copy):
     proc = snakemake(workflow_copy, "all", "-n", "-p", "--resources", "gpu=1")
     counts = job_counts(proc.stdout)
     planned = planned_jobs(proc.stdout)
-    assert sum("--device cuda" in j["shell"] for j in planned) == 544 + 156 + 1   # chunks, cells, quality
+    assert sum("--device cuda" in j["shell"] for j in planned) == 387 + 156 + 1   # chunks, cells, quality
     for job in planned:
         assert ("--device cuda" in job["shell"]) == (int(job["resources"].get("gpu", 0)) >= 1), job
     config = study.validate(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()),
@@ -145,7 +145,7 @@ def test_full_study_dry_run_plans_population_jobs(workflow_copy):
     # hundreds of population jobs, not one per run, sized for about an hour's training each (onepass.packing,
     # the same on any machine): Penn Treebank and CIFAR-10 5 seeds a job (members_per_job), UCI Energy's short
     # horizons 12, the rest from the estimated time of a member (a UCI set's 200 seeds of Random in one job)
-    assert sum(jobs.values()) == 544
+    assert sum(jobs.values()) == 387
     assert jobs["train_uci_energy_Random_0_199"] == jobs["train_penn_treebank_Ours_LR_45_49"] == 1
     assert all(n == 1 for n in jobs.values())
     assert counts["total"] <= 1000
