@@ -24,9 +24,9 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/appendix.smk"
 
 
-# Per-dataset outputs (each depends on the dataset's runs), and every run's records themselves (so that a
-# deleted run is remade: see study_runs); planning it logs what the study asks for (runs, jobs, CPU- and
-# GPU-hours).
+# Per-dataset outputs (each depends on the dataset's runs), and every training job's chunk plan and every
+# deleted run's records (so that a deleted run is remade: see study_runs); planning it logs what the study
+# asks for (runs, jobs, CPU- and GPU-hours).
 rule all:
     default_target: True
     input:

@@ -8,13 +8,14 @@ from __future__ import annotations
 from . import appendix, jobs, study
 
 
-def job_rows(config: dict) -> list[dict]:
-    """One row per kind of job: dataset (or appendix part), jobs, runs, and the hours requested."""
+def job_rows(config: dict, chunks: dict) -> list[dict]:
+    """One row per kind of job: dataset (or appendix part), jobs, runs, and the hours requested; ``chunks``:
+    the study's packing, {(dataset, algorithm): [seeds of one job, ...]} (onepass.planned)."""
     rows = []
     for dataset in config["datasets"]:
         row = empty_row(dataset)
         for algorithm in study.algorithms(config, dataset):
-            for chunk in study.chunks(config, dataset, algorithm):
+            for chunk in chunks[dataset, algorithm]:
                 add(row, jobs.resources(config, dataset, algorithm, len(chunk)), len(chunk))
         rows.append(row)
     if appendix.enabled(config, appendix.SENSITIVITY):
@@ -47,9 +48,10 @@ def add(row: dict, resources: dict, runs: int) -> None:
         row["cpu_hours"] += hours * resources["threads"]
 
 
-def text(config: dict) -> str:
-    """The plan in a few lines: totals first, then one line per dataset and appendix part."""
-    rows = job_rows(config)
+def text(config: dict, chunks: dict) -> str:
+    """The plan in a few lines: totals first, then one line per dataset and appendix part (``chunks`` as
+    :func:`job_rows`)."""
+    rows = job_rows(config, chunks)
     total = {k: sum(r[k] for r in rows) for k in ("jobs", "runs", "gpu_jobs", "cpu_hours", "gpu_hours")}
     lines = [f"study {config['study']} (device {config.get('device', 'auto')}): {total['runs']:,} runs in "
              f"{total['jobs']:,} training jobs ({total['gpu_jobs']:,} on a GPU), asking for about "

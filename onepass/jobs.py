@@ -1,16 +1,12 @@
 """A study's jobs where they run: the device each dataset trains on (the GPUs it wants against those the run
-offers), the seeds trained together in one job (``members_per_job``, ``auto`` sized for a core's cache and
-the cores, or every seed on a GPU) and each job's portable resources (threads, mem_mb, runtime, gpu) from
-the problem's size. Nothing here changes what a run computes: only where and in what company it runs."""
+offers) and each job's portable resources (threads, mem_mb, runtime, gpu) from the problem's size. Nothing
+here changes what a run computes, nor which seeds train together (onepass.packing): only where it runs."""
 
 from __future__ import annotations
 
 import math
 
 from . import catalog, memory, study
-
-AUTO = "auto"  # members_per_job chosen from the device, the cache and the cores
-
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -46,40 +42,6 @@ def device(config: dict, dataset: str) -> str:
     :func:`resolve_device`) is ``cuda``, else ``cpu``. An unresolved ``auto`` means no GPU is known to be
     offered: ``cpu``."""
     return "cuda" if config.get("device") == "cuda" and gpus_wanted(config, dataset) else "cpu"
-
-
-def members_per_job(config: dict, dataset: str, cores: int | None = None, cache_bytes: int | None = None) -> int:
-    """Seeds trained together in one job: ``members_per_job`` of the dataset, else its ``default``, else
-    ``auto`` (:func:`auto_members_per_job`, for ``cores`` and this machine's cache unless ``cache_bytes``)."""
-    table = config["members_per_job"]
-    value = table.get(dataset, table.get("default", AUTO))
-    if value == AUTO:
-        return auto_members_per_job(config, dataset, cores,
-                                    memory.cpu_cache_bytes() if cache_bytes is None else cache_bytes)
-    return int(value)
-
-
-def auto_members_per_job(config: dict, dataset: str, cores: int | None, cache_bytes: int) -> int:
-    """On a GPU every seed in one job; on the CPU as many as fit a core's cache (:func:`onepass.memory.cpu_members`,
-    the smallest over the dataset's algorithms), fewer if the dataset's population jobs would not keep
-    ``cores`` cores busy, and then cut into chunks of equal size (50 seeds, 30 at most: 25 and 25)."""
-    total = config["sweep"]["initialisations"][dataset]
-    trained = [a for a in study.algorithms(config, dataset) if not catalog.is_search(a)]
-    if device(config, dataset) == "cuda" or not trained or total < 1:
-        return max(total, 1)
-    size = min(memory.cpu_members(dataset, study.settings(config, dataset, a), cache_bytes) for a in trained)
-    counts = [len(study.seeds(config, dataset, a)) for a in trained]
-    while cores and size > 1 and sum(math.ceil(n / size) for n in counts) < cores:
-        size -= 1
-    size = min(size, total)
-    return math.ceil(total / math.ceil(total / size))
-
-
-def resolve_members_per_job(config: dict, cores: int | None, cache_bytes: int | None = None) -> dict:
-    """``members_per_job`` with every dataset's size a number (``auto`` resolved for ``cores`` cores and the
-    machine's cache): what the workflow plans with, so that every job and the sweep command agree."""
-    cache = memory.cpu_cache_bytes() if cache_bytes is None else cache_bytes
-    return {dataset: members_per_job(config, dataset, cores, cache) for dataset in config["datasets"]}
 
 
 def resources(config: dict, dataset: str, algorithm: str, n_members: int, attempt: int = 1,

@@ -39,78 +39,6 @@ RAY_TRIAL_S = 0.25
 RAY_REPORT_S = 0.011              # a report: full-split validation + test evaluation and tune.report
 
 
-# A CPU population job holds as many members as fill this many times a core's L2 cache with one layer's
-# activations of a training step (onepass.memory.cpu_members). Calibrated on UCI Energy (Random, one thread,
-# 2 MiB L2, one process, CPU time): the cost per member-step is lowest from 25 to 50 members (one layer's
-# activations 1.7-3.4 times L2); below, the fixed cost of a step (Python and dispatch, about 0.8 ms) is shared
-# by fewer members (+10% at 16, x2 at 4), above, the activations spill out of the cache (+17% at 100).
-CACHE_FILL = 2.0
-DEFAULT_L2_BYTES = 1 << 20    # where the cache size cannot be read
-# A training job's own cost beside training (starting Python, importing torch, loading the data, writing every
-# member's run directory): about 3 s measured (cProfile of a UCI Energy job of 25); a CPU job holds enough
-# members to keep it within JOB_OVERHEAD_SHARE of the job. CPU_MEASURED_FLOPS: the training rate of a
-# population on one thread (UCI Energy, Random, 25 members: 0.139 ms per member-step for 6 x 691 x 501 FLOP).
-JOB_OVERHEAD_S = 3.0
-JOB_OVERHEAD_SHARE = 0.1
-CPU_MEASURED_FLOPS = 1.5e10
-SYSFS_CACHE = "/sys/devices/system/cpu/cpu0/cache"
-CACHE_ENV = "ONEPASS_CPU_CACHE_BYTES"
-
-
-def cpu_cache_bytes() -> int:
-    """The L2 cache of one core: ``ONEPASS_CPU_CACHE_BYTES`` if set (to plan for another machine, or to pin
-    the chunks), else this machine's (Linux sysfs), else :data:`DEFAULT_L2_BYTES`."""
-    import os
-    from pathlib import Path
-
-    given = os.environ.get(CACHE_ENV, "").strip()
-    if given:
-        if not given.isdigit() or int(given) < 1:
-            raise ValueError(f"{CACHE_ENV} must be a number of bytes, got {given!r}")
-        return int(given)
-    units = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30}
-    for index in sorted(Path(SYSFS_CACHE).glob("index*")):
-        try:
-            level = (index / "level").read_text().strip()
-            kind = (index / "type").read_text().strip()
-            size = (index / "size").read_text().strip()
-        except OSError:
-            continue
-        if level == "2" and kind in ("Unified", "Data") and size:
-            return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
-    return DEFAULT_L2_BYTES
-
-
-def layer_bytes(dataset: str, settings: dict) -> int:
-    """Bytes of one member's widest layer in a training step: rows x (hidden units, outputs, or the inputs
-    when every member draws its own batch)."""
-    shape = catalog.dataset(dataset).shape
-    train_rows, _ = _rows(dataset, settings)
-    width = max(settings["hidden_units"], shape.get("outputs", 1),
-                shape.get("features", 1) if settings["batch_size"] else 0)
-    return FLOAT_BYTES * train_rows * width
-
-
-def cpu_member_seconds(dataset: str, settings: dict) -> float:
-    """Expected training time of one member of a CPU population (one thread), at :data:`CPU_MEASURED_FLOPS`."""
-    params, _ = mlp_sizes(dataset, settings)
-    train_rows, _ = _rows(dataset, settings)
-    weight_steps = settings["hyperparameter_steps"] * settings["update_interval"]
-    return 6 * train_rows * params * weight_steps * TIME_FACTOR[settings["hypergradient"]] / CPU_MEASURED_FLOPS
-
-
-def cpu_members(dataset: str, settings: dict, cache_bytes: int) -> int:
-    """Members of one CPU population job: as many as fill :data:`CACHE_FILL` times a core's cache
-    (``cache_bytes``) with one layer's activations, but at least so many that the job's own cost
-    (:data:`JOB_OVERHEAD_S`) stays within :data:`JOB_OVERHEAD_SHARE` of its training; 1 for the models trained
-    as populations of one."""
-    if settings["model"] in LARGE_MODEL_MB:
-        return 1
-    cached = int(CACHE_FILL * cache_bytes // max(layer_bytes(dataset, settings), 1))
-    amortised = math.ceil(JOB_OVERHEAD_S / JOB_OVERHEAD_SHARE / max(cpu_member_seconds(dataset, settings), 1e-9))
-    return max(1, cached, amortised)
-
-
 def asha_fraction(settings: dict, length: int) -> float:
     """Expected share of a full run that an ASHA trial trains: rungs at grace * rf^k below ``length`` (time
     units), a trial reaching each rung going on with probability 1 / rf."""
@@ -180,18 +108,18 @@ def groups(n_members: int, per_member: int, budget_bytes: float | None, base_byt
     return [small + 1] * extra + [small] * (count - extra)
 
 
-def job_estimate(dataset: str, settings: dict, n_members: int, device: str, search: str = "none",
-                 threads: int = 1) -> dict:
-    """Estimated ``mem_mb`` and ``runtime`` (minutes) of one job training ``n_members`` seeds (for a search:
-    ``n_members`` repetitions, each a sequence of inner runs, one at a time)."""
+def member_seconds(dataset: str, settings: dict, search: str = "none", threads: int = 1) -> float:
+    """Estimated seconds one member (a search: one repetition) of a job trains on ``threads`` CPU threads,
+    without the :data:`SAFETY` margin: what a job's size is chosen from (onepass.packing)."""
     model = settings["model"]
     if model in LARGE_MODEL_MB:
-        return {"mem_mb": LARGE_MODEL_MB[model], "runtime": LARGE_MODEL_RUNTIME[model] * max(n_members, 1)}
-    per_member = member_bytes(dataset, settings)
-    members = 1 if search != "none" else n_members
-    mem_mb = RUNNER_MB + (base_bytes(dataset) + members * per_member) / 2 ** 20
-    if search in ("asha", "pbt"):  # Ray's own processes and a worker per thread
-        mem_mb += 1500 + 500 * threads
+        return LARGE_MODEL_RUNTIME[model] * 60 / SAFETY
+    return _cpu_seconds(dataset, settings, 1, search, threads)
+
+
+def _cpu_seconds(dataset: str, settings: dict, n_members: int, search: str, threads: int,
+                 device: str = "cpu") -> float:
+    """Expected seconds of ``n_members`` members (or repetitions of a search) of an MLP on ``device``."""
     params, _ = mlp_sizes(dataset, settings)
     train_rows, _ = _rows(dataset, settings)
     weight_steps = settings["hyperparameter_steps"] * settings["update_interval"]
@@ -209,5 +137,21 @@ def job_estimate(dataset: str, settings: dict, n_members: int, device: str, sear
             overhead_s = (settings["search_trials"] * RAY_TRIAL_S + reports * RAY_REPORT_S) / max(threads, 1)
         flops *= evaluations
     rate = FLOPS_PER_SECOND[device] * (threads if device == "cpu" else 1)
-    runtime = max(MIN_RUNTIME, math.ceil(SAFETY * (flops / rate + overhead_s) / 60))
+    return flops / rate + overhead_s
+
+
+def job_estimate(dataset: str, settings: dict, n_members: int, device: str, search: str = "none",
+                 threads: int = 1) -> dict:
+    """Estimated ``mem_mb`` and ``runtime`` (minutes) of one job training ``n_members`` seeds (for a search:
+    ``n_members`` repetitions, each a sequence of inner runs, one at a time)."""
+    model = settings["model"]
+    if model in LARGE_MODEL_MB:
+        return {"mem_mb": LARGE_MODEL_MB[model], "runtime": LARGE_MODEL_RUNTIME[model] * max(n_members, 1)}
+    per_member = member_bytes(dataset, settings)
+    members = 1 if search != "none" else n_members
+    mem_mb = RUNNER_MB + (base_bytes(dataset) + members * per_member) / 2 ** 20
+    if search in ("asha", "pbt"):  # Ray's own processes and a worker per thread
+        mem_mb += 1500 + 500 * threads
+    seconds = _cpu_seconds(dataset, settings, n_members, search, threads, device)
+    runtime = max(MIN_RUNTIME, math.ceil(SAFETY * seconds / 60))
     return {"mem_mb": int(math.ceil(mem_mb)), "runtime": runtime}

@@ -3,13 +3,13 @@
 The study config says which datasets and algorithms run, how initial hyperparameters are drawn (``sweep``),
 how many seeds each algorithm gets (``repetitions``), which run settings change (``overrides``), and how the
 work is cut into jobs (``members_per_job``, ``gpu``, ``resources``); config/README.md describes every key. This
-module turns it into what the workflow runs: per (dataset, algorithm) the seeds, the run settings, the
-initial hyperparameters of every seed and the chunks of seeds trained together as one population job, all
-written down per dataset as a *plan* (``plan.json``), and the directories where everything lives. The
-workflow's rules are thin adapters to these functions; nothing here knows about Snakemake.
+module turns it into what the workflow runs: per (dataset, algorithm) the seeds, the run settings and the
+initial hyperparameters of every seed, written down per dataset as a *plan* (``plan.json``), and the
+directories where everything lives (which seeds train together is onepass.packing's). The workflow's rules
+are thin adapters to these functions; nothing here knows about Snakemake.
 
     python -m onepass.study sweep --config JSON --dataset D --out-dir results/<study>/sweep/D
-    python -m onepass.study chunk-plan --plan JSON --out PATH     (a plan referring to initialisation files)
+    python -m onepass.study chunk-plan --config JSON --dataset D --algorithm A --seeds 0-24 --out PATH
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import catalog, jobs, plans, sweep
+from . import catalog, plans, sweep
 from .paths import MIRRORS_ENV, RESULTS, data_dir, run_dir
 from .settings import (HYPERPARAMETERS, SETTINGS, ConfigError, check_initial, check_value, identity,
                        load_settings)
@@ -319,14 +319,6 @@ def initialisations(config: dict, dataset: str, inits: dict | None = None) -> li
     return [{"seed": s, **sweep.draw(config["sweep"], dataset, s, base, inits)} for s in range(n)]
 
 
-def chunks(config: dict, dataset: str, algorithm: str) -> list[list[int]]:
-    """The seeds of (dataset, algorithm) cut into the chunks trained by one job each. A search's seed is a whole
-    repetition of the search (tens of trainings, or a population of its own), so each is a job of its own."""
-    size = 1 if catalog.is_search(algorithm) else jobs.members_per_job(config, dataset)
-    all_seeds = seeds(config, dataset, algorithm)
-    return [all_seeds[i:i + size] for i in range(0, len(all_seeds), size)]
-
-
 # ---- where everything lives -------------------------------------------------------------------------------
 def study_dir(config: dict) -> str:
     """The study's own directory: results/<study>."""
@@ -355,21 +347,19 @@ def dataset_config(config: dict, dataset: str) -> dict:
             "repetitions": {a: n for a, n in config["repetitions"].items() if a in names},
             "overrides": {d: {a: s for a, s in per.items() if a in ("all", *names)}
                           for d, per in config["overrides"].items() if d in ("all", dataset)},
-            "members_per_job": {k: v for k, v in config["members_per_job"].items() if k in ("default", dataset)},
-            "resources": {k: v for k, v in config["resources"].items() if k in ("default", dataset)},
             "data_mirrors": []}
 
 
 def plan(config: dict, dataset: str, inits: dict | None = None) -> dict:
     """Everything the runs of a dataset need and everything collection checks them against: per algorithm its
-    search kind, seeds, chunks, overrides, per-member settings and resolved settings (their identity); per
+    search kind, seeds, overrides, per-member settings and resolved settings (their identity); per
     seed its initialisation (``inits``: the paper's files, for a dataset that takes values from them)."""
     out = {"format": plans.PLAN_FORMAT, "study": config["study"], "dataset": dataset,
            "initialisations": initialisations(config, dataset, inits), "algorithms": {}}
     for algorithm in algorithms(config, dataset):
         out["algorithms"][algorithm] = {
             "search": catalog.algorithm(algorithm).search, "seeds": seeds(config, dataset, algorithm),
-            "chunks": chunks(config, dataset, algorithm), "overrides": overrides(config, dataset, algorithm),
+            "overrides": overrides(config, dataset, algorithm),
             "member_settings": member_settings(config, algorithm),
             "settings": identity(settings(config, dataset, algorithm))}
     return out
@@ -380,7 +370,7 @@ def chunk_plan(config: dict, dataset: str, algorithm: str, chunk: list[int], ini
     their resolved identity, and every member of the chunk. Written per chunk, so that a change elsewhere in
     the config leaves the chunk's plan, and so its runs, alone. The device is no part of it: a run trained on
     the CPU and one trained on a GPU from the same plan are the same run (they agree to floating-point
-    round-off; tests/test_cuda.py), so moving a study to another machine retrains nothing. For a dataset that
+    round-off; tests/test_cuda.py). For a dataset that
     takes values from the paper's files, without ``inits`` the members hold references to them, and
     ``init_files`` their SHA-256s (so the plan changes with them); :func:`onepass.plans.resolve_chunk_plan` reads them."""
     content = {"format": plans.PLAN_FORMAT, "study": config["study"], "dataset": dataset, "algorithm": algorithm,
@@ -394,6 +384,55 @@ def chunk_plan(config: dict, dataset: str, algorithm: str, chunk: list[int], ini
         digests = data.init_digests(catalog.dataset(dataset).base)
         content["init_files"] = {str(sweep.file_number(s)): digests.get(sweep.file_number(s)) for s in chunk}
     return content
+
+
+def chunk_plans(config: dict, dataset: str, algorithm: str, chunks) -> list[dict]:
+    """:func:`chunk_plan` of each of ``chunks`` of (dataset, algorithm), the seeds drawn and the settings
+    resolved once for all of them (what the workflow hashes into a job's identity, for hundreds of jobs)."""
+    base = catalog.dataset(dataset).base
+    names = member_settings(config, algorithm)
+    head = {"format": plans.PLAN_FORMAT, "study": config["study"], "dataset": dataset, "algorithm": algorithm,
+            "search": catalog.algorithm(algorithm).search, "overrides": overrides(config, dataset, algorithm),
+            "settings": settings_identity(config, dataset, algorithm)}
+    digests = None
+    if takes_files(config, dataset):
+        from . import data
+
+        digests = data.init_digests(base)
+    out = []
+    for chunk in chunks:
+        members = []
+        for seed in chunk:
+            drawn = sweep.draw(config["sweep"], dataset, seed, base, None)
+            members.append({"seed": seed, **{k: drawn[k] if isinstance(drawn[k], dict) else float(drawn[k])
+                                             for k in HYPERPARAMETERS},
+                            "settings": {k: drawn[k] for k in names}})
+        content = {**head, "members": members}
+        if digests is not None:
+            content["init_files"] = {str(sweep.file_number(s)): digests.get(sweep.file_number(s)) for s in chunk}
+        out.append(content)
+    return out
+
+
+def seed_ranges(chunk: list[int]) -> str:
+    """Seeds written short: ``0-24``, ``0-3,7,9-10``."""
+    parts, i = [], 0
+    while i < len(chunk):
+        j = i
+        while j + 1 < len(chunk) and chunk[j + 1] == chunk[j] + 1:
+            j += 1
+        parts.append(str(chunk[i]) if i == j else f"{chunk[i]}-{chunk[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def parse_seed_ranges(text: str) -> list[int]:
+    """The seeds of :func:`seed_ranges`'s text."""
+    seeds = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        seeds.extend(range(int(first), int(last or first) + 1))
+    return seeds
 
 
 # ---- the command -------------------------------------------------------------------------------------------
@@ -427,15 +466,26 @@ def main(argv=None) -> int:
                    help="where the paper's initialisation files are fetched, for a dataset that takes them")
     s.add_argument("--mirror", action="append",
                    help=f"a directory holding those files (repeatable; default ${MIRRORS_ENV})")
-    c = sub.add_parser("chunk-plan", help="a chunk plan whose members refer to the paper's initialisation "
-                                          "files, written with their values")
-    c.add_argument("--plan", required=True, help="the chunk plan (onepass.study.chunk_plan) as JSON")
+    c = sub.add_parser("chunk-plan", help="a chunk's plan, from the study config (or given as JSON), its "
+                                          "references to the paper's initialisation files resolved")
+    given = c.add_mutually_exclusive_group(required=True)
+    given.add_argument("--plan", help="the chunk plan (onepass.study.chunk_plan) as JSON")
+    given.add_argument("--config", help="the study config (or its dataset_config) as JSON, with --dataset, "
+                                        "--algorithm and --seeds")
+    c.add_argument("--dataset")
+    c.add_argument("--algorithm")
+    c.add_argument("--seeds", help="the chunk's seeds, e.g. 0-24 or 0-3,7")
     c.add_argument("--data-dir", default=data_dir(), help="where the initialisation files are fetched")
     c.add_argument("--out", required=True)
     args = p.parse_args(argv)
     try:
         if args.command == "chunk-plan":
-            plans.write_chunk_plan(json.loads(args.plan), args.data_dir, args.out)
+            if args.config and not (args.dataset and args.algorithm and args.seeds):
+                raise ConfigError("--config needs --dataset, --algorithm and --seeds")
+            content = (json.loads(args.plan) if args.plan else
+                       chunk_plan(from_json(args.config), args.dataset, args.algorithm,
+                                  parse_seed_ranges(args.seeds)))
+            plans.write_chunk_plan(content, args.data_dir, args.out)
             print(f"wrote {args.out}")
             return 0
         config = from_json(args.config)
@@ -445,9 +495,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     runs = sum(len(a["seeds"]) for a in content["algorithms"].values())
-    jobs = sum(len(a["chunks"]) for a in content["algorithms"].values())
-    print(f"{args.dataset}: {len(content['initialisations'])} initialisations, {runs} runs in {jobs} jobs "
-          f"-> {args.out_dir}")
+    print(f"{args.dataset}: {len(content['initialisations'])} initialisations, {runs} runs -> {args.out_dir}")
     return 0
 
 

@@ -128,7 +128,7 @@ def test_full_study_dry_run_plans_population_jobs(workflow_copy):
     proc = snakemake(workflow_copy, "all", "-n", "-p", "--resources", "gpu=1")
     counts = job_counts(proc.stdout)
     planned = planned_jobs(proc.stdout)
-    assert sum("--device cuda" in j["shell"] for j in planned) == 446 + 156 + 1   # chunks, cells, quality
+    assert sum("--device cuda" in j["shell"] for j in planned) == 387 + 156 + 1   # chunks, cells, quality
     for job in planned:
         assert ("--device cuda" in job["shell"]) == (int(job["resources"].get("gpu", 0)) >= 1), job
     config = study.validate(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()),
@@ -143,12 +143,13 @@ def test_full_study_dry_run_plans_population_jobs(workflow_copy):
     assert runs == (8 * 9 * 200 + 10 * 100 + 2 * 9 * 50 + 32 * 4 + 4
                     + 9 * 100 + 4 * 4 * 60 + 36 + 3 * 2 * 200 + 500 + 50) == 20078
     jobs = trained(counts)
-    # hundreds of population jobs, not one per run: all seeds of a UCI or Fashion-MNIST algorithm at once,
-    # Penn Treebank and CIFAR-10 5 seeds a job, UCI Energy's short horizons 12 (Full's memory), each
-    # repetition of a search a job of its own
-    assert sum(jobs.values()) == (8 * 9 + 10 + 2 * 9 * 10 + 32 * 4 + 4
-                                  + 9 + 3 * 4 + 4 * 5 + 3 + 3 * 2 + 2) == 446
+    # hundreds of population jobs, not one per run, sized for about an hour's training each (onepass.packing,
+    # the same on any machine): Penn Treebank and CIFAR-10 5 seeds a job (members_per_job), UCI Energy's short
+    # horizons 12, the rest from the estimated time of a member (a UCI set's 200 seeds of Random in one job)
+    assert sum(jobs.values()) == 387
+    assert jobs["train_uci_energy_Random_0_199"] == jobs["train_penn_treebank_Ours_LR_45_49"] == 1
     assert all(n == 1 for n in jobs.values())
+    assert counts["total"] <= 1000
     assert counts["prepare_data"] == 11       # the variants use their base's prepared data
     assert counts["sweep"] == counts["collect"] == counts["analysis_page"] == 21
     assert counts["figure"] == 21 * len(figures.KINDS)
@@ -158,24 +159,21 @@ def test_full_study_dry_run_plans_population_jobs(workflow_copy):
     assert counts["validation_proportion_table"] == counts["proof_of_concept_figure"] == 1
 
 
-def test_quick_study_plan_with_the_slurm_profile(workflow_copy, monkeypatch):
-    """The quick study on the SLURM profile, which offers GPUs: every seed of an algorithm in one GPU job;
-    where no GPU is offered (gpu=0), CPU chunks sized for the cache (2 MiB of L2 pinned: 25 + 25)."""
-    monkeypatch.setenv("ONEPASS_CPU_CACHE_BYTES", str(2 ** 21))
+def test_quick_study_plan_with_the_slurm_profile(workflow_copy):
+    """The quick study on the SLURM profile, which offers GPUs, and where no GPU is offered (gpu=0): the
+    same jobs (every seed of a UCI Energy algorithm in one job, a search's two repetitions in one), only
+    their device differs."""
     proc = snakemake(workflow_copy, "-n", "--profile", "profiles/slurm", "--configfile", "config/quick.yaml")
-    jobs = trained(job_counts(proc.stdout))
-    assert jobs["train_uci_energy_Ours_LR_0_49"] == 1 and "train_fashion_mnist_Random_0_5" in jobs
+    on_gpu = trained(job_counts(proc.stdout))
+    assert on_gpu["train_uci_energy_Ours_LR_0_49"] == 1 and "train_fashion_mnist_Random_0_5" in on_gpu
     assert "--device cuda" in proc.stdout and "--device cpu" not in proc.stdout
     proc = snakemake(workflow_copy, "-n", "--profile", "profiles/slurm", "--resources", "gpu=0",
                      "--configfile", "config/quick.yaml")
     jobs = trained(job_counts(proc.stdout))
-    assert jobs["train_uci_energy_Ours_LR_0_24"] == jobs["train_uci_energy_Ours_LR_25_49"] == 1
-    assert "train_fashion_mnist_Random_0_5" in jobs
-    # a search's repetitions are jobs of their own
-    assert jobs["train_uci_energy_BayesOpt_0_0"] == jobs["train_uci_energy_BayesOpt_1_1"] == 1
-    assert ("python -m onepass.search --plan results/quick/sweep/uci_energy/chunks/BayesOpt/seeds1-1.json"
+    assert jobs == on_gpu and jobs["train_uci_energy_BayesOpt_0_1"] == 1
+    assert ("python -m onepass.search --plan results/quick/sweep/uci_energy/chunks/BayesOpt/seeds0-1.json"
             " --runs-dir results/quick/runs/uci_energy/BayesOpt") in proc.stdout
-    assert ("python -m onepass.train --plan results/quick/sweep/uci_energy/chunks/Ours_LR/seeds25-49.json"
+    assert ("python -m onepass.train --plan results/quick/sweep/uci_energy/chunks/Ours_LR/seeds0-49.json"
             " --runs-dir results/quick/runs/uci_energy/Ours_LR") in proc.stdout
     assert "--device cpu" in proc.stdout and "--device cuda" not in proc.stdout
 
@@ -221,7 +219,7 @@ def test_numbers_written_as_1e_minus_6_are_numbers(workflow_copy):
         "sweep: {samplers: {lr: {type: log_uniform, range: [1e-6, 1e-1]}}}\n"
         "overrides: {uci_energy: {Ours_LR: {hyper_lr: 3e-2}}}\n")
     proc = snakemake(workflow_copy, "-n", "--configfile", "config/quick.yaml", "exp.yaml")
-    assert "train_uci_energy_Ours_LR_0_24" in proc.stdout
+    assert "train_uci_energy_Ours_LR_0_49" in proc.stdout
 
 
 # ---- the tiny study end to end -----------------------------------------------------------------------------
@@ -329,6 +327,27 @@ def test_asking_for_one_seed_runs_only_its_chunk(study_copy):
     counts = job_counts(proc.stdout)
     assert trained(counts) == {"train_uci_energy_Random_2_3": 1} and "collect" not in counts
     assert (wd / target).exists()
+
+
+def test_a_finished_study_moves_without_retraining(tmp_path, copy_workflow, mirror, monkeypatch):
+    """A study finished with `members_per_job: auto` on 2 cores is planned again with other cores, with a GPU
+    offered and with another cache size: nothing to do. Grown by two seeds, only the new seeds train."""
+    config = {**TINY, "sweep": {"initialisations": {"uci_energy": 4}}, "members_per_job": {"default": "auto"},
+              "gpu": {"uci_energy": 1}, "data_mirrors": [mirror]}   # wants a GPU where one is offered
+    wd = copy_workflow(tmp_path / "wf", config)
+    snakemake(wd, *local("tiny.yaml"))
+    packed = json.loads((wd / "results" / "tiny" / "packing" / "uci_energy.json").read_text())
+    assert packed["chunks"] == {a: [[0, 1, 2, 3]] for a in TINY["algorithms"]["uci_energy"]}
+    moves = [("--cores", "1"), ("--cores", "8"), ("--resources", "gpu=1"), ("--cores", "2")]
+    for i, move in enumerate(moves):
+        if i == len(moves) - 1:
+            monkeypatch.setenv("ONEPASS_CPU_CACHE_BYTES", "1024")
+        args = ["-n", "--profile", "profiles/local", *move, "--configfile", "tiny.yaml"]
+        out = snakemake(wd, *args).stdout
+        assert "Nothing to be done" in out and not trained(job_counts(out)), (move, out[-3000:])
+    (wd / "grow.yaml").write_text(yaml.safe_dump({"sweep": {"initialisations": {"uci_energy": 6}}}))
+    out = snakemake(wd, "-n", *local("tiny.yaml", "grow.yaml")).stdout
+    assert trained(job_counts(out)) == {f"train_uci_energy_{a}_4_5": 1 for a in TINY["algorithms"]["uci_energy"]}
 
 
 def test_stale_run_is_reported_and_left_out_of_the_tables(study_copy):

@@ -13,9 +13,9 @@ runs through profiles/slurm layered with profiles/slurm-test, in a temporary cop
 3. a job that fails at run time is reported and retried (--retries 1) with twice the memory and
    time, and a rerun after the fix resubmits only that job and what depends on it, leaving every
    other run's files untouched. The failure simulates a job input damaged where Snakemake
-   cannot see it (a chunk plan truncated on the shared file system, its time stamp unchanged):
-   the job is forced (--forcerun) and onepass.train, on the compute node, cannot read its plan;
-   the same input fails the retry too. The fix deletes the damaged plan, which Snakemake remakes;
+   cannot see it (the prepared data truncated on the shared file system, its time stamp
+   unchanged): the job is forced (--forcerun) and onepass.train, on the compute node, cannot read
+   the data; the same input fails the retry too. The fix puts the file back as it was;
 4. a training job whose time limit is too short ends as TIMEOUT and Snakemake reports it, with
    the job's checkpoint left for a resubmission to resume from (run in the background in a
    second copy, alongside the failure test);
@@ -24,7 +24,10 @@ runs through profiles/slurm layered with profiles/slurm-test, in a temporary cop
    for want of CUDA);
 6. profiles/slurm/partitions.yaml is a partition file the plugin reads, sending GPU jobs to the GPU
    partition and the others to the CPU one;
-7. the stop script ends every daemon the start script started.
+7. the stop script ends every daemon the start script started;
+8. a study packed with `members_per_job: auto` runs on the cluster although its jobs' own Snakemake
+   sees other cores than the submitting one (`--cores all` on the node, 1 where it was submitted):
+   the jobs read the packing the submitting process wrote (onepass.packing), never decide their own.
 
 Needs root (apt-get, daemons) and the offline copy of uci_energy; about 3 minutes on 2 cores,
 plus about 20 s of apt-get the first time. The timings go to $ONEPASS_SLURM_DIR/test-report.json.
@@ -100,6 +103,10 @@ def run_dir(algorithm, seed):
 
 def plan_path(algorithm, chunk):
     return f"{RESULTS}/sweep/{DATASET}/chunks/{algorithm}/seeds{chunk[0]}-{chunk[-1]}.json"
+
+
+def data_path():
+    return f"results/data/{DATASET}/prepared.pt"
 
 
 def train_log(algorithm, chunk):
@@ -418,11 +425,11 @@ def test_failed_job_is_retried_larger_and_rerun_resubmits_only_it(slurm_study, t
     broken_rule = rule(*BROKEN)
     others = [(a, s) for a in ALGORITHMS for s in SEEDS if (a, s) not in {(algorithm, s) for s in chunk}]
     before = snapshot(workdir, others)
-    # Damage the chunk's plan where Snakemake cannot see it (same time stamp) and force its job.
-    plan = workdir / plan_path(algorithm, chunk)
-    good, stat = plan.read_bytes(), plan.stat()
-    plan.write_bytes(good[: len(good) // 2])
-    os.utime(plan, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # Damage the prepared data where Snakemake cannot see it (same time stamp) and force the job.
+    data = workdir / data_path()
+    good, stat = data.read_bytes(), data.stat()
+    data.write_bytes(good[: len(good) // 2])
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     rc, out, seconds = snakemake(workdir, env, "all", *SLURM_PROFILE, "--retries", "1",
                                  "--forcerun", broken_rule, "--configfile", "tiny.yaml")
     REPORT["failing_s"] = round(seconds, 1)
@@ -440,22 +447,23 @@ def test_failed_job_is_retried_larger_and_rerun_resubmits_only_it(slurm_study, t
     assert megabytes(retry["ReqMem"]) == 2 * megabytes(first["ReqMem"]), (first, retry)
     assert minutes(retry["Timelimit"]) == 2 * minutes(first["Timelimit"]), (first, retry)
     # the run-time error, in the job's log; the failed job's outputs are removed, the rest untouched
-    assert "cannot read the plan" in (workdir / train_log(*BROKEN)).read_text()
+    assert "cannot read prepared file" in (workdir / train_log(*BROKEN)).read_text()
     assert all(metrics(workdir, algorithm, s) is None for s in chunk)
     assert snapshot(workdir, others) == before
 
-    # The fix: delete the damaged plan (Snakemake remakes it). The study's command (rule all asks
-    # for the runs deleted since collection) resubmits only that chunk's job, then redoes what
+    # The fix: the data as it was (same time stamp). The study's command (rule all asks for the
+    # chunk whose outputs the failure removed) resubmits only that chunk's job, then redoes what
     # depends on its runs.
-    plan.unlink()
+    data.write_bytes(good)
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     rc, out, seconds = snakemake(workdir, env, "all", *SLURM_PROFILE, "--configfile", "tiny.yaml")
     REPORT["rerun_s"] = round(seconds, 1)
     (workdir / "snakemake-3.log").write_text(out)
     assert rc == 0, out[-6000:]
     counts = job_counts(out)
-    expected = {"chunk_plan": 1, broken_rule: 1, **DOWNSTREAM}
+    expected = {broken_rule: 1, **DOWNSTREAM}
     assert counts == {**expected, "total": sum(expected.values())}, counts
-    assert plan.read_bytes() == good
+    assert (workdir / plan_path(algorithm, chunk)).exists()
     jobs = submitted(out)
     records = sacct(jobs, env)
     assert len(jobs) == 1 and records[jobs[0]]["State"] == "COMPLETED", records
@@ -526,6 +534,29 @@ def test_profile_partitions_file_routes_gpu_jobs():
 
     assert get_best_partition(partitions, job(1), logger) == "gpu"
     assert get_best_partition(partitions, job(0), logger) == "cpu"
+
+
+def test_jobs_seeing_other_cores_train_the_submitted_chunks(cluster, slurm_study, study_copy, env):
+    """members_per_job: auto, one algorithm: the packing (all 4 seeds in one job) is written where the
+    study is submitted (1 core); the job's Snakemake on the node runs with --cores all (2 here), where the
+    old per-parse choice (keep every core busy) cut 2 chunks of 2 and found no rule for the job."""
+    workdir = study_copy("auto", algorithms={DATASET: ["Random"]}, members_per_job={"default": "auto"})
+    rc, out, _ = snakemake(workdir, env, RUNS_TSV, *SLURM_PROFILE, "--configfile", "tiny.yaml")
+    (workdir / "snakemake.log").write_text(out)
+    assert rc == 0, out[-6000:]
+    packed = json.loads((workdir / RESULTS / "packing" / f"{DATASET}.json").read_text())
+    assert packed["chunks"] == {"Random": [SEEDS]}
+    jobs = submitted(out)
+    records = sacct(jobs, env)
+    assert [records[j]["State"] for j in jobs] == ["COMPLETED"], records
+    assert records[jobs[0]]["Comment"] == f"rule_{rule('Random', SEEDS)}"
+    # the premise: the job's own Snakemake saw more cores than the submitting one's 1 (2 in CI's run)
+    cores = re.search(r"Provided cores: (\d+)", slurm_logs(out)[jobs[0]].read_text())
+    REPORT["auto_job_cores"] = int(cores.group(1)) if cores else None
+    assert REPORT["auto_job_cores"] and REPORT["auto_job_cores"] > 1, slurm_logs(out)[jobs[0]].read_text()[-2000:]
+    for seed in SEEDS:
+        m = metrics(workdir, "Random", seed)
+        assert int(m["slurm_job_id"]) == jobs[0] and m["population_size"] == len(SEEDS)
 
 
 def test_stop_script_leaves_no_daemon(cluster):

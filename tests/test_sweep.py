@@ -283,7 +283,7 @@ def test_more_initialisations_than_files_or_a_dataset_without_files_is_refused()
         study.validate(raw, schema)
     with pytest.raises(ValueError, match=r"sweep\.samplers\.hidden_units\.type: from_files can give only"):
         sweep.check_sampler("hidden_units", {"type": "from_files"})
-# ---- members_per_job: auto ---------------------------------------------------------------------------------
+# ---- packing: members_per_job, decided once ----------------------------------------------------------------
 def cpu_study(algorithms, seeds, **extra):
     from onepass import study
     return study.apply_defaults({"study": "t", "datasets": ["uci_energy"], "algorithms": {"uci_energy": algorithms},
@@ -291,48 +291,80 @@ def cpu_study(algorithms, seeds, **extra):
                                  "gpu": {"uci_energy": 0}, **extra})
 
 
-def test_cpu_members_fill_the_cache_or_amortise_the_job_start():
-    from onepass import memory, study
-    config = cpu_study(["Random", "Ours_LR"], 50)
-    random, ours = (study.settings(config, "uci_energy", a) for a in ("Random", "Ours_LR"))
-    # Random trains on training + validation rows (614 + 78) of 50 hidden units, Ours on the 614 training rows
-    assert memory.layer_bytes("uci_energy", random) == 4 * 692 * 50
-    assert memory.layer_bytes("uci_energy", ours) == 4 * 614 * 50
-    # 6 x rows x 501 parameters (8-50-1) x 4000 weight steps x the method's factor at 1.5e10 FLOP/s
-    assert memory.cpu_member_seconds("uci_energy", ours) == pytest.approx(6 * 614 * 501 * 4000 * 2.0 / 1.5e10)
-    # 2 MiB: 2 x 2 MiB / 122,800 B = 34 members fill the cache; 3 s / 10% / 0.985 s = 31 amortise the start
-    assert memory.cpu_members("uci_energy", ours, 2 ** 21) == 34
-    # 512 KiB: 8 fill it, so the start-up decides: 31
-    assert memory.cpu_members("uci_energy", ours, 2 ** 19) == 31
-    # Random's member trains in 0.554 s: 55 amortise the start
-    assert memory.cpu_members("uci_energy", random, 2 ** 19) == 55
+def test_auto_size_comes_from_the_estimated_job_time_never_the_machine(monkeypatch):
+    from onepass import packing, study
+    config = cpu_study(["Ours_LR"], 50)
+    ours = study.settings(config, "uci_energy", "Ours_LR")
+    # 6 x 614 training rows x 501 parameters (8-50-1) x 4000 weight steps x 2 (Neumann) at 4e9 FLOP/s
+    member_s = 6 * 614 * 501 * 4000 * 2.0 / 4e9
+    assert ours["hidden_units"] == 50 and member_s == pytest.approx(3.691, abs=0.001)
+    assert packing.size(config, "uci_energy", "Ours_LR") == math.floor(3600 / member_s) == 975
+    # on two threads a member trains twice as fast: twice as many fit the hour
+    two = {**config, "resources": {"default": {"threads": 2}}}
+    assert packing.size(two, "uci_energy", "Ours_LR") == 1950
+    # a number in the config wins
+    assert packing.size({**config, "members_per_job": {"default": 7}}, "uci_energy", "Ours_LR") == 7
+    # neither the cache nor a GPU enter it
+    monkeypatch.setenv("ONEPASS_CPU_CACHE_BYTES", "1024")
+    assert packing.size({**config, "gpu": {"uci_energy": 1}, "device": "cuda"}, "uci_energy", "Ours_LR") == 975
 
 
-def test_auto_members_per_job_cuts_equal_chunks_and_keeps_the_cores_busy():
-    from onepass import jobs
-    ours = cpu_study(["Ours_LR"], 50)
-    assert jobs.members_per_job(ours, "uci_energy", None, 2 ** 21) == 25          # 34 at most: 2 chunks of 25
-    assert jobs.members_per_job(ours, "uci_energy", 2, 2 ** 21) == 25
-    assert jobs.members_per_job(ours, "uci_energy", 4, 2 ** 21) == 13             # 4 jobs: 13, 13, 13, 11
-    # two algorithms share the cores: 2 x ceil(50 / 17) = 6 >= 6 cores
-    both = cpu_study(["Ours_LR", "Lorraine"], 50)
-    assert jobs.members_per_job(both, "uci_energy", 6, 2 ** 21) == 17
-    # a search's repetitions are jobs of their own and leave the size alone; a GPU job takes every seed
-    assert jobs.members_per_job(cpu_study(["Ours_LR", "BayesOpt"], 50), "uci_energy", None, 2 ** 21) == 25
-    on_gpu = {**ours, "gpu": {"uci_energy": 1}, "device": "cuda"}   # a GPU wanted and offered
-    assert jobs.members_per_job(on_gpu, "uci_energy", 2, 2 ** 21) == 50
-    assert jobs.members_per_job({**on_gpu, "device": "cpu"}, "uci_energy", 2, 2 ** 21) == 25
-    # a number in the config wins; `auto` asks for the choice again
-    assert jobs.members_per_job({**ours, "members_per_job": {"default": 7}}, "uci_energy", 2, 2 ** 21) == 7
-    assert jobs.members_per_job({**ours, "members_per_job": {"default": 7, "uci_energy": "auto"}},
-                                 "uci_energy", 2, 2 ** 21) == 25
-    assert jobs.resolve_members_per_job(ours, 4, 2 ** 21) == {"uci_energy": 13}
+def test_cut_makes_equal_chunks():
+    from onepass import packing
+    assert packing.cut(list(range(50)), 30) == [list(range(25)), list(range(25, 50))]
+    assert [len(c) for c in packing.cut(list(range(200)), 96)] == [67, 67, 66]
+    assert packing.cut([4, 5, 9], 10) == [[4, 5, 9]] and packing.cut([], 3) == []
 
 
-def test_cpu_cache_size_can_be_given(monkeypatch):
-    from onepass import memory
-    monkeypatch.setenv("ONEPASS_CPU_CACHE_BYTES", "524288")
-    assert memory.cpu_cache_bytes() == 524288
-    monkeypatch.setenv("ONEPASS_CPU_CACHE_BYTES", "2M")
-    with pytest.raises(ValueError, match="ONEPASS_CPU_CACHE_BYTES must be a number of bytes, got '2M'"):
-        memory.cpu_cache_bytes()
+def test_packing_keeps_its_chunks_and_packs_only_new_seeds(tmp_path, monkeypatch):
+    from onepass import packing
+    monkeypatch.chdir(tmp_path)
+    config = cpu_study(["Random", "BayesOpt"], 4, members_per_job={"default": 2})
+    first = packing.resolve(config, "uci_energy", save=True)
+    assert first["chunks"] == {"Random": [[0, 1], [2, 3]], "BayesOpt": [[0, 1], [2, 3]]}
+    assert packing.read(tmp_path / "results" / "t" / "packing" / "uci_energy.json") == first
+    # another size is not asked for: the file is what later plans read, whatever they would choose now
+    auto = cpu_study(["Random", "BayesOpt"], 4, members_per_job={"default": 2})
+    assert packing.resolve(auto, "uci_energy", save=True) == first
+    # six seeds: the first four keep their chunks, the new two form a chunk of their own
+    grown = cpu_study(["Random", "BayesOpt"], 6, members_per_job={"default": 2})
+    assert packing.resolve(grown, "uci_energy", save=True)["chunks"]["Random"] == [[0, 1], [2, 3], [4, 5]]
+    # a process that only reads (a cluster job) never writes
+    more = cpu_study(["Random", "BayesOpt"], 8, members_per_job={"default": 2})
+    assert packing.resolve(more, "uci_energy", save=False)["chunks"]["Random"][-1] == [6, 7]
+    assert packing.read(packing.path(more, "uci_energy"))["chunks"]["Random"][-1] == [4, 5]
+
+
+def test_a_changed_members_per_job_repacks_only_unfinished_runs():
+    from onepass import packing
+    old = {"format": 1, "members_per_job": 2, "chunks": {"Random": [[0, 1], [2, 3], [4, 5]]}}
+    config = cpu_study(["Random"], 6, members_per_job={"default": 3})
+    done = {0, 1, 4}          # chunk [0, 1] finished; [2, 3] not started; [4, 5] half
+    new = packing.extend(config, "uci_energy", old, lambda a, s: s in done)
+    # [0, 1] kept; 2, 3, 4, 5 cut anew, at most 3 a job, in equal chunks
+    assert new["chunks"]["Random"] == [[0, 1], [2, 3], [4, 5]]
+    new = packing.extend({**config, "members_per_job": {"default": 4}}, "uci_energy", old, lambda a, s: s in done)
+    assert new["chunks"]["Random"] == [[0, 1], [2, 3, 4, 5]]
+    assert new["members_per_job"] == 4
+    # the same members_per_job: every chunk kept, finished or not
+    same = packing.extend({**config, "members_per_job": {"default": 2}}, "uci_energy", old, lambda a, s: False)
+    assert same["chunks"] == old["chunks"]
+
+
+def test_repack_command_drops_the_unfinished_chunks(tmp_path):
+    from onepass import packing
+    file = tmp_path / "results" / "t" / "packing" / "uci_energy.json"
+    packing.write(file, {"format": 1, "study": "t", "dataset": "uci_energy", "members_per_job": "auto",
+                         "chunks": {"Random": [[0, 1], [2, 3]]}})
+    for seed in (0, 1, 2):
+        run = tmp_path / "results" / "t" / "runs" / "uci_energy" / "Random" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text("{}")
+        (run / "history.csv").write_text("")
+    assert packing.main(["repack", str(file)]) == 0
+    assert packing.read(file)["chunks"] == {"Random": [[0, 1]]}
+    assert packing.main(["repack", "--all", str(file)]) == 0
+    assert packing.read(file)["chunks"] == {"Random": []}
+    (file.parent / "bad.json").write_text("[]")
+    with pytest.raises(packing.PackingError, match="bad.json is not a packing"):
+        packing.read(file.parent / "bad.json")

@@ -23,20 +23,33 @@ The package is cut by stage; each module's docstring says what it does and why:
 - :mod:`~onepass.data.loading`: :func:`load` and :func:`status`;
 - :mod:`~onepass.data.cli`: the command line.
 
-Everything public is imported here, so ``from onepass.data import load`` (and every other name) works.
+Everything public is reachable here, so ``from onepass.data import load`` (and every other name) works; the
+sources table's names are imported at once, the others (which import torch) when first asked for, so that
+planning a study (which reads only the sources table) does not load torch (about 185 MB).
 """
 
-from .archives import read_archive_members
-from .cli import main
-from .fetching import CHUNK, fetch, fetch_inits, sha256_file
-from .fileformat import FORMAT_VERSION, PREPARED_NAME, PREPROCESSING, SPLIT_SEED, SPLITS, prepared_path
-from .images import CIFAR_MEMBERS
-from .loading import Dataset, check_preprocessing, load, status, with_validation_proportion
-from .penn_treebank import EOS, UNK
-from .preparing import PREPARERS, prepare
+import importlib
+
+_LAZY = {"read_archive_members": "archives", "main": "cli", "CHUNK": "fetching", "fetch": "fetching",
+         "fetch_inits": "fetching", "sha256_file": "fetching", "FORMAT_VERSION": "fileformat",
+         "PREPARED_NAME": "fileformat", "PREPROCESSING": "fileformat", "SPLIT_SEED": "fileformat",
+         "SPLITS": "fileformat", "prepared_path": "fileformat", "CIFAR_MEMBERS": "images", "Dataset": "loading",
+         "check_preprocessing": "loading", "load": "loading", "status": "loading",
+         "with_validation_proportion": "loading", "EOS": "penn_treebank",
+         "UNK": "penn_treebank", "PREPARERS": "preparing", "prepare": "preparing", "uci_splits": "uci"}
+
+
+def __getattr__(name):
+    """A public name of a submodule that imports torch, imported when first asked for (PEP 562)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
 from .sources import (DEFAULT_DATA_DIR, DEFAULT_SOURCES, INIT_PREFIX, MIRRORS_ENV, SOURCE_COLUMNS, DataError,
                       Source, check_name, datasets, init_digests, read_sources, resolve_mirrors)
-from .uci import uci_splits
 
 __all__ = ["CHUNK", "CIFAR_MEMBERS", "DEFAULT_DATA_DIR", "DEFAULT_SOURCES", "DataError", "Dataset", "EOS",
            "FORMAT_VERSION", "INIT_PREFIX", "MIRRORS_ENV", "PREPARED_NAME", "PREPARERS", "PREPROCESSING",

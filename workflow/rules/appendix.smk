@@ -14,7 +14,7 @@ rule sensitivity_plan:
     localrule: True
     params:
         plan=lambda wildcards: json.dumps(
-            appendix.cell_plan(config, wildcards.algorithm, wildcards.cell),
+            appendix.cell_plan(CONFIG, wildcards.algorithm, wildcards.cell),
             indent=1,
             sort_keys=True,
         ),
@@ -26,8 +26,8 @@ rule sensitivity_plan:
 # One rule per (algorithm, cell), generated for the reason of train.smk's: a cell's outputs are the runs of
 # a list of seeds, which no wildcard pattern can name without a job per seed.
 for algorithm, cell in SENSITIVITY_CELLS:
-    resources_of = appendix.cell_resources(config, algorithm, cell)
-    cell_dataset = appendix.spec(config, "sensitivity")["dataset"]
+    resources_of = appendix.cell_resources(CONFIG, algorithm, cell)
+    cell_dataset = appendix.spec(CONFIG, "sensitivity")["dataset"]
 
     rule:
         name:
@@ -43,7 +43,8 @@ for algorithm, cell in SENSITIVITY_CELLS:
                 rules.sensitivity_plan.output[0], algorithm=algorithm, cell=cell
             ),
         output:
-            metrics=appendix.cell_metrics(config, algorithm, cell),
+            record=cell_record(algorithm, cell),
+            metrics=appendix.cell_metrics(CONFIG, algorithm, cell),
         log:
             f"{APPENDIX}/logs/sensitivity/{algorithm}/{cell}.log",
         benchmark:
@@ -60,20 +61,16 @@ for algorithm, cell in SENSITIVITY_CELLS:
                 Path(output.metrics[0]).parent.parent
             ),
             data_dir=lambda wildcards, input: str(Path(input.data[0]).parent.parent),
-            device=jobs.device(config, cell_dataset),
+            device=job_device,
         shell:
             "python -m onepass.train --plan {input.plan} --runs-dir {params.runs_dir}"
             " --data-dir {params.data_dir} --device {params.device} --threads {threads}"
-            " --mem-mb {resources.mem_mb} --quiet > {log} 2>&1"
+            " --mem-mb {resources.mem_mb} --quiet > {log} 2>&1 && cp {input.plan} {output.record}"
 
 
 rule sensitivity_table:
     input:
-        [
-            path
-            for algorithm, cell in SENSITIVITY_CELLS
-            for path in appendix.cell_metrics(config, algorithm, cell)
-        ],
+        [cell_record(algorithm, cell) for algorithm, cell in SENSITIVITY_CELLS],
     output:
         f"{APPENDIX}/sensitivity/sensitivity.tsv",
     log:
@@ -83,7 +80,7 @@ rule sensitivity_table:
         "../../envs/onepass.yaml"
     params:
         config=lambda wildcards: json.dumps(
-            appendix.part_config(config, "sensitivity"), sort_keys=True
+            appendix.part_config(CONFIG, "sensitivity"), sort_keys=True
         ),
     shell:
         "python -m onepass.appendix sensitivity-table --config {params.config:q}"
@@ -92,8 +89,8 @@ rule sensitivity_table:
 
 # the quality job's resources, from the same estimates as training (the rule exists, unused, without it)
 QUALITY_RESOURCES = (
-    appendix.quality_resources(config)
-    if appendix.enabled(config, "quality")
+    appendix.quality_resources(CONFIG)
+    if appendix.enabled(CONFIG, "quality")
     else {"threads": 1, "mem_mb": 1000, "runtime": 10, "gpu": 0}
 )
 
@@ -103,7 +100,7 @@ rule hypergradient_quality:
         data=lambda wildcards: ancient(
             expand(
                 rules.prepare_data.output[0],
-                base=catalog.dataset(appendix.spec(config, "quality")["dataset"]).base,
+                base=catalog.dataset(appendix.spec(CONFIG, "quality")["dataset"]).base,
             )
         ),
     output:
@@ -124,12 +121,10 @@ rule hypergradient_quality:
         gpu=QUALITY_RESOURCES["gpu"],
     params:
         config=lambda wildcards: json.dumps(
-            appendix.part_config(config, "quality"), sort_keys=True
+            appendix.part_config(CONFIG, "quality"), sort_keys=True
         ),
         data_dir=lambda wildcards, input: str(Path(input.data[0]).parent.parent),
-        device=lambda wildcards: jobs.device(
-            config, appendix.spec(config, "quality")["dataset"]
-        ),
+        device=job_device,
     shell:
         "python -m onepass.quality --config {params.config:q} --data-dir {params.data_dir}"
         " --device {params.device} --threads {threads} --updates {output.updates}"
@@ -161,9 +156,9 @@ rule appendix_figure:
     conda:
         "../../envs/onepass.yaml"
     params:
-        dataset=lambda wildcards: appendix.spec(config, wildcards.part)["dataset"],
+        dataset=lambda wildcards: appendix.spec(CONFIG, wildcards.part)["dataset"],
         caption=lambda wildcards: heatmaps.caption(
-            wildcards.part, appendix.spec(config, wildcards.part)["dataset"]
+            wildcards.part, appendix.spec(CONFIG, wildcards.part)["dataset"]
         ),
     shell:
         "python -m onepass.heatmaps {wildcards.part} --table {input} --dataset {params.dataset}"
@@ -191,9 +186,9 @@ rule quality_direct_figure:
     conda:
         "../../envs/onepass.yaml"
     params:
-        dataset=lambda wildcards: appendix.spec(config, "quality")["dataset"],
+        dataset=lambda wildcards: appendix.spec(CONFIG, "quality")["dataset"],
         caption=lambda wildcards: heatmaps.caption(
-            "quality_direct", appendix.spec(config, "quality")["dataset"]
+            "quality_direct", appendix.spec(CONFIG, "quality")["dataset"]
         ),
     shell:
         "python -m onepass.heatmaps quality_direct --table {input} --dataset {params.dataset}"

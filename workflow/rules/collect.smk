@@ -4,7 +4,7 @@
 rule collect:
     input:
         plan=rules.sweep.output.plan,
-        runs=dataset_runs("metrics.json"),
+        chunks=dataset_chunks,
     output:
         f"{STUDY}/tables/{{dataset}}/runs.tsv",
     log:

@@ -1,39 +1,31 @@
-"""The config, checked once, and thin adapters from rules and wildcards to onepass.study."""
+"""The config, checked once and resolved into the planned study (onepass.planned: datasets, algorithms, seeds,
+packing, device) that every rule reads; thin adapters from rules and wildcards to onepass. Snakemake's
+`config` is left as Snakemake read it: the rules read CONFIG, the checked config of the planned study.
+"""
 
-import contextlib
+import hashlib
 import json
 import os
 import re
 import shlex
 from pathlib import Path
 
-import yaml
 from snakemake.logging import logger
-from snakemake.resources import Resource
 from snakemake.utils import update_config
 
-from onepass import appendix, budget, catalog, devices, figures, heatmaps, jobs, study
+import snakemake_internals as internals  # workflow/rules/snakemake_internals.py: Snakemake's internals
+from onepass import (
+    appendix,
+    budget,
+    catalog,
+    devices,
+    figures,
+    heatmaps,
+    jobs,
+    planned,
+    study,
+)
 from onepass.config_text import typed
-
-
-def config_sources():
-    """The config files in the order Snakemake merged them (the Snakefile's, then --configfile's), then
-    --config: for naming the file that sets a bad key. Each is (name, mapping, given on the command line).
-    """
-    given = [Path(p).absolute() for p in workflow.overwrite_configfiles]
-    default = [p for p in workflow.configfiles if Path(p).absolute() not in given]
-    sources = []
-    for path in [*default, *given]:
-        with contextlib.suppress(
-            OSError, yaml.YAMLError
-        ):  # Snakemake reports those itself
-            data = yaml.safe_load(Path(path).read_text()) or {}
-            sources.append(
-                (os.path.relpath(path), data, Path(path).absolute() in given)
-            )
-    if workflow.config_settings.config:
-        sources.append(("--config", dict(workflow.config_settings.config), True))
-    return sources
 
 
 def own_appendix(sources):
@@ -53,11 +45,11 @@ def gpus_offered():
     else the CUDA devices this process sees (declared as that resource, so that jobs asking for a GPU share
     them one at a time). A cluster job (which gets no --resources) sees the GPUs SLURM gave it.
     """
-    declared = workflow.global_resources.get("gpu")
-    if declared is not None and declared.value is not None:
-        return int(declared.value)
-    found = devices.visible_gpus(in_job=not workflow.is_main_process)
-    workflow.register_resource("gpu", Resource("gpu", found))
+    declared = internals.declared_gpus(workflow)
+    if declared is not None:
+        return declared
+    found = devices.visible_gpus(in_job=not internals.is_main_process(workflow))
+    internals.offer_gpus(workflow, found)
     return found
 
 
@@ -66,52 +58,43 @@ def alternatives(names):
     return "|".join(re.escape(n) for n in names) if names else "(?!x)x"
 
 
-SCHEMA = study.schema()
-SOURCES = config_sources()
-if any(on_command_line for _, _, on_command_line in SOURCES):
-    config["appendix"] = own_appendix(SOURCES)
-# --config's nested numbers come as text (YAML's BaseLoader): read as the types the schema and settings declare
-config.update(
-    study.validate(
-        typed(config, workflow.config_settings.config, SCHEMA), SCHEMA, SOURCES
-    )
+SOURCES = internals.config_sources(workflow)
+ASKED = (
+    {**config, "appendix": own_appendix(SOURCES)}
+    if any(on_command_line for _, _, on_command_line in SOURCES)
+    else config
 )
-appendix.check(config, SOURCES)
+SCHEMA = study.schema()
+# --config's nested numbers come as text (YAML's BaseLoader): read as the types the schema and settings declare
+CHECKED = study.validate(
+    typed(ASKED, internals.command_line_config(workflow), SCHEMA), SCHEMA, SOURCES
+)
+appendix.check(CHECKED, SOURCES)
+# The one call that resolves the study: the device (cpu or cuda: a cluster job re-decides it from its own
+# gpu resource, never strictly) and the packing, read from results/<study>/packing/ (written there by the
+# process that plans the study, read back by every later one: other cores, machines, cluster jobs).
+PLANNED = planned.resolve(
+    CHECKED,
+    gpus_offered(),
+    SOURCES,
+    planner=internals.is_main_process(workflow),
+)
+CONFIG = PLANNED.config
 # a study's own catalogue directories (the config's `catalog`) reach its jobs through their environment
-if config["catalog"]:
+if CONFIG["catalog"]:
     shell.prefix(
         f"export {catalog.CATALOG_ENV}={shlex.quote(catalog.catalog_variable())}; "
     )
-# cpu or cuda for the whole study; a cluster job re-decides it from its own gpu resource (never strictly)
-config["device"] = jobs.resolve_device(
-    config, gpus_offered(), SOURCES, strict=workflow.is_main_process
-)
 
-
-def planning_cores():
-    """The cores given to Snakemake (--cores), or None where it sets no limit (a cluster, a dry run)."""
-    cores = workflow.global_resources.get("_cores")
-    cores = getattr(cores, "value", cores)  # a Resource in Snakemake 9
-    return cores if isinstance(cores, int) and 0 < cores < 2**20 else None
-
-
-# every dataset's members_per_job a number (`auto` resolved for the cores and this machine's cache), so
-# that the jobs, their plans and the sweep command cut the seeds alike
-config["members_per_job"] = jobs.resolve_members_per_job(config, planning_cores())
-
-STUDY = study.study_dir(config)
+STUDY = study.study_dir(CONFIG)
 DATA = study.data_dir()
-DATASETS = config["datasets"]
-APPENDIX = appendix.appendix_dir(config)
-SENSITIVITY_CELLS = (
-    appendix.sensitivity_cells(config)
-    if appendix.enabled(config, "sensitivity")
-    else []
-)
-APPENDIX_PARTS = [p for p in ("sensitivity", "quality") if appendix.enabled(config, p)]
-APPENDIX_DATASETS = [appendix.spec(config, p)["dataset"] for p in APPENDIX_PARTS]
+DATASETS = list(PLANNED.datasets)
+APPENDIX = appendix.appendix_dir(CONFIG)
+SENSITIVITY_CELLS = list(PLANNED.sensitivity_cells)
+APPENDIX_PARTS = list(PLANNED.appendix_parts)
+APPENDIX_DATASETS = [appendix.spec(CONFIG, p)["dataset"] for p in APPENDIX_PARTS]
 ALGORITHMS = sorted(
-    {a for d in DATASETS for a in study.algorithms(config, d)}
+    {a for d in DATASETS for a in PLANNED.algorithms[d]}
     | {a for a, _ in SENSITIVITY_CELLS}
 )
 
@@ -132,7 +115,7 @@ class Untracked:
 MIRRORS = Untracked(
     " ".join(
         f"--mirror {shlex.quote(m)}"
-        for m in study.mirrors(config, os.environ.get(study.MIRRORS_ENV, ""))
+        for m in study.mirrors(CONFIG, os.environ.get(study.MIRRORS_ENV, ""))
     )
 )
 
@@ -153,25 +136,15 @@ wildcard_constraints:
 # ---- training jobs: one per chunk of seeds --------------------------------------------------------------
 
 
-def chunks():
-    """Every (dataset, algorithm, chunk of seeds) of the study: one training job each."""
-    return [
-        (dataset, algorithm, chunk)
-        for dataset in DATASETS
-        for algorithm in study.algorithms(config, dataset)
-        for chunk in study.chunks(config, dataset, algorithm)
-    ]
-
-
 def run_outputs(dataset, algorithm, seeds, name):
     """``name`` (metrics.json, history.csv) of every run of these seeds."""
-    runs = study.runs_dir(config, dataset, algorithm)
+    runs = study.runs_dir(CONFIG, dataset, algorithm)
     return [f"{study.run_dir(runs, seed)}/{name}" for seed in seeds]
 
 
 def job_resources(dataset, algorithm, chunk):
     """Portable resources of a chunk's job; mem_mb and runtime grow with each retry."""
-    first = jobs.resources(config, dataset, algorithm, len(chunk))
+    first = jobs.resources(CONFIG, dataset, algorithm, len(chunk))
     return {
         "threads": first["threads"],
         "gpu": first["gpu"],
@@ -180,41 +153,89 @@ def job_resources(dataset, algorithm, chunk):
     }
 
 
+def chunk_identities():
+    """{(dataset, algorithm, chunk): the SHA-256 of the chunk's plan} (onepass.study.chunk_plans: its
+    settings and members, never the device or the machine): a param of the chunk's job, so that a change of
+    it, and nothing else, retrains the chunk."""
+    out = {}
+    for dataset in DATASETS:
+        for algorithm in PLANNED.algorithms[dataset]:
+            chunks = PLANNED.chunks[dataset, algorithm]
+            contents = study.chunk_plans(CONFIG, dataset, algorithm, chunks)
+            for chunk, content in zip(chunks, contents):
+                text = json.dumps(content, sort_keys=True)
+                out[dataset, algorithm, chunk] = hashlib.sha256(
+                    text.encode()
+                ).hexdigest()
+    return out
+
+
+def job_device(wildcards, resources):
+    """The device a job trains on, decided where it runs: cuda where its gpu resource gives it one (no part
+    of its runs' identity: untracked)."""
+    return Untracked("cuda" if int(resources.get("gpu", 0)) > 0 else "cpu")
+
+
 # ---- collection, figures, pages ----------------------------------------------------------------------------
 
 
-def dataset_run_files(dataset, name):
-    """``name`` (metrics.json, history.csv) of every run of the dataset."""
+def chunk_record(dataset, algorithm, chunk):
+    """A chunk's plan, written by its training job: the one output of a chunk that the later rules ask for
+    (asking for every run's files would make Snakemake match each of tens of thousands of paths against
+    hundreds of rules: minutes of planning for the paper's study)."""
+    return f"{STUDY}/sweep/{dataset}/chunks/{algorithm}/{study.chunk_name(chunk)}.json"
+
+
+def dataset_chunk_records(dataset):
+    """The chunk plans of every training job of a dataset."""
     return [
-        path
-        for algorithm in study.algorithms(config, dataset)
-        for path in run_outputs(
-            dataset, algorithm, study.seeds(config, dataset, algorithm), name
-        )
+        chunk_record(dataset, algorithm, chunk)
+        for algorithm in PLANNED.algorithms[dataset]
+        for chunk in PLANNED.chunks[dataset, algorithm]
     ]
 
 
-def dataset_runs(name):
-    """An input function: ``name`` of every run of the wildcards' dataset."""
-    return lambda wildcards: dataset_run_files(wildcards.dataset, name)
+def dataset_chunks(wildcards):
+    """An input function: the chunk plans of the wildcards' dataset (its runs come with them)."""
+    return dataset_chunk_records(wildcards.dataset)
+
+
+def cell_record(algorithm, cell):
+    """A sensitivity cell's plan, copied next to its runs by its job: what later rules ask for."""
+    return f"{appendix.cell_runs_dir(CONFIG, algorithm, cell)}/cell.json"
+
+
+def lost_runs():
+    """The records of runs deleted since their chunk trained (its plan is there, a run's files are not):
+    Snakemake does not remake a missing output of a job whose other outputs are all there unless a rule
+    asks for it by name, so that the target all does (and the chunk trains again, and everything after).
+    """
+    lost = [
+        path
+        for algorithm, cell in SENSITIVITY_CELLS
+        if os.path.exists(cell_record(algorithm, cell))
+        for path in appendix.cell_metrics(CONFIG, algorithm, cell)
+        if not os.path.exists(path)
+    ]
+    for dataset, algorithm, chunk in PLANNED.jobs():
+        if not os.path.exists(chunk_record(dataset, algorithm, chunk)):
+            continue
+        for name in ("metrics.json", "history.csv"):
+            lost.extend(
+                p
+                for p in run_outputs(dataset, algorithm, chunk, name)
+                if not os.path.exists(p)
+            )
+    return lost
 
 
 def study_runs(wildcards):
-    """Every run's records (the study's and the sensitivity cells'), the target all asks for them. Snakemake does
-    not remake a missing intermediate file once everything after it exists, so a run deleted to retrain it
-    is remade only as a target of its own (and then everything after it follows)."""
+    """What the target all asks for to have every run: every chunk's and sensitivity cell's plan (written by
+    its job) and every deleted run's records (lost_runs)."""
     return [
-        *(
-            path
-            for dataset in DATASETS
-            for name in ("metrics.json", "history.csv")
-            for path in dataset_run_files(dataset, name)
-        ),
-        *(
-            path
-            for algorithm, cell in SENSITIVITY_CELLS
-            for path in appendix.cell_metrics(config, algorithm, cell)
-        ),
+        *(record for dataset in DATASETS for record in dataset_chunk_records(dataset)),
+        *(cell_record(algorithm, cell) for algorithm, cell in SENSITIVITY_CELLS),
+        *lost_runs(),
     ]
 
 
@@ -223,7 +244,7 @@ def plan_notice(wildcards):
     it logs what the study asks for (onepass.budget): runs, jobs, CPU- and GPU-hours."""
     if not PLAN_SHOWN:
         PLAN_SHOWN.append(True)
-        logger.info(budget.text(config))
+        logger.info(budget.text(CONFIG, PLANNED.chunks))
     return []
 
 
@@ -232,7 +253,7 @@ PLAN_SHOWN = []
 
 def runs_dir(wildcards):
     """The dataset's runs directory."""
-    return study.runs_dir(config, wildcards.dataset)
+    return study.runs_dir(CONFIG, wildcards.dataset)
 
 
 def figure_caption(wildcards):

@@ -1,9 +1,10 @@
 # Every figure kind of onepass.figures for every dataset, as PNG (in the report, with the caption the
-# figures module gives it) and SVG. A figure reads runs.tsv and the runs' histories.
+# figures module gives it) and SVG. A figure reads runs.tsv and the runs' histories (which come with their
+# chunks' plans).
 rule figure:
     input:
         runs=rules.collect.output[0],
-        histories=dataset_runs("history.csv"),
+        chunks=dataset_chunks,
     output:
         png=report(
             f"{STUDY}/figures/{{dataset}}/{{figure}}.png",
@@ -32,11 +33,11 @@ from onepass import paper_figures, paper_studies
 # Each is made for the datasets of its list in the config's paper_figures that the study has: the
 # validation-proportion table, the proof of concept, and per dataset the learning rates of one seed, the run
 # durations and the best test metric over time.
-paper_studies.check(config, SOURCES)
-PAPER = {kind: paper_studies.datasets(config, kind) for kind in paper_studies.KINDS}
+paper_studies.check(CONFIG, SOURCES)
+PAPER = {kind: paper_studies.datasets(CONFIG, kind) for kind in paper_studies.KINDS}
 PAPER_PER_DATASET = ("learning_rates", "runtimes", "best_over_time")
 # the proof of concept's heatmap and trajectories: {dataset, algorithm} each
-CONCEPT = paper_studies.spec(config, "proof_of_concept") or {}
+CONCEPT = paper_studies.spec(CONFIG, "proof_of_concept") or {}
 
 
 rule validation_proportion_table:
@@ -58,7 +59,7 @@ rule validation_proportion_table:
         "../../envs/onepass.yaml"
     params:
         algorithms=lambda wildcards: paper_studies.spec(
-            config, "validation_proportion"
+            CONFIG, "validation_proportion"
         )["algorithms"],
     shell:
         "python -m onepass.paper_studies validation-table --summaries {input}"
@@ -74,8 +75,8 @@ rule proof_of_concept_figure:
         trajectories=lambda wildcards: expand(
             rules.collect.output[0], dataset=CONCEPT["trajectories"]["dataset"]
         ),
-        histories=lambda wildcards: dataset_run_files(
-            CONCEPT["trajectories"]["dataset"], "history.csv"
+        chunks=lambda wildcards: dataset_chunk_records(
+            CONCEPT["trajectories"]["dataset"]
         ),
     output:
         png=report(
@@ -94,7 +95,7 @@ rule proof_of_concept_figure:
         heatmap_algorithm=lambda wildcards: CONCEPT["heatmap"]["algorithm"],
         trajectory_algorithm=lambda wildcards: CONCEPT["trajectories"]["algorithm"],
         trajectory_runs_dir=lambda wildcards: study.runs_dir(
-            config, CONCEPT["trajectories"]["dataset"]
+            CONFIG, CONCEPT["trajectories"]["dataset"]
         ),
         trajectories=lambda wildcards: CONCEPT["count"],
         caption=lambda wildcards: paper_figures.caption(
@@ -114,7 +115,7 @@ rule proof_of_concept_figure:
 rule paper_figure:
     input:
         runs=rules.collect.output[0],
-        histories=dataset_runs("history.csv"),
+        chunks=dataset_chunks,
     output:
         png=report(
             f"{STUDY}/figures/{{dataset}}/{{paper_kind}}.png",
@@ -133,10 +134,10 @@ rule paper_figure:
         "../../envs/onepass.yaml"
     params:
         options=lambda wildcards: paper_studies.figure_options(
-            config, wildcards.paper_kind, wildcards.dataset
+            CONFIG, wildcards.paper_kind, wildcards.dataset
         ),
         caption=lambda wildcards: paper_studies.figure_caption(
-            config, wildcards.paper_kind, wildcards.dataset
+            CONFIG, wildcards.paper_kind, wildcards.dataset
         ),
     shell:
         "python -m onepass.paper_figures {wildcards.paper_kind} --runs {input.runs} {params.options}"

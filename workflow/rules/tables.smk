@@ -18,7 +18,7 @@ rule summary_table:
     conda:
         "../../envs/onepass.yaml"
     params:
-        statistic=config["table_statistic"],
+        statistic=CONFIG["table_statistic"],
     shell:
         "python -m onepass.analysis summary --runs {input} --out {output.tsv} --html {output.html}"
         " --statistic {params.statistic} > {log} 2>&1"
