@@ -11,7 +11,10 @@ makes), each from runs.tsv and the runs' records:
   and median (cross);
 * ``best_over_time`` (best_performance_over_time, 825-899): each run's running minimum of the test metric
   against its cumulative time (a search's: over its evaluations, against cumulative search time), the
-  median over the runs ± the standard deviation of 1000 bootstrap medians, on log axes.
+  median over the runs ± the standard deviation of 1000 bootstrap medians, on log axes;
+* ``error_cdfs`` (the test-error half of ``cdfs``, 685-711, CDF_Error_*; figures.py 641-660): the empirical
+  CDF of each algorithm's final test error (1 - accuracy) on a classification dataset, on [0, 1], diverged
+  runs included at the error of a network whose outputs are NaN (as the error tables, onepass.tables).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from onepass import catalog  # noqa: E402
+from onepass import catalog, tables  # noqa: E402
 from onepass.collection import counted, load_histories, read_runs, run_dir  # noqa: E402
 from onepass.figures import style  # noqa: E402
 from onepass.plotting import log_axis, save, steps_axis  # noqa: E402
@@ -51,6 +54,9 @@ CAPTIONS = {
                       "minimum of the test metric, the median over the runs with a band of plus or minus the "
                       "standard deviation of 1000 bootstrap medians. A black-box search's run is one repetition: "
                       "the lowest test metric of its evaluations so far, against cumulative search time.",
+    "error_cdfs": "Empirical CDF of the final test error (1 - accuracy) on {dataset}: for each algorithm, the "
+                  "fraction of its finished and diverged runs whose final test error is at most x (the paper's "
+                  "CDF_Error figures). A diverged run counts at the error of a network whose outputs are NaN.",
 }
 GRID = 100            # heatmap cells per axis
 TIME_POINTS = 200     # points of a best-over-time curve
@@ -186,6 +192,42 @@ def runtimes(runs: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+# ---- test-error CDFs ---------------------------------------------------------------------------------------
+def error_cdf_points(values) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's step curve of an empirical CDF (figures.py 654-659): the sorted values, each twice, against
+    the fractions 0, 1/n, 1/n, 2/n, ..., 1 (NaN values sort last and leave the curve below 1)."""
+    x = np.sort(np.asarray(values, dtype=float))
+    fractions = np.linspace(0.0, 1.0, len(x) + 1)
+    return np.repeat(x, 2), np.repeat(fractions, 2)[1:-1]
+
+
+def error_cdfs(runs: pd.DataFrame) -> plt.Figure:
+    """Every algorithm's empirical CDF of its final test error (tables.error_values: finished and diverged
+    runs), Random (3-batched) among them where the study has its source, on linear axes [0, 1] x [0, 1]."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    dataset = str(runs["dataset"].iloc[0]) if len(runs) else ""
+    populations = tables.error_populations(runs, dataset) if len(runs) else {}
+    for algorithm in catalog.order(populations):
+        errors, _ = tables.error_values(populations[algorithm], dataset)
+        errors = errors[populations[algorithm]["status"].isin(("done", "diverged"))].to_numpy(dtype=float)
+        if not np.isfinite(errors).any():
+            continue
+        x, y = error_cdf_points(errors)
+        ax.plot(x, y, label=f"{catalog.label(algorithm)} (n={len(errors)})", **style(algorithm))
+    if ax.get_lines():
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.text(0.5, 0.5, "no finished runs with a test accuracy", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("final test error")
+    ax.set_ylabel("empirical CDF")
+    ax.set_title(f"{catalog.dataset_label(dataset)}: CDF of the final test error")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 # ---- best performance over time ----------------------------------------------------------------------------
 def running_minimum(values) -> np.ndarray:
     """The running minimum of ``values``, NaN counted as +inf (as the paper's paper_plots.py 869-872)."""
@@ -278,10 +320,10 @@ def main(argv=None) -> int:
     c.add_argument("--trajectory-runs-dir", required=True)
     c.add_argument("--trajectory-algorithm", required=True)
     c.add_argument("--count", type=int, required=True)
-    for name in ("learning_rates", "runtimes", "best_over_time"):
+    for name in ("learning_rates", "runtimes", "best_over_time", "error_cdfs"):
         s = sub.add_parser(name)
         s.add_argument("--runs", required=True, help="runs.tsv of the dataset")
-        if name != "runtimes":
+        if name not in ("runtimes", "error_cdfs"):
             s.add_argument("--runs-dir", required=True)
         if name == "learning_rates":
             s.add_argument("--seed", type=int, required=True)
@@ -297,6 +339,8 @@ def main(argv=None) -> int:
             fig = learning_rates(read_runs(args.runs), args.runs_dir, args.seed)
         elif args.kind == "runtimes":
             fig = runtimes(read_runs(args.runs))
+        elif args.kind == "error_cdfs":
+            fig = error_cdfs(read_runs(args.runs))
         else:
             fig = best_over_time(read_runs(args.runs), args.runs_dir)
     except (OSError, KeyError, ValueError) as err:

@@ -26,7 +26,7 @@ from . import catalog, study, tables
 from .records import atomic_write
 from .settings import ConfigError, load_settings
 
-KINDS = ("validation_proportion", "proof_of_concept", "learning_rates", "runtimes", "best_over_time")
+KINDS = ("validation_proportion", "proof_of_concept", "learning_rates", "runtimes", "best_over_time", "error_cdfs")
 
 
 def spec(config: dict, kind: str):
@@ -81,7 +81,7 @@ def check(config: dict, sources=None) -> None:
 
 def figure_options(config: dict, kind: str, dataset: str) -> str:
     """The options of ``python -m onepass.paper_figures KIND`` for a per-dataset figure besides --runs and --out."""
-    if kind == "runtimes":
+    if kind in ("runtimes", "error_cdfs"):
         return ""
     options = f"--runs-dir {study.runs_dir(config, dataset)}"
     if kind == "learning_rates":

@@ -256,13 +256,13 @@ def error_values(runs: pd.DataFrame, dataset: str) -> tuple[pd.Series, pd.Series
     return error, error
 
 
-def error_rows(dataset: str, runs: pd.DataFrame, n_boot: int = N_BOOT, statistic: str = "bootstrap") -> list[dict]:
-    """For a classification dataset, the same statistics of the final test error (1 - test accuracy), the
-    paper's other measure for Fashion-MNIST and CIFAR-10 (metric ``ERROR_METRIC``), diverged runs included
-    (:func:`error_values`); algorithms whose finished runs recorded no accuracy are left out."""
+def error_populations(runs: pd.DataFrame, dataset: str) -> dict:
+    """For a classification dataset, every algorithm's runs (derived ones included: their chosen runs) with
+    ``test_metric`` the final test error, 1 - test accuracy ({} for other datasets or runs without accuracy);
+    :func:`error_values` gives the values a table or figure takes."""
     known = catalog.datasets().get(dataset)
     if known is None or known.task != "classification" or "test_accuracy" not in runs.columns:
-        return []
+        return {}
     errors = runs.assign(test_metric=1.0 - pd.to_numeric(runs["test_accuracy"], errors="coerce"))
     groups = {a: g for a, g in errors.groupby("algorithm")}
     accuracy = runs.set_index(["algorithm", "seed"])["test_accuracy"]
@@ -271,6 +271,14 @@ def error_rows(dataset: str, runs: pd.DataFrame, n_boot: int = N_BOOT, statistic
         chosen = [accuracy.get((source, seed), float("nan")) for seed in population["seed"]]
         groups[name] = population.assign(test_metric=1.0 - pd.to_numeric(pd.Series(chosen, index=population.index),
                                                                          errors="coerce"))
+    return groups
+
+
+def error_rows(dataset: str, runs: pd.DataFrame, n_boot: int = N_BOOT, statistic: str = "bootstrap") -> list[dict]:
+    """For a classification dataset, the same statistics of the final test error (1 - test accuracy), the
+    paper's other measure for Fashion-MNIST and CIFAR-10 (metric ``ERROR_METRIC``), diverged runs included
+    (:func:`error_values`); algorithms whose finished runs recorded no accuracy are left out."""
+    groups = error_populations(runs, dataset)
     rows = []
     for a in catalog.order(groups):
         finished = groups[a][groups[a]["status"] == "done"]

@@ -110,7 +110,8 @@ def test_quick_study_makes_every_paper_output_at_a_smaller_scale():
     assert paper_studies.datasets(cfg, "proof_of_concept") == ["uci_energy_concept", "uci_energy_concept_ours"]
     assert paper_studies.datasets(cfg, "learning_rates") == ["uci_energy"]
     assert paper_studies.datasets(cfg, "runtimes") == ["fashion_mnist"]
-    assert paper_studies.datasets(cfg, "best_over_time") == ["uci_energy", "fashion_mnist", "uci_energy_long"]
+    assert paper_studies.datasets(cfg, "best_over_time") == ["uci_energy", "fashion_mnist", "uci_energy_long",
+                                                             "fashion_mnist_long"]
 
 
 def test_a_study_without_the_datasets_lacks_the_outputs():
@@ -330,11 +331,46 @@ def test_best_over_time_from_a_fixture(tmp_path):
     plt.close(fig)
 
 
+def test_error_cdfs_from_a_fixture():
+    """The paper's CDF_Error figures (paper_plots.py 685-711, figures.py 641-660): per algorithm the sorted final
+    test errors (1 - accuracy), each twice, against 0, 1/n, 1/n, ..., 1; a diverged run without an accuracy
+    at 1 - 1/10 (ten classes), a failed run left out; linear axes on [0, 1]."""
+    rows = [("Random", 0, "done", {"test_accuracy": 0.8}), ("Random", 1, "done", {"test_accuracy": 0.7}),
+            ("Random", 2, "diverged", {"test_accuracy": np.nan}), ("Random", 3, "failed", {"test_accuracy": np.nan}),
+            ("Ours_LR", 0, "done", {"test_accuracy": 0.85})]
+    fig = paper_figures.error_cdfs(runs_table("fashion_mnist", rows))
+    ax = fig.axes[0]
+    assert [line.get_gid() for line in ax.get_lines()] == ["Random", "Ours_LR"]
+    random, ours = ax.get_lines()
+    assert np.allclose(random.get_xdata(), [0.2, 0.2, 0.3, 0.3, 0.9, 0.9])
+    assert np.allclose(random.get_ydata(), [0, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 1])
+    assert np.allclose(ours.get_xdata(), [0.15, 0.15]) and np.allclose(ours.get_ydata(), [0, 1])
+    assert random.get_color() == catalog.colour("Random")
+    assert ax.get_xlim() == (0, 1) and ax.get_ylim() == (0, 1) and ax.get_xscale() == "linear"
+    plt.close(fig)
+    # a regression dataset has no test error: an empty figure, said so
+    fig = paper_figures.error_cdfs(runs_table("uci_energy", [("Random", 0, "done", {"test_metric": 1.0})]))
+    assert not fig.axes[0].get_lines() and "no finished runs" in fig.axes[0].texts[0].get_text()
+    plt.close(fig)
+
+
+def test_error_cdfs_are_drawn_for_the_papers_classification_datasets():
+    """CDF_Error_* of Fashion-MNIST, CIFAR-10, Fashion-MNIST with BatchNorm and Fashion-MNIST's Standalone
+    comparison (Long Diff-through-Opt (Medium) among Fashion-MNIST's algorithms, as the paper's
+    long_horizon_fashion_mnist_cdfs adds it); the quick study draws those it has."""
+    assert paper_studies.datasets(full(), "error_cdfs") == ["fashion_mnist", "cifar10", "fashion_mnist_bn",
+                                                            "fashion_mnist_long"]
+    assert all(catalog.dataset(d).task == "classification" for d in paper_studies.datasets(full(), "error_cdfs"))
+    assert paper_studies.datasets(quick(), "error_cdfs") == ["fashion_mnist", "fashion_mnist_bn",
+                                                             "fashion_mnist_long"]
+
+
 def test_captions_render_without_docutils_messages():
     from test_report import rst_messages
 
     texts = [paper_figures.caption("proof_of_concept", "uci_energy_concept", count=20, trajectory="Ours_LR")]
-    texts += [paper_figures.caption(k, "uci_energy", seed=0) for k in ("learning_rates", "runtimes", "best_over_time")]
+    texts += [paper_figures.caption(k, "uci_energy", seed=0)
+              for k in ("learning_rates", "runtimes", "best_over_time", "error_cdfs")]
     texts.append((ROOT / "workflow" / "report" / "validation_proportion.rst").read_text().replace("{{", "").replace("}}", ""))
     for text in texts:
         assert "{" not in text.replace("{{", "") or "snakemake" in text

@@ -32,10 +32,10 @@ from onepass import paper_figures, paper_studies
 
 # Each is made for the datasets of its list in the config's paper_figures that the study has: the
 # validation-proportion table, the proof of concept, and per dataset the learning rates of one seed, the run
-# durations and the best test metric over time.
+# durations, the best test metric over time and the test-error CDFs.
 paper_studies.check(CONFIG, SOURCES)
 PAPER = {kind: paper_studies.datasets(CONFIG, kind) for kind in paper_studies.KINDS}
-PAPER_PER_DATASET = ("learning_rates", "runtimes", "best_over_time")
+PAPER_PER_DATASET = ("learning_rates", "runtimes", "best_over_time", "error_cdfs")
 # the proof of concept's heatmap and trajectories: {dataset, algorithm} each
 CONCEPT = paper_studies.spec(CONFIG, "proof_of_concept") or {}
 
