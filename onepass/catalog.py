@@ -36,6 +36,8 @@ ALGORITHM_KEYS = {"label", "style", "rank", "search", "settings", "by_family", "
 # run on a variant of the dataset (Long Diff-through-Opt (Full) in UCI Energy's); "separate", a table of its
 # own with the dataset's other rows (Long Diff-through-Opt (Medium) with Fashion-MNIST's)
 PAPER_TABLES = ("base", "separate")
+# a variant dataset's place in the paper's tables: beside its base's rows, or none (a table or figure of its own)
+DATASET_TABLES = ("with_base", "own")
 DATASET_KEYS = {"label", "family", "task", "metric", "table_scale", "data", "shape", "settings", "same_as",
                 "paper_table", "model", "path"}
 SEARCH_KINDS = ("none", "bayesopt", "asha", "pbt")
@@ -263,8 +265,8 @@ def _user_keys(path: Path, data: dict) -> tuple:
 
 def _dataset_table(path: Path, data: dict) -> str | None:
     value = data.get("paper_table")
-    if value not in (None, "with_base"):
-        raise CatalogError(f"{path}: key 'paper_table' must be with_base, got {value!r}")
+    if value not in (None, *DATASET_TABLES):
+        raise CatalogError(f"{path}: key 'paper_table' must be one of {', '.join(DATASET_TABLES)}, got {value!r}")
     return value
 
 

@@ -204,7 +204,7 @@ def error_cdf_points(values) -> tuple[np.ndarray, np.ndarray]:
 def error_cdfs(runs: pd.DataFrame) -> plt.Figure:
     """Every algorithm's empirical CDF of its final test error (tables.error_values: finished and diverged
     runs), Random (3-batched) among them where the study has its source, on linear axes [0, 1] x [0, 1]."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     dataset = str(runs["dataset"].iloc[0]) if len(runs) else ""
     populations = tables.error_populations(runs, dataset) if len(runs) else {}
     for algorithm in catalog.order(populations):
@@ -222,7 +222,7 @@ def error_cdfs(runs: pd.DataFrame) -> plt.Figure:
     ax.set_ylim(0, 1)
     ax.set_xlabel("final test error")
     ax.set_ylabel("empirical CDF")
-    ax.set_title(f"{catalog.dataset_label(dataset)}: CDF of the final test error")
+    ax.set_title(f"{catalog.dataset_label(dataset)}: CDF of the final test error", loc="left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -453,10 +453,11 @@ def _layout(summaries: pd.DataFrame):
     table of its own for each ``paper_table: separate`` algorithm beside its base dataset's rows (Long
     Diff-through-Opt (Full), run on uci_energy_long, with UCI Energy's rows, paper_plots.py:502-504; Medium with
     Fashion-MNIST's, test cross-entropy and error, 491-495); a variant dataset marked ``paper_table: with_base``
-    beside its base (Fashion-MNIST and its BatchNorm variant, 481-483); the other variants, the short-horizon
-    studies with Long Diff-through-Opt (Standalone), one table per family (the UCI sets together, Fashion-MNIST
-    with its test error, 497-507); and, without bold, each search kind's rows, the UCI sets and the others in
-    two tables (BayesOpt's 508-515, ASHA's and PBT's 526-533)."""
+    beside its base (Fashion-MNIST and its BatchNorm variant, 481-483); one marked ``paper_table: own`` in none
+    (the validation proportions and the proof of concept: a table or figure of their own); the other variants,
+    the short-horizon studies with Long Diff-through-Opt (Standalone), one table per family (the UCI sets
+    together, Fashion-MNIST with its test error, 497-507); and, without bold, each search kind's rows, the UCI
+    sets and the others in two tables (BayesOpt's 508-515, ASHA's and PBT's 526-533)."""
     sources = {a.derived["from"] for a in catalog.derived_algorithms().values()}
     shown = summaries[~summaries["algorithm"].isin(sources)]  # the paper shows the derived rows instead
     known = catalog.datasets()
@@ -482,7 +483,8 @@ def _layout(summaries: pd.DataFrame):
     for d in beside:
         tables.append(("{datasets}", [(primary, known[d].base), (variants[variants["metric"] != ERROR_METRIC], d)],
                        True))
-    others = [d for d in catalog.dataset_order(dict.fromkeys(variants["dataset"])) if d not in beside]
+    others = [d for d in catalog.dataset_order(dict.fromkeys(variants["dataset"]))
+              if d not in beside and known[d].paper_table != "own"]
     for family in dict.fromkeys(catalog.family(d) for d in others):
         tables.append(("{datasets}", [(variants, d) for d in others if catalog.family(d) == family], True))
     searches = catalog.order(dict.fromkeys(shown.loc[place.str.startswith("search:"), "algorithm"]))

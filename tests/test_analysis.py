@@ -888,7 +888,8 @@ def test_paper_tables_place_long_diff_through_opt_and_the_searches_as_the_paper(
     """The paper's tables (paper_plots.py:466-542): Long Diff-through-Opt (Full), run on uci_energy_long, has a
     table of its own with UCI Energy's rows (502-504); Medium one with Fashion-MNIST's rows, cross-entropy and
     error (491-495); Fashion-MNIST and its BatchNorm variant share one (481-483); the short-horizon study
-    (Standalone) is a table of its own (497-507); BayesOpt has two tables, UCI and Fashion-MNIST, ASHA and PBT
+    (Standalone) is a table of its own (497-507), without the validation proportions and the proof of concept
+    (tables of their own, 521-525 and a figure); BayesOpt has two tables, UCI and Fashion-MNIST, ASHA and PBT
     one each, all without bold."""
     def rows(dataset, algorithms, metric="m"):
         return [{"dataset": dataset, "algorithm": a, "label": catalog.label(a.split("@")[0]), "metric": metric,
@@ -901,6 +902,9 @@ def test_paper_tables_place_long_diff_through_opt_and_the_searches_as_the_paper(
                             "ASHA@paper", "PBT", "PBT@paper"], "test MSE (unnormalised)")
         + rows("uci_energy_long", ["Random", "LongDiffThroughOpt_Standalone", "LongDiffThroughOpt_Full"],
                "test MSE (unnormalised)")
+        # variants with a table or figure of their own (paper_table: own) are in none of these
+        + rows("uci_energy_valid25", ["Ours_LR_Momentum"], "test MSE (unnormalised)")
+        + rows("uci_energy_concept", ["Random"], "test MSE (unnormalised)")
         + rows("fashion_mnist", ["Random", "Ours_LR", "LongDiffThroughOpt_Medium", "BayesOpt"],
                "test cross-entropy")
         + rows("fashion_mnist", ["Random", "Ours_LR", "LongDiffThroughOpt_Medium"], tables.ERROR_METRIC)
@@ -1082,7 +1086,7 @@ def test_running_minimum_figure(tmp_path):
 
 
 def test_a_datasets_paper_table_is_checked(tmp_path):
-    """A dataset's paper_table is with_base or absent; anything else stops with the file and the key named."""
+    """A dataset's paper_table is with_base, own or absent; anything else stops with the file and the key named."""
     for value, where in (("with_base", "good"), ("beside", "bad")):
         datasets = tmp_path / where / "datasets"
         datasets.mkdir(parents=True)
@@ -1090,5 +1094,6 @@ def test_a_datasets_paper_table_is_checked(tmp_path):
         (datasets / "b.yaml").write_text(f"label: B\nsame_as: a\npaper_table: {value}\n")
     known = catalog.datasets(tmp_path / "good")
     assert known["b"].paper_table == "with_base" and known["a"].paper_table is None
-    with pytest.raises(catalog.CatalogError, match=r"b\.yaml: key 'paper_table' must be with_base, got 'beside'"):
+    with pytest.raises(catalog.CatalogError,
+                       match=r"b\.yaml: key 'paper_table' must be one of with_base, own, got 'beside'"):
         catalog.datasets(tmp_path / "bad")

@@ -371,7 +371,8 @@ def test_captions_render_without_docutils_messages():
     texts = [paper_figures.caption("proof_of_concept", "uci_energy_concept", count=20, trajectory="Ours_LR")]
     texts += [paper_figures.caption(k, "uci_energy", seed=0)
               for k in ("learning_rates", "runtimes", "best_over_time", "error_cdfs")]
-    texts.append((ROOT / "workflow" / "report" / "validation_proportion.rst").read_text().replace("{{", "").replace("}}", ""))
+    texts.append((ROOT / "workflow" / "report" / "validation_proportion.rst").read_text()
+                 .replace("{{", "").replace("}}", ""))
     for text in texts:
         assert "{" not in text.replace("{{", "") or "snakemake" in text
         assert not rst_messages(text), text
