@@ -331,6 +331,20 @@ def test_best_over_time_from_a_fixture(tmp_path):
     plt.close(fig)
 
 
+def test_edf_counts_a_run_over_the_threshold_as_diverged(tmp_path):
+    """cdfs' loss CDFs (paper_plots.py 645-682): a run whose final value reaches the post-hoc threshold is set
+    to NaN (figures.py 652-653), so the curve of 3 runs, one over it, climbs to 2/3 only."""
+    from onepass import figures
+
+    rows = [("Random", 0, "done", {"test_metric": 0.5, "over_threshold": False}),
+            ("Random", 1, "done", {"test_metric": 2000.0, "over_threshold": True}),
+            ("Random", 2, "done", {"test_metric": 0.7, "over_threshold": False})]
+    fig = figures.edf(runs_table("fashion_mnist", rows), tmp_path)
+    (line,) = [line for line in fig.axes[0].get_lines() if line.get_gid() == "Random"]
+    assert np.allclose(line.get_xdata(), [0.5, 0.7]) and np.allclose(line.get_ydata(), [1 / 3, 2 / 3])
+    plt.close(fig)
+
+
 def test_error_cdfs_from_a_fixture():
     """The paper's CDF_Error figures (paper_plots.py 685-711, figures.py 641-660): per algorithm the sorted final
     test errors (1 - accuracy), each twice, against 0, 1/n, 1/n, ..., 1; a diverged run without an accuracy
