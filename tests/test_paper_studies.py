@@ -114,6 +114,32 @@ def test_quick_study_makes_every_paper_output_at_a_smaller_scale():
                                                              "fashion_mnist_long"]
 
 
+def test_quick_study_keeps_the_long_horizon_designs_at_a_small_scale():
+    """The quick study's Long Diff-through-Opt (Medium) and Fashion-MNIST Standalone comparison keep the
+    paper's designs (run_all.py; Medium: a hyperparameter step every 200 weight steps, differentiating through
+    all 200, weights kept; Standalone: windows as long as the short runs, weights reset) on 2 seeds: Medium on
+    Fashion-MNIST's budget of 2000 weight steps (10 windows), the short runs 20 hyperparameter steps of 10
+    (200 weight steps), Standalone 5 windows of 200."""
+    cfg = quick()
+    medium = study.settings(cfg, "fashion_mnist", "LongDiffThroughOpt_Medium")
+    random = study.settings(cfg, "fashion_mnist", "Random")
+    assert (medium["update_interval"], medium["unroll_steps"], medium["reset_weights"]) == (200, 200, False)
+    assert medium["hyperparameter_steps"] * 200 == random["hyperparameter_steps"] * random["update_interval"] == 2000
+    assert study.seeds(cfg, "fashion_mnist", "LongDiffThroughOpt_Medium") == [0, 1]
+    assert (study.member_of(cfg, "fashion_mnist", "LongDiffThroughOpt_Medium", 1)
+            == study.member_of(cfg, "fashion_mnist", "Random", 1))
+    assert study.algorithms(cfg, "fashion_mnist_long") == ["Random", "Ours_LR_Momentum", "DiffThroughOpt",
+                                                           "LongDiffThroughOpt_Standalone"]
+    for short in ("Random", "Ours_LR_Momentum", "DiffThroughOpt"):
+        s = study.settings(cfg, "fashion_mnist_long", short)
+        assert (s["hyperparameter_steps"], s["update_interval"]) == (20, 10), short
+        assert study.seeds(cfg, "fashion_mnist_long", short) == [0, 1]
+    standalone = study.settings(cfg, "fashion_mnist_long", "LongDiffThroughOpt_Standalone")
+    assert (standalone["update_interval"], standalone["unroll_steps"], standalone["hyperparameter_steps"],
+            standalone["reset_weights"]) == (200, 200, 5, True)
+    assert study.seeds(cfg, "fashion_mnist_long", "LongDiffThroughOpt_Standalone") == [0, 1]
+
+
 def test_a_study_without_the_datasets_lacks_the_outputs():
     cfg = full()
     cfg = {**cfg, "datasets": ["uci_energy", "uci_energy_concept"]}
