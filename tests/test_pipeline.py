@@ -128,7 +128,7 @@ def test_full_study_dry_run_plans_population_jobs(workflow_copy):
     proc = snakemake(workflow_copy, "all", "-n", "-p", "--resources", "gpu=1")
     counts = job_counts(proc.stdout)
     planned = planned_jobs(proc.stdout)
-    assert sum("--device cuda" in j["shell"] for j in planned) == 387 + 156 + 1   # chunks, cells, quality
+    assert sum("--device cuda" in j["shell"] for j in planned) == 395 + 156 + 1   # chunks, cells, quality
     for job in planned:
         assert ("--device cuda" in job["shell"]) == (int(job["resources"].get("gpu", 0)) >= 1), job
     config = study.validate(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()),
@@ -146,8 +146,13 @@ def test_full_study_dry_run_plans_population_jobs(workflow_copy):
     # hundreds of population jobs, not one per run, sized for about an hour's training each (onepass.packing,
     # the same on any machine): Penn Treebank and CIFAR-10 5 seeds a job (members_per_job), UCI Energy's short
     # horizons 12, the rest from the estimated time of a member (a UCI set's 200 seeds of Random in one job)
-    assert sum(jobs.values()) == 387
+    # (387 for the paper's studies, and one job each for the validation proportions' 3 x 2 populations of 200
+    # and the proof of concept's 500 Random and 50 Ours (WD+LR) runs: 8 more)
+    assert sum(jobs.values()) == 387 + 8
     assert jobs["train_uci_energy_Random_0_199"] == jobs["train_penn_treebank_Ours_LR_45_49"] == 1
+    assert all(jobs[f"train_uci_energy_valid{p}_{a}_0_199"] == 1
+               for p in (25, 375, 50) for a in ("Ours_LR_Momentum", "Ours_HDLR_Momentum"))
+    assert jobs["train_uci_energy_concept_Random_0_499"] == jobs["train_uci_energy_concept_ours_Ours_LR_0_49"] == 1
     assert all(n == 1 for n in jobs.values())
     assert counts["total"] <= 1000
     assert counts["prepare_data"] == 11       # the variants use their base's prepared data
