@@ -66,6 +66,16 @@ def fashion_mnist_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
+def float64_default(one_torch_thread):
+    """float64 as torch's default dtype for the module (the population builds its network in it), on one
+    thread: exact comparisons."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for the module: bitwise comparisons need the same thread count in every run,
     and two threads on a busy 2-core machine crawl."""

@@ -29,13 +29,7 @@ MEMBERS = [Member(0, 0.05, 1e-2, 0.5), Member(7, 0.02, 3e-3, 0.8)]   # far from 
 TOL = {"rtol": 1e-12, "atol": 1e-14}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def float64(one_torch_thread):
-    """float64 for exact comparisons (the population builds its network in the default dtype)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")   # exact comparisons in float64
 
 
 def tiny_dataset() -> Dataset:

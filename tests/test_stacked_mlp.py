@@ -16,12 +16,7 @@ from onepass.settings import load_settings
 N, ROWS, INPUTS, CLASSES = 3, 7, 5, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def float64(one_torch_thread):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")   # exact comparisons in float64
 
 
 def dataset(task: str) -> Dataset:
