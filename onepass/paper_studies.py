@@ -131,11 +131,6 @@ def validation_rows(summaries: dict, algorithms: list[str]) -> pd.DataFrame:
                              if c.name == "algorithm" else c, kind="stable").reset_index(drop=True)
 
 
-def best_text(value: float) -> str:
-    """The Best column as the paper prints it ('{:#.3g}', a trailing point dropped: paper_plots.py 635-637)."""
-    return "NaN" if pd.isna(value) else f"{value:#.3g}".rstrip(".")
-
-
 def validation_cells(rows: pd.DataFrame) -> pd.DataFrame:
     """The table as text: one row per algorithm, per validation proportion its mean, median and best."""
     out = {}
@@ -143,9 +138,10 @@ def validation_cells(rows: pd.DataFrame) -> pd.DataFrame:
         cells = {"Method": catalog.label(algorithm)}
         for r in group.itertuples():
             p = f"{r.validation_proportion:.3g}"
-            cells[f"{p}: Mean ± SE"] = tables.with_se(r.mean, r.mean_se)
-            cells[f"{p}: Median ± SE"] = tables.with_se(r.median, r.median_se)
-            cells[f"{p}: Best"] = best_text(r.best)
+            # the paper's format, without bold (its table's bold_best: False, paper_plots.py 521-525)
+            cells[f"{p}: Mean ± SE"] = tables.paper_cell(r.mean, r.mean_se, float("nan"), bold=None)
+            cells[f"{p}: Median ± SE"] = tables.paper_cell(r.median, r.median_se, float("nan"), bold=None)
+            cells[f"{p}: Best"] = tables.best_text(r.best)
             cells[f"{p}: Runs (diverged)"] = f"{r.runs} ({r.diverged})"
         out[algorithm] = cells
     return pd.DataFrame(list(out.values()))
@@ -154,8 +150,8 @@ def validation_cells(rows: pd.DataFrame) -> pd.DataFrame:
 INTRODUCTION = ("The paper's validation-proportion study (its run_all.py 420-439, table paper_plots.py 521-525): "
                 "{dataset}'s training and validation rows re-cut so that the given fraction of them validates "
                 "({base:.3g} is the dataset's own split), the same initialisations at every proportion. Final "
-                "{metric}: mean and median with their standard errors (as the study's other tables) and the best "
-                "run; lower is better.")
+                "{metric}: mean and median with their standard errors and the best run, in the paper's format "
+                "(as the study's other tables, without bold); lower is better.")
 
 
 def write_validation_table(summary_paths, algorithms, markdown_path, tsv_path, html_path) -> pd.DataFrame:

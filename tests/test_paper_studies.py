@@ -237,14 +237,14 @@ def test_validation_table_by_hand(tmp_path):
     assert rows["median"].tolist() == [1.2, 2.0, 1.4, 3.0] and rows["diverged"].tolist() == [0, 1, 0, 0]
     text = out["md"].read_text()
     lines = [line for line in text.splitlines() if line.startswith("| Ours")]
-    # 1.25 ± 0.05 -> "1.25 ± 0.050" (the SE to two significant digits, tables.with_se); best 1.23456 -> 1.23
-    assert lines[0].split(" | ")[1:5] == [tables.with_se(1.25, 0.05), tables.with_se(1.2, 0.04), "0.750", "4 (0)"]
+    # the paper's format: the SE to one significant figure, the value to its decimal place, no bold; Best to
+    # three significant figures (0.75 -> 0.750, 1.23456 -> 1.23)
+    assert lines[0].split(" | ")[1:5] == ["1.25 ± 0.05", "1.20 ± 0.04", "0.750", "4 (0)"]
     assert "1.23 |" in lines[0] and "4 (1)" in lines[0]
     assert "| Method | 0.113: Mean ± SE |" in text and "0.5: Best" in text
     assert "Random" not in text.split("|", 1)[1]
     assert "<table>" in out["html"].read_text()
-    assert paper_studies.best_text(0.75) == "0.750" and paper_studies.best_text(1234.5) == "1.23e+03"
-    assert paper_studies.best_text(12.0) == "12.0" and paper_studies.best_text(100.0) == "100"
+    assert "2.5 ± 0.2" in lines[0] and "**" not in text
 
 
 # ---- figures from fixtures ---------------------------------------------------------------------------------
