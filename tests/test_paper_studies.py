@@ -13,7 +13,7 @@ import torch
 import yaml
 from snakemake.utils import update_config
 
-from onepass import catalog, paper_figures, paper_studies, study, tables
+from onepass import catalog, paper_figures, paper_studies, study
 from onepass.data import Dataset, with_validation_proportion
 from onepass.settings import ConfigError, load_settings
 from test_pipeline import ROOT
