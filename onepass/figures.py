@@ -317,6 +317,30 @@ def envelope_populations(runs: pd.DataFrame) -> dict:
     return {a: out[a] for a in catalog.order(out)}
 
 
+def draw_envelopes(ax, curves: dict, column: str, log_x: bool, held: bool = False) -> list:
+    """Each algorithm's loss envelope (:func:`envelope`: the bootstrap median ± its standard deviation) of its
+    runs' curves ``curves[algorithm]`` against ``column``, on a grid from the smallest positive ``column`` of
+    all to the algorithm's last (``log_x``: log-spaced); ``held``: drawn as steps (running minima). Returns
+    the medians drawn."""
+    ends = {a: float(np.nanmax(h[column].to_numpy(dtype=float))) for a, h in curves.items()}
+    values = np.concatenate([h[column].to_numpy(dtype=float) for h in curves.values()]) if curves else np.array([])
+    positive = values[np.isfinite(values) & (values > 0)]
+    start = float(positive.min()) if len(positive) else 0.0
+    drawn = []
+    for algorithm, h in curves.items():
+        grid = _grid(h[column].to_numpy(dtype=float), start, ends[algorithm], log_x)
+        if not len(grid):
+            continue
+        middle, spread = envelope(held_on_grid(h, column, grid))
+        ax.plot(grid, middle, label=f"{catalog.label(algorithm)} (n={h['seed'].nunique()})",
+                lw=1.8 if catalog.is_search(algorithm) else 1.5, **({"drawstyle": "steps-post"} if held else {}),
+                **style(algorithm))
+        ax.fill_between(grid, middle - spread, middle + spread, color=catalog.colour(algorithm),
+                        alpha=0.25 if held else 0.3, linewidth=0, gid=algorithm, **({"step": "post"} if held else {}))
+        drawn.append(middle)
+    return drawn
+
+
 @figure('test_vs_step', 'Test metric during training: the loss envelope',
         "The paper's loss figure on {dataset}: for each algorithm (not the black-box searches), the median test metric over its finished runs against the weight step, as the mean of 1000 bootstrap resamples' medians, with a band of ± their standard deviation, on a log axis. Runs that diverged or ended over a post-hoc divergence threshold are left out; Random (3-batched) takes its chosen runs in place of Random (validation)'s.")
 def test_vs_step(runs: pd.DataFrame, runs_dir) -> plt.Figure:
@@ -328,22 +352,8 @@ def test_vs_step(runs: pd.DataFrame, runs_dir) -> plt.Figure:
         h = load_histories(runs[(runs["algorithm"] == source) & runs["seed"].isin(seeds)], runs_dir)
         if not h.empty and np.isfinite(h["step"].to_numpy(dtype=float)).any():
             curves[algorithm] = h
-    ends = {a: float(np.nanmax(h["step"].to_numpy(dtype=float))) for a, h in curves.items()}
-    log_x = spans(list(ends.values()))
-    steps = np.concatenate([h["step"].to_numpy(dtype=float) for h in curves.values()]) if curves else np.array([])
-    positive = steps[np.isfinite(steps) & (steps > 0)]
-    start = float(positive.min()) if len(positive) else 0.0
-    drawn = []
-    for algorithm, h in curves.items():
-        grid = _grid(h["step"].to_numpy(dtype=float), start, ends[algorithm], log_x)
-        if not len(grid):
-            continue
-        middle, spread = envelope(held_on_grid(h, "step", grid))
-        ax.plot(grid, middle, label=f"{catalog.label(algorithm)} (n={h['seed'].nunique()})", lw=1.5,
-                **style(algorithm))
-        ax.fill_between(grid, middle - spread, middle + spread, color=catalog.colour(algorithm), alpha=0.3,
-                        linewidth=0, gid=algorithm)
-        drawn.append(middle)
+    log_x = spans([float(np.nanmax(h["step"].to_numpy(dtype=float))) for h in curves.values()])
+    drawn = draw_envelopes(ax, curves, "step", log_x)
     if drawn and _all_positive(np.concatenate(drawn)):
         log_axis(ax, "y")
     if log_x:
@@ -400,22 +410,8 @@ def test_vs_time(runs: pd.DataFrame, runs_dir) -> plt.Figure:
         m = running_minima(runs, runs_dir, algorithm) if algorithm not in sources else pd.DataFrame()
         if not m.empty and (m["time_s"].to_numpy(dtype=float) > 0).any():
             curves[algorithm] = m
-    ends = {a: float(np.nanmax(m["time_s"].to_numpy(dtype=float))) for a, m in curves.items()}
-    log_x = True   # the paper's (paper_plots.py:888): the first evaluations are seconds, a search hours
-    times = np.concatenate([m["time_s"].to_numpy(dtype=float) for m in curves.values()]) if curves else np.array([])
-    positive = times[np.isfinite(times) & (times > 0)]
-    start = float(positive.min()) if len(positive) else 0.0
-    drawn = []
-    for algorithm, m in curves.items():
-        grid = _grid(m["time_s"].to_numpy(dtype=float), start, ends[algorithm], log_x)
-        if not len(grid):
-            continue
-        middle, spread = envelope(held_on_grid(m, "time_s", grid))
-        ax.plot(grid, middle, label=f"{catalog.label(algorithm)} (n={m['seed'].nunique()})", drawstyle="steps-post",
-                lw=1.8 if catalog.is_search(algorithm) else 1.5, **style(algorithm))
-        ax.fill_between(grid, middle - spread, middle + spread, step="post", color=catalog.colour(algorithm),
-                        alpha=0.25, linewidth=0, gid=algorithm)
-        drawn.append(middle)
+    # log x, the paper's (paper_plots.py:888): the first evaluations are seconds, a search hours
+    drawn = draw_envelopes(ax, curves, "time_s", log_x=True, held=True)
     if drawn:
         log_axis(ax, "x")
         if _all_positive(np.concatenate(drawn)):
