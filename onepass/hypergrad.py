@@ -53,7 +53,7 @@ def neumann_hypergradient(w: Tensors, u: Tensors, val_grad: Tensors, terms: int,
     ``w``/``u`` come from :func:`linearised_update` (its graph is reused for all ``terms - 1`` products),
     ``val_grad`` is v = dL_val/dw after the step, and ``bufs``/``lr``/``wd``/``mom`` are those the update
     was taken with. Given ``hvp(v)`` (the training loss's Hessian at ``w`` times v, a list like the
-    weights: :func:`onepass.models.population_mlp_grads`), the products are p . du/dw = H (lr p) + wd lr p
+    weights: :func:`onepass.stacked.population_mlp_grads`), the products are p . du/dw = H (lr p) + wd lr p
     instead (H is symmetric; u needs no graph then). Returns {name: [N] tensor} (a per-weight lr: a tuple
     shaped like the weights)."""
     total = neumann_series(w, u, val_grad, terms, products(hvp, lr, wd, w))

@@ -19,7 +19,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .batches import BatchStream, SequenceStream
-from .models import STACKED, VMAPPABLE, build_model, population_mlp, population_mlp_grads
+from .models import STACKED, VMAPPABLE, build_model
+from .stacked import population_mlp, population_mlp_grads
 
 
 def to_device(dataset, device):
@@ -143,7 +144,7 @@ class Problem:
             return loss.unsqueeze(0), _unsqueeze(aux)
 
     def _stacked_losses(self, params, batch) -> torch.Tensor:
-        """[N] losses of a plain MLP population (:func:`onepass.models.population_mlp`), each member's loss
+        """[N] losses of a plain MLP population (:func:`onepass.stacked.population_mlp`), each member's loss
         reduced as ``F.mse_loss``/``F.cross_entropy`` reduce one network's."""
         inputs, targets = batch
         out = population_mlp(params, inputs, len(self.dataset.input_shape))
@@ -155,7 +156,7 @@ class Problem:
 
     def stacked_grads(self, params, batch) -> tuple:
         """([N] losses, gradients list) of a plain MLP population's training step, without autograd
-        (:func:`onepass.models.population_mlp_grads`): what ``torch.autograd.grad`` of the summed
+        (:func:`onepass.stacked.population_mlp_grads`): what ``torch.autograd.grad`` of the summed
         :meth:`losses` gives."""
         inputs, targets = batch
         return population_mlp_grads(params, inputs, len(self.dataset.input_shape),

@@ -1,4 +1,4 @@
-"""The plain MLP's population path (onepass.models.population_mlp, batched matmuls written out) against one
+"""The plain MLP's population path (onepass.stacked, batched matmuls written out) against one
 ``nn.Module`` per member: losses, gradients (through autograd, and written out as the plain step takes
 them) and Hessian-vector products (autograd's double backward, and the R-operator written out), on
 generated regression and classification data, with one batch shared by all members and with a batch per
