@@ -38,7 +38,8 @@ class BatchStream:
             self.position = 0
         index = self.order[:, self.position:self.position + self.batch_size].to(self.inputs.device)
         self.position += self.batch_size
-        return self.inputs[index], self.targets[index]
+        flat = index.flatten()   # index_select: the same rows as self.inputs[index], gathered faster
+        return tuple(t.index_select(0, flat).view(index.shape + t.shape[1:]) for t in (self.inputs, self.targets))
 
     def carry(self, aux) -> None:
         """Supervised batches carry nothing from one step to the next."""
