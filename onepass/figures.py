@@ -11,7 +11,7 @@ Axes follow one set of rules in every figure:
   1-2-5 steps within narrower views, every one labelled in plain numbers (``0.2``, ``10``, ``5000``) or,
   beyond 10^-4..10^5, as powers of ten, and minor ticks are never labelled;
 * weight steps on a linear axis are labelled compactly (``20k``);
-* curves against weight steps or time whose extents differ more than :data:`LOG_SPAN` times (the black-box
+* curves against weight steps or time whose extents differ more than :data:`onepass.curves.LOG_SPAN` times (the black-box
   searches run over cumulative budgets of up to 30 single runs) share a log axis, so that no curve is
   squeezed into a corner.
 
@@ -32,8 +32,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from onepass import catalog, tables  # noqa: E402
+from onepass.curves import envelope, envelope_populations, grid_points, held_on_grid, running_minima, spans  # noqa: E402
 from onepass.collection import counted, load_histories, run_dir  # noqa: E402
-from onepass.plotting import log_axis, save, steps_axis  # noqa: E402
+from onepass.plotting import log_axis, save, steps_axis, style  # noqa: E402
 from onepass.settings import HYPERPARAMETERS  # noqa: E402
 
 
@@ -67,8 +68,6 @@ HP_LABELS = {"lr": "learning rate", "weight_decay": "weight decay", "momentum": 
              "lr_step_factor": "LR step factor"}
 LOG_HPS = {"lr", "weight_decay"}
 SAMPLE_RUNS = 8
-LOG_SPAN = 3.0  # curves whose x extents differ more than this many times share a log x axis
-GRID_POINTS = 400  # at most this many points per progress curve (a panel is about 500 pixels wide)
 LINE_POINTS = 300  # at most this many points per drawn history (trajectories, best and worst runs)
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 10, "legend.fontsize": 8,
@@ -76,11 +75,6 @@ plt.rcParams.update({"font.size": 10, "axes.titlesize": 10, "legend.fontsize": 8
 
 
 # ---- styles and axes ---------------------------------------------------------------------------------------
-
-def style(algorithm: str) -> dict:
-    """Matplotlib keywords of an algorithm's lines: its catalogue colour and line style, its name as gid."""
-    return {"color": catalog.colour(algorithm), "linestyle": catalog.linestyle(algorithm), "gid": algorithm}
-
 
 def _finite(values) -> np.ndarray:
     x = pd.to_numeric(pd.Series(np.ravel(np.asarray(values, dtype=object))), errors="coerce").to_numpy(float)
@@ -182,20 +176,6 @@ def edf(runs: pd.DataFrame, runs_dir) -> plt.Figure:
     return fig
 
 
-def held_on_grid(h: pd.DataFrame, x: str, grid: np.ndarray) -> np.ndarray:
-    """Each run's test metric held from one logged ``x`` to the next, on a common grid
-    (shape: grid points x runs). Runs are logged at their own steps and times, and a diverged
-    run's last row is NaN, so curves are aligned this way rather than by row."""
-    columns = []
-    for _, run in h.groupby("seed"):
-        run = run.sort_values(x)
-        xs = run[x].to_numpy(dtype=float)
-        ys = run["test_metric"].to_numpy(dtype=float)
-        at = np.searchsorted(xs, grid, side="right") - 1
-        columns.append(np.where(at >= 0, ys[np.clip(at, 0, None)], np.nan))
-    return np.stack(columns, axis=1)
-
-
 SEARCH_NOTE = {
     "step": "black-box searches ({searches}): the test metric of the best-by-validation evaluation so far, "
             "against the search's cumulative weight steps",
@@ -204,28 +184,10 @@ SEARCH_NOTE = {
 }
 
 
-def spans(ends, factor: float = LOG_SPAN) -> bool:
-    """Whether the longest curve reaches more than ``factor`` times further than the shortest."""
-    ends = np.asarray([e for e in ends if np.isfinite(e) and e > 0], dtype=float)
-    return len(ends) > 1 and ends.max() > factor * ends.min()
-
-
-def _grid(values: np.ndarray, start: float, end: float, log_x: bool) -> np.ndarray:
-    """The x values a progress curve is drawn at: the logged ones, or at most GRID_POINTS of them."""
-    values = np.unique(values[np.isfinite(values)])
-    if log_x:
-        values = values[values > 0]
-    if len(values) <= GRID_POINTS:
-        return values
-    if log_x:
-        return np.geomspace(max(start, values.min()), end, GRID_POINTS)
-    return np.linspace(values.min(), end, GRID_POINTS)
-
-
 def _progress(runs: pd.DataFrame, runs_dir, x: str) -> plt.Figure:
     """Median and best test metric across runs against step or wall time. A search's runs are its
     repetitions and their histories best-so-far curves against cumulative budget; when one curve reaches
-    more than LOG_SPAN times further than another, the x axis is logarithmic."""
+    more than curves.LOG_SPAN times further than another, the x axis is logarithmic."""
     hist = load_histories(runs, runs_dir)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), sharex=True, sharey=True)
     curves = {}
@@ -239,7 +201,7 @@ def _progress(runs: pd.DataFrame, runs_dir, x: str) -> plt.Figure:
     start = float(positive.min()) if len(positive) else 0.0
     for algorithm, h in curves.items():
         end = float(np.nanmax(h[x].to_numpy(dtype=float)))
-        grid = _grid(h[x].to_numpy(dtype=float), start, end, log_x)
+        grid = grid_points(h[x].to_numpy(dtype=float), start, end, log_x)
         if not len(grid):
             continue
         values = held_on_grid(h, x, grid)
@@ -281,42 +243,6 @@ def _progress(runs: pd.DataFrame, runs_dir, x: str) -> plt.Figure:
     return fig
 
 
-N_BOOT = 1000   # bootstrap resamples of the loss envelope (the paper's figures.py:567)
-BOOT_CHUNK = 100   # resamples drawn at a time (bounds the memory: chunk x runs x grid points)
-
-
-def envelope(values: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The paper's loss envelope (figures.py:566-577) of curves ``values`` (grid points x runs): over
-    ``n_boot`` bootstrap resamples of the runs, the mean of the resamples' medians at each point and their
-    standard deviation (NaNs ignored)."""
-    rng = np.random.default_rng(seed)
-    n = values.shape[1]
-    medians = []
-    with warnings.catch_warnings():   # a point where a resample has only NaN stays NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for start in range(0, n_boot, BOOT_CHUNK):
-            index = rng.integers(0, n, size=(min(BOOT_CHUNK, n_boot - start), n))
-            medians.append(np.nanmedian(values[:, index], axis=2))   # points x resamples
-        medians = np.concatenate(medians, axis=1)
-        return np.nanmean(medians, axis=1), np.nanstd(medians, axis=1)
-
-
-def envelope_populations(runs: pd.DataFrame) -> dict:
-    """{algorithm: (seeds, the algorithm whose run directories hold them)} of the loss envelope: the finished
-    runs of each algorithm that is not a search, less those over a post-hoc threshold (the paper's
-    figures.py:525-526), and Random (3-batched)'s chosen runs in place of Random (validation)'s (480-486)."""
-    over = tables.flag(runs, "over_threshold")
-    done = runs[(runs["status"] == "done") & ~over & ~runs["algorithm"].map(catalog.is_search)]
-    out = {a: (list(g["seed"]), a) for a, g in done.groupby("algorithm")}
-    for name, population in tables.derived_populations(runs).items():
-        source = catalog.algorithms()[name].derived["from"]
-        chosen = population[(population["status"] == "done") & ~tables.flag(population, "over_threshold")]
-        if len(chosen):
-            out[name] = (list(chosen["seed"]), source)
-            out.pop(source, None)
-    return {a: out[a] for a in catalog.order(out)}
-
-
 def draw_envelopes(ax, curves: dict, column: str, log_x: bool, held: bool = False) -> list:
     """Each algorithm's loss envelope (:func:`envelope`: the bootstrap median ± its standard deviation) of its
     runs' curves ``curves[algorithm]`` against ``column``, on a grid from the smallest positive ``column`` of
@@ -328,7 +254,7 @@ def draw_envelopes(ax, curves: dict, column: str, log_x: bool, held: bool = Fals
     start = float(positive.min()) if len(positive) else 0.0
     drawn = []
     for algorithm, h in curves.items():
-        grid = _grid(h[column].to_numpy(dtype=float), start, ends[algorithm], log_x)
+        grid = grid_points(h[column].to_numpy(dtype=float), start, ends[algorithm], log_x)
         if not len(grid):
             continue
         middle, spread = envelope(held_on_grid(h, column, grid))
@@ -372,30 +298,6 @@ def test_vs_step(runs: pd.DataFrame, runs_dir) -> plt.Figure:
     return fig
 
 
-def running_minima(runs: pd.DataFrame, runs_dir, algorithm: str) -> pd.DataFrame:
-    """Every counted run's running minimum of the test metric against its time (columns seed, time_s,
-    test_metric). A search's run is a repetition: its evaluations (evaluations.csv) in order of cumulative
-    search time, each with its lowest test metric (``min_test_metric``: BayesOpt's over every weight step,
-    ASHA's and PBT's the report's); a search recorded without evaluations.csv falls back to its history.csv.
-    Another run's is its history.csv."""
-    frames = []
-    for seed in sorted(counted(runs)[counted(runs)["algorithm"] == algorithm]["seed"]):
-        where = run_dir(runs_dir, algorithm, int(seed))
-        evaluations = where / "evaluations.csv"
-        if catalog.is_search(algorithm) and evaluations.exists():
-            e = pd.read_csv(evaluations).sort_values("cumulative_time_s")
-            column = "min_test_metric" if "min_test_metric" in e else "test_metric"
-            x, y = e["cumulative_time_s"].to_numpy(float), pd.to_numeric(e[column], errors="coerce").to_numpy(float)
-        elif (where / "history.csv").exists():
-            h = pd.read_csv(where / "history.csv").sort_values("time_s")
-            x, y = h["time_s"].to_numpy(float), h["test_metric"].to_numpy(float)
-        else:
-            continue
-        frames.append(pd.DataFrame({"seed": seed, "time_s": x, "test_metric": np.fmin.accumulate(
-            np.where(np.isfinite(y), y, np.inf))}).replace(np.inf, np.nan))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["seed", "time_s", "test_metric"])
-
-
 @figure('test_vs_time', 'Running minimum of the test metric against time',
         "The paper's HPO curves on {dataset}: for each algorithm, the lowest test metric found so far against time: each run's running minimum, held on a common time grid, and over the runs the mean of 1000 bootstrap resamples' medians with a band of ± their standard deviation. For the black-box searches (Bayesian Optimisation, ASHA, PBT), a run is one repetition of the whole search and its running minimum is over every evaluation it has made, against cumulative search time. Both axes are logarithmic, as the paper's; Random (validation) is left out, as there. Selected on the test set, so optimistic: the next figure shows the test metric at the best validation loss.")
 def test_vs_time(runs: pd.DataFrame, runs_dir) -> plt.Figure:
@@ -407,7 +309,8 @@ def test_vs_time(runs: pd.DataFrame, runs_dir) -> plt.Figure:
     curves = {}
     sources = {a.derived["from"] for a in catalog.derived_algorithms().values()}
     for algorithm in _algorithms(runs):
-        m = running_minima(runs, runs_dir, algorithm) if algorithm not in sources else pd.DataFrame()
+        seeds = [] if algorithm in sources else counted(runs)[counted(runs)["algorithm"] == algorithm]["seed"]
+        m = running_minima({int(s): run_dir(runs_dir, algorithm, int(s)) for s in seeds}, catalog.is_search(algorithm))
         if not m.empty and (m["time_s"].to_numpy(dtype=float) > 0).any():
             curves[algorithm] = m
     # log x, the paper's (paper_plots.py:888): the first evaluations are seconds, a search hours

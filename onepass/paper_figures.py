@@ -34,8 +34,7 @@ from matplotlib.colors import LogNorm  # noqa: E402
 
 from onepass import catalog, tables  # noqa: E402
 from onepass.collection import counted, load_histories, read_runs, run_dir  # noqa: E402
-from onepass.figures import style  # noqa: E402
-from onepass.plotting import log_axis, save, steps_axis  # noqa: E402
+from onepass.plotting import log_axis, save, steps_axis, style  # noqa: E402
 from onepass.settings import load_settings  # noqa: E402
 
 CAPTIONS = {

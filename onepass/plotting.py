@@ -1,4 +1,4 @@
-"""What every figure of the project shares: log axes with legible ticks (decades, or 1-2-5 steps in
+"""What every figure of the project shares: each algorithm's line style (its catalogue colour and line style), log axes with legible ticks (decades, or 1-2-5 steps in
 narrower views, every one labelled in plain numbers or as powers of ten, minor ticks never labelled), compact
 weight-step axes, and saving (PNG with a palette of at most 256 colours via Pillow, about a third of the size
 of the RGBA PNG matplotlib writes and indistinguishable from it: the analysis page embeds them, and the
@@ -18,8 +18,16 @@ import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from onepass import catalog  # noqa: E402
+
 DPI = 110
 PALETTE = 256  # colours of a PNG
+
+
+def style(algorithm: str) -> dict:
+    """Matplotlib keywords of an algorithm's lines: its catalogue colour and line style, its name as gid (so
+    that tests can check both against the catalogue)."""
+    return {"color": catalog.colour(algorithm), "linestyle": catalog.linestyle(algorithm), "gid": algorithm}
 
 
 class LogTicks(ticker.LogLocator):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from onepass import analysis, catalog, collection, figures, report_page, tables
+from onepass import analysis, catalog, collection, curves, figures, report_page, tables
 from onepass.plans import PLAN_FORMAT
 
 HISTORY_COLUMNS = ["step", "hyper_step", "time_s", "train_loss", "valid_loss", "test_loss",
@@ -352,7 +352,7 @@ def test_curves_are_held_on_a_common_grid():
                       "step": [0, 10, 20, 0, 7],
                       "test_metric": [5.0, 3.0, 1.0, 4.0, np.nan]})
     grid = np.array([0.0, 5.0, 7.0, 10.0, 20.0])
-    held = figures.held_on_grid(h, "step", grid)
+    held = curves.held_on_grid(h, "step", grid)
     np.testing.assert_array_equal(held[:, 0], [5.0, 5.0, 5.0, 3.0, 1.0])
     np.testing.assert_array_equal(held[:, 1], [4.0, 4.0, np.nan, np.nan, np.nan])
 
@@ -1031,10 +1031,10 @@ def test_a_run_over_a_post_hoc_threshold_is_flagged_not_diverged(study, check, o
 def test_envelope_is_the_bootstrap_median_and_its_spread():
     """Two runs at 1 and 3: a resample's median is 1, 2 or 3 with probabilities 1/4, 1/2, 1/4, so the mean of
     the medians is 2 and their standard deviation sqrt(1/2); one run: itself, no spread."""
-    middle, spread = figures.envelope(np.array([[1.0, 3.0], [1.0, 3.0]]), n_boot=4000)
+    middle, spread = curves.envelope(np.array([[1.0, 3.0], [1.0, 3.0]]), n_boot=4000)
     np.testing.assert_allclose(middle, 2.0, atol=0.05)
     np.testing.assert_allclose(spread, np.sqrt(0.5), atol=0.03)
-    middle, spread = figures.envelope(np.array([[4.0], [2.0]]))
+    middle, spread = curves.envelope(np.array([[4.0], [2.0]]))
     np.testing.assert_array_equal(middle, [4.0, 2.0]) and np.testing.assert_array_equal(spread, [0.0, 0.0])
 
 
