@@ -4,7 +4,7 @@ without a GPU (run with ``python -m pytest -m cuda``)."""
 
 import pytest
 import torch
-import torch.nn.functional as F
+from test_optim_loops import train_with_autocast
 
 from onepass import OnePassSGD
 from onepass.models import MLP
@@ -24,23 +24,8 @@ def run(device, steps: int = 40, amp: bool = False):
     torch.manual_seed(0)
     model = MLP(8, 16, 1).to(device)
     opt = OnePassSGD(model.parameters(), lr=0.05, weight_decay=1e-3, momentum=0.5, model=model, update_interval=5)
-    scaler = torch.amp.GradScaler(device, enabled=amp)
-
-    def loss_of(i):
-        with torch.autocast(device, dtype=torch.float16, enabled=amp):
-            return F.mse_loss(model(x[i]).float(), y[i])
-
-    first = loss_of(slice(64, None)).item()
-    for step in range(steps):
-        i = slice(step % 4 * 16, step % 4 * 16 + 16)
-        if opt.needs_closure:
-            opt.step(lambda: loss_of(i), val_closure=lambda: loss_of(slice(64, None)))
-        else:
-            opt.zero_grad()
-            scaler.scale(loss_of(i)).backward()
-            scaler.step(opt)
-            scaler.update()
-    return model, opt, first, loss_of(slice(64, None)).item()
+    first, last = train_with_autocast(model, opt, x, y, steps, device, torch.float16, enabled=amp)
+    return model, opt, first, last
 
 
 def test_float16_autocast_with_grad_scaler_on_cuda():

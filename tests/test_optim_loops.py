@@ -82,21 +82,18 @@ def test_a_scheduler_multiplies_the_tuned_lr():
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
 
 
-def test_autocast_and_grad_scaler_train_with_float32_hyperparameters():
-    """bfloat16 autocast on the CPU with torch.amp.GradScaler (its step on the backward loop's steps, the
-    closures under autocast too): no NaN, the loss falls, the hyperparameters and hypergradients float32."""
-    x, y = data(2)
-    torch.manual_seed(0)
-    model = MLP(8, 16, 1)
-    opt = OnePassSGD(model.parameters(), lr=0.05, weight_decay=1e-3, momentum=0.5, model=model, update_interval=5)
-    scaler = torch.amp.GradScaler("cpu")
+def train_with_autocast(model, opt, x, y, steps: int, device: str, dtype, enabled: bool = True) -> tuple:
+    """Train ``model`` with ``opt`` on 16-row batches of the first 64 rows under autocast to ``dtype`` with a
+    GradScaler (its step on the backward loop's steps, the closures under autocast too; ``enabled`` False: a
+    plain float32 loop); returns the loss on the rows from 64 on before and after."""
+    scaler = torch.amp.GradScaler(device, enabled=enabled)
 
     def loss_of(i):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
             return F.mse_loss(model(x[i]).float(), y[i])
 
     first = loss_of(slice(64, None)).item()
-    for step in range(60):
+    for step in range(steps):
         i = slice(step % 4 * 16, step % 4 * 16 + 16)
         if opt.needs_closure:
             opt.step(lambda: loss_of(i), val_closure=lambda: loss_of(slice(64, None)))
@@ -105,8 +102,19 @@ def test_autocast_and_grad_scaler_train_with_float32_hyperparameters():
             scaler.scale(loss_of(i)).backward()
             scaler.step(opt)
             scaler.update()
+    return first, loss_of(slice(64, None)).item()
+
+
+def test_autocast_and_grad_scaler_train_with_float32_hyperparameters():
+    """bfloat16 autocast on the CPU with torch.amp.GradScaler: no NaN, the loss falls, the hyperparameters and
+    hypergradients float32."""
+    x, y = data(2)
+    torch.manual_seed(0)
+    model = MLP(8, 16, 1)
+    opt = OnePassSGD(model.parameters(), lr=0.05, weight_decay=1e-3, momentum=0.5, model=model, update_interval=5)
+    first, last = train_with_autocast(model, opt, x, y, 60, "cpu", torch.bfloat16)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert loss_of(slice(64, None)).item() < 0.7 * first and opt.hyper_step == 12
+    assert last < 0.7 * first and opt.hyper_step == 12
     saved = opt.state_dict()["onepass"]["hypers"][0]["values"]
     assert all(t.dtype == torch.float32 for name in saved for t in saved[name])
     assert all(g.dtype == torch.float32 for g in opt.last_hypergradient[0].values())

@@ -8,7 +8,8 @@
 # members reruns exactly the chunks it touches, and nothing else does (the config is an untracked param,
 # and the job depends on no sweep output: Snakemake would then not look at a chunk's own params whenever
 # the sweep reruns; the device, decided where the job runs from its gpu resource, is untracked too). Resources come from
-# the problem's size (onepass.jobs.resources); memory and time grow with each retry.
+# the problem's size (onepass.jobs.resources); memory and time grow with each retry. The longest jobs
+# start first (onepass.jobs.priority: their estimated training time).
 # These rules are generated, one per chunk (a few hundred for the paper's study, README "Planning"),
 # because a chunk's outputs are the run directories of a list of seeds (seeds0-24 holds seed0 ... seed24),
 # which no wildcard pattern can name; a wildcard rule would need a job per seed, 18,000 of them for the
@@ -39,6 +40,7 @@ for dataset, algorithm, chunk in PLANNED.jobs():
         conda:
             "../../envs/baselines.yaml" if search else "../../envs/onepass.yaml"
         threads: resources_of["threads"]
+        priority: jobs.priority(CONFIG, dataset, algorithm, len(chunk))
         resources:
             mem_mb=resources_of["mem_mb"],
             runtime=resources_of["runtime"],
