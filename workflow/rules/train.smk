@@ -37,10 +37,10 @@ for dataset, algorithm, chunk in PLANNED.jobs():
             f"{STUDY}/logs/train/{dataset}/{algorithm}/{name}.log",
         benchmark:
             f"{STUDY}/benchmarks/train/{dataset}/{algorithm}/{name}.tsv"
+        priority: jobs.priority(CONFIG, dataset, algorithm, len(chunk))
         conda:
             "../../envs/baselines.yaml" if search else "../../envs/onepass.yaml"
         threads: resources_of["threads"]
-        priority: jobs.priority(CONFIG, dataset, algorithm, len(chunk))
         resources:
             mem_mb=resources_of["mem_mb"],
             runtime=resources_of["runtime"],
