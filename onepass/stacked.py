@@ -15,18 +15,21 @@ import torch
 _WITH_ONES: dict = {}
 
 
-def shared_with_ones(inputs: torch.Tensor, feature_dims: int) -> tuple:
-    """(x [batch, in + 1], its transpose [in + 1, batch], contiguous): a shared batch's flattened inputs with
-    a column of ones appended, so that the first layer's bias is the weight of that column. Made once per
-    input tensor (a full-batch run passes the same tensor every step) and remade if it changes in place."""
+def shared_with_ones(inputs: torch.Tensor, feature_dims: int, transposed: bool = False) -> torch.Tensor:
+    """A shared batch's flattened inputs with a column of ones appended, x [batch, in + 1] (``transposed``:
+    x^T [in + 1, batch], contiguous), so that the first layer's bias is the weight of that column. Each is
+    made once per input tensor, when first asked for (a full-batch run passes the same tensor every step),
+    and remade if the tensor changes in place."""
     hit = _WITH_ONES.get(id(inputs))
-    if hit is None or hit[0] is not inputs or hit[1] != inputs._version:
+    if hit is None or hit["inputs"] is not inputs or hit["version"] != inputs._version:
         x = inputs.flatten(-feature_dims)
-        x = torch.cat([x, x.new_ones(len(x), 1)], 1)
         if len(_WITH_ONES) >= 8:
             _WITH_ONES.clear()
-        hit = _WITH_ONES[id(inputs)] = (inputs, inputs._version, x, x.t().contiguous())
-    return hit[2], hit[3]
+        hit = _WITH_ONES[id(inputs)] = {"inputs": inputs, "version": inputs._version,
+                                        False: torch.cat([x, x.new_ones(len(x), 1)], 1)}
+    if transposed not in hit:
+        hit[True] = hit[False].t().contiguous()
+    return hit[transposed]
 
 
 def population_mlp(params, inputs: torch.Tensor, feature_dims: int) -> torch.Tensor:
@@ -47,7 +50,7 @@ def _hidden_layer(params, inputs: torch.Tensor, feature_dims: int, relu: bool = 
     w1, b1 = params[:2]
     n = w1.shape[0]
     if inputs.dim() == feature_dims + 1:   # one batch, shared
-        x = shared_with_ones(inputs, feature_dims)[0].expand(n, -1, -1)
+        x = shared_with_ones(inputs, feature_dims).expand(n, -1, -1)
         hidden = torch.bmm(x, torch.cat([w1, b1.unsqueeze(2)], 2).transpose(1, 2))
     else:
         x = inputs.flatten(-feature_dims)
@@ -111,7 +114,7 @@ def _one_output_grads(params, inputs: torch.Tensor, feature_dims: int, output_gr
     w1, b1, w2, b2 = params
     n, inputs_n = w1.shape[0], w1.shape[2]
     if inputs.dim() == feature_dims + 1:   # one batch, shared
-        x, x_t = (t.expand(n, -1, -1) for t in shared_with_ones(inputs, feature_dims))
+        x, x_t = (shared_with_ones(inputs, feature_dims, t).expand(n, -1, -1) for t in (False, True))
     else:
         x = inputs.flatten(-feature_dims)
         x = torch.cat([x, x.new_ones(x.shape[:2] + (1,))], 2)
