@@ -39,13 +39,6 @@ def linearised_update(loss_fn, params: Tensors, bufs: Tensors, batch, lr, wd, mo
     return w, u, d, losses.detach(), aux
 
 
-def update(w: Tensors, bufs: Tensors, grads: Tensors, lr, wd, mom) -> tuple[Tensors, Tensors]:
-    """(u, d): the update u = lr d and the new momentum buffers d = mom b + grads + wd w."""
-    moms, wds, lrs = spread(mom, w), spread(wd, w), spread(lr, w)
-    d = tuple(m * b + g + x * p for p, b, g, m, x in zip(w, bufs, grads, moms, wds))
-    return tuple(l * x for l, x in zip(lrs, d)), d
-
-
 def neumann_hypergradient(w: Tensors, u: Tensors, val_grad: Tensors, terms: int, bufs: Tensors, lr, wd, mom,
                           names, hvp=None) -> dict:
     """g = -v . sum_{j<terms} (I - du/dw)^j . du/dlambda for every member, for the hyperparameters ``names``.

@@ -307,7 +307,7 @@ class OnePassSGD(torch.optim.Optimizer):
     def step(self, closure=None, val_closure=None):
         """One weight step (see the module's docstring for the contract); every T-th also a hyperparameter
         step. Returns the closure's training loss (before the step), or None without a closure."""
-        T, position = self.settings["update_interval"], self.weight_step % self.settings["update_interval"]
+        T = self.settings["update_interval"]
         if self.needs_closure and (closure is None or (self.hyper_step_due and val_closure is None)):
             raise ValueError(f"OnePassSGD: weight step {self.weight_step + 1} is differentiated for the "
                              f"hypergradient (a block of {T}): call opt.step(closure, val_closure=...)")
@@ -427,7 +427,7 @@ class OnePassSGD(torch.optim.Optimizer):
             self._entries = entries = [p for p, g in zip(entries, reached) if g is not None]
             if h.per_weight and len(entries) != len(self.param_groups[0]["params"]):
                 raise ConfigError(f"OnePassSGD: {self.algorithm} with a per-weight lr trains every parameter")
-            self._natural(0)   # untuned values from the group
+            self._sync(0)   # untuned values from the group
             scale = self._scale(0)
             mask = None if scale == 1.0 else torch.tensor([scale], dtype=h.values["weight_decay"].dtype,
                                                            device=h.values["weight_decay"].device)

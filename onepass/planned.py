@@ -29,21 +29,6 @@ class PlannedStudy:
         """Every training job of the study: (dataset, algorithm, chunk of seeds)."""
         return [(d, a, chunk) for d in self.datasets for a in self.algorithms[d] for chunk in self.chunks[d, a]]
 
-    def seeds(self, dataset: str, algorithm: str) -> list[int]:
-        """The seeds of (dataset, algorithm), in order."""
-        return study.seeds(self.plain_config(), dataset, algorithm)
-
-    def chunk_of(self, dataset: str, algorithm: str, seed: int) -> tuple:
-        """The chunk that holds a seed."""
-        for chunk in self.chunks[dataset, algorithm]:
-            if seed in chunk:
-                return chunk
-        raise KeyError(f"seed {seed} of {algorithm} on {dataset} is in no chunk")
-
-    def plain_config(self) -> dict:
-        """The config as a plain dict (a copy: for functions that take one)."""
-        return copy.deepcopy(dict(self.config))
-
 
 def resolve(config: dict, gpus_offered: int, sources=None, planner: bool = True) -> PlannedStudy:
     """The planned study of a checked config (onepass.study.validate): the device from ``gpus_offered``
