@@ -373,24 +373,13 @@ def chunk_plan(config: dict, dataset: str, algorithm: str, chunk: list[int], ini
     round-off; tests/test_cuda.py). For a dataset that
     takes values from the paper's files, without ``inits`` the members hold references to them, and
     ``init_files`` their SHA-256s (so the plan changes with them); :func:`onepass.plans.resolve_chunk_plan` reads them."""
-    content = {"format": plans.PLAN_FORMAT, "study": config["study"], "dataset": dataset, "algorithm": algorithm,
-               "search": catalog.algorithm(algorithm).search,
-               "overrides": overrides(config, dataset, algorithm),
-               "settings": settings_identity(config, dataset, algorithm),
-               "members": [member_of(config, dataset, algorithm, s, inits) for s in chunk]}
-    if takes_files(config, dataset):
-        from . import data
-
-        digests = data.init_digests(catalog.dataset(dataset).base)
-        content["init_files"] = {str(sweep.file_number(s)): digests.get(sweep.file_number(s)) for s in chunk}
-    return content
+    return chunk_plans(config, dataset, algorithm, [chunk], inits)[0]
 
 
-def chunk_plans(config: dict, dataset: str, algorithm: str, chunks) -> list[dict]:
-    """:func:`chunk_plan` of each of ``chunks`` of (dataset, algorithm), the seeds drawn and the settings
-    resolved once for all of them (what the workflow hashes into a job's identity, for hundreds of jobs)."""
-    base = catalog.dataset(dataset).base
-    names = member_settings(config, algorithm)
+def chunk_plans(config: dict, dataset: str, algorithm: str, chunks, inits: dict | None = None) -> list[dict]:
+    """:func:`chunk_plan` of each of ``chunks`` of (dataset, algorithm), the settings resolved once for all
+    of them (what the workflow hashes into a job's identity, for hundreds of jobs; the job writes its own
+    plan through the same function, so the hash follows it)."""
     head = {"format": plans.PLAN_FORMAT, "study": config["study"], "dataset": dataset, "algorithm": algorithm,
             "search": catalog.algorithm(algorithm).search, "overrides": overrides(config, dataset, algorithm),
             "settings": settings_identity(config, dataset, algorithm)}
@@ -398,16 +387,10 @@ def chunk_plans(config: dict, dataset: str, algorithm: str, chunks) -> list[dict
     if takes_files(config, dataset):
         from . import data
 
-        digests = data.init_digests(base)
+        digests = data.init_digests(catalog.dataset(dataset).base)
     out = []
     for chunk in chunks:
-        members = []
-        for seed in chunk:
-            drawn = sweep.draw(config["sweep"], dataset, seed, base, None)
-            members.append({"seed": seed, **{k: drawn[k] if isinstance(drawn[k], dict) else float(drawn[k])
-                                             for k in HYPERPARAMETERS},
-                            "settings": {k: drawn[k] for k in names}})
-        content = {**head, "members": members}
+        content = {**head, "members": [member_of(config, dataset, algorithm, s, inits) for s in chunk]}
         if digests is not None:
             content["init_files"] = {str(sweep.file_number(s)): digests.get(sweep.file_number(s)) for s in chunk}
         out.append(content)
