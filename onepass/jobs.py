@@ -50,8 +50,7 @@ def resources(config: dict, dataset: str, algorithm: str, n_members: int, attemp
     problem's size (:mod:`onepass.memory`; ``run``: the resolved settings, if not the config's) unless the
     config's ``resources`` sets them; memory and time grow with each retry (``attempt``), so a job killed for
     either is resubmitted larger."""
-    table = config["resources"]
-    given = {**table.get("default", {}), **table.get(dataset, {})}
+    given = given_resources(config, dataset)
     run = run or study.settings(config, dataset, algorithm)
     entry = catalog.algorithm(algorithm)
     estimate = memory.job_estimate(dataset, run, n_members, device(config, dataset), entry.search,
@@ -63,12 +62,22 @@ def resources(config: dict, dataset: str, algorithm: str, n_members: int, attemp
             "runtime": int(math.ceil(runtime * attempt)), "gpu": gpus_wanted(config, dataset) if on_gpu else 0}
 
 
+def given_resources(config: dict, dataset: str) -> dict:
+    """The config's ``resources`` of ``dataset``: its own entry over ``default``."""
+    return {**config["resources"].get("default", {}), **config["resources"].get(dataset, {})}
+
+
+def member_seconds(config: dict, dataset: str, algorithm: str) -> float:
+    """Estimated seconds one member of (dataset, algorithm) trains (a search: one repetition) on the threads
+    the config gives its jobs (:func:`onepass.memory.member_seconds`)."""
+    run = study.settings(config, dataset, algorithm)
+    return memory.member_seconds(dataset, run, catalog.algorithm(algorithm).search,
+                                 given_resources(config, dataset).get("threads", 1))
+
+
 def priority(config: dict, dataset: str, algorithm: str, n_members: int) -> int:
     """A training job's scheduling priority: its estimated seconds of training (:func:`onepass.memory.
     member_seconds` times its members), so that the longest jobs start first (longest-processing-time
     order) and a run on a few cores does not end waiting on one long job started last (the UCI Energy
     study on 2 cores: Diff-through-Opt's 148 s job had started third of nine). Only the order changes."""
-    run = study.settings(config, dataset, algorithm)
-    seconds = memory.member_seconds(dataset, run, catalog.algorithm(algorithm).search,
-                                    threads=config["resources"].get("default", {}).get("threads", 1))
-    return int(math.ceil(seconds * max(n_members, 1)))
+    return int(math.ceil(member_seconds(config, dataset, algorithm) * max(n_members, 1)))

@@ -8,7 +8,7 @@ its dataset, algorithm, seed and settings): it only says in what company a run t
 repack``) repacks only the runs that have not finished.
 
 A chunk's size, where ``members_per_job`` is ``auto``, comes from the estimated training time of a member
-(:func:`onepass.memory.member_seconds`): as many as fit :data:`JOB_TARGET_S` of training, so that a job's
+(:func:`onepass.jobs.member_seconds`): as many as fit :data:`JOB_TARGET_S` of training, so that a job's
 start-up is a small share of it and the paper's study stays a few hundred jobs.
 
     python -m onepass.packing repack results/<study>/packing/<dataset>.json [--all]
@@ -22,7 +22,7 @@ import math
 import sys
 from pathlib import Path
 
-from . import catalog, memory, study
+from . import jobs, study
 
 FORMAT = 1
 AUTO = "auto"
@@ -55,10 +55,7 @@ def size(config: dict, dataset: str, algorithm: str) -> int:
     value = requested(config, dataset)
     if value != AUTO:
         return int(value)
-    threads = {**config["resources"].get("default", {}), **config["resources"].get(dataset, {})}.get("threads", 1)
-    seconds = memory.member_seconds(dataset, study.settings(config, dataset, algorithm),
-                                    catalog.algorithm(algorithm).search, threads)
-    return max(1, math.floor(JOB_TARGET_S / max(seconds, 1e-9)))
+    return max(1, math.floor(JOB_TARGET_S / max(jobs.member_seconds(config, dataset, algorithm), 1e-9)))
 
 
 def cut(seeds: list[int], per_job: int) -> list[list[int]]:
