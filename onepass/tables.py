@@ -263,15 +263,8 @@ def error_populations(runs: pd.DataFrame, dataset: str) -> dict:
     known = catalog.datasets().get(dataset)
     if known is None or known.task != "classification" or "test_accuracy" not in runs.columns:
         return {}
-    errors = runs.assign(test_metric=1.0 - pd.to_numeric(runs["test_accuracy"], errors="coerce"))
-    groups = {a: g for a, g in errors.groupby("algorithm")}
-    accuracy = runs.set_index(["algorithm", "seed"])["test_accuracy"]
-    for name, population in derived_populations(runs).items():   # the derived groups' chosen runs' errors
-        source = catalog.algorithms()[name].derived["from"]
-        chosen = [accuracy.get((source, seed), float("nan")) for seed in population["seed"]]
-        groups[name] = population.assign(test_metric=1.0 - pd.to_numeric(pd.Series(chosen, index=population.index),
-                                                                         errors="coerce"))
-    return groups
+    # the derived groups choose by validation loss and carry their chosen runs' test_metric: here the error
+    return populations(runs.assign(test_metric=1.0 - pd.to_numeric(runs["test_accuracy"], errors="coerce")))
 
 
 def error_rows(dataset: str, runs: pd.DataFrame, n_boot: int = N_BOOT, statistic: str = "bootstrap") -> list[dict]:
