@@ -1035,7 +1035,8 @@ def test_envelope_is_the_bootstrap_median_and_its_spread():
     np.testing.assert_allclose(middle, 2.0, atol=0.05)
     np.testing.assert_allclose(spread, np.sqrt(0.5), atol=0.03)
     middle, spread = curves.envelope(np.array([[4.0], [2.0]]))
-    np.testing.assert_array_equal(middle, [4.0, 2.0]) and np.testing.assert_array_equal(spread, [0.0, 0.0])
+    np.testing.assert_array_equal(middle, [4.0, 2.0])
+    np.testing.assert_array_equal(spread, [0.0, 0.0])
 
 
 def test_loss_envelope_figure_draws_the_papers_envelope(study):

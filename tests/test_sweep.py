@@ -291,7 +291,7 @@ def cpu_study(algorithms, seeds, **extra):
                                  "gpu": {"uci_energy": 0}, **extra})
 
 
-def test_auto_size_comes_from_the_estimated_job_time_never_the_machine(monkeypatch):
+def test_auto_size_comes_from_the_estimated_job_time_never_the_machine():
     from onepass import packing, study
     config = cpu_study(["Ours_LR"], 50)
     ours = study.settings(config, "uci_energy", "Ours_LR")
@@ -304,8 +304,7 @@ def test_auto_size_comes_from_the_estimated_job_time_never_the_machine(monkeypat
     assert packing.size(two, "uci_energy", "Ours_LR") == 1950
     # a number in the config wins
     assert packing.size({**config, "members_per_job": {"default": 7}}, "uci_energy", "Ours_LR") == 7
-    # neither the cache nor a GPU enter it
-    monkeypatch.setenv("ONEPASS_CPU_CACHE_BYTES", "1024")
+    # a GPU does not enter it
     assert packing.size({**config, "gpu": {"uci_energy": 1}, "device": "cuda"}, "uci_energy", "Ours_LR") == 975
 
 
@@ -323,9 +322,14 @@ def test_packing_keeps_its_chunks_and_packs_only_new_seeds(tmp_path, monkeypatch
     first = packing.resolve(config, "uci_energy", save=True)
     assert first["chunks"] == {"Random": [[0, 1], [2, 3]], "BayesOpt": [[0, 1], [2, 3]]}
     assert packing.read(tmp_path / "results" / "t" / "packing" / "uci_energy.json") == first
-    # another size is not asked for: the file is what later plans read, whatever they would choose now
-    auto = cpu_study(["Random", "BayesOpt"], 4, members_per_job={"default": 2})
-    assert packing.resolve(auto, "uci_energy", save=True) == first
+    # the file is what later plans read, whatever they would choose now (here: chunks edited by hand, and a
+    # plan on two threads, where auto-sizing would estimate another size)
+    file = tmp_path / "results" / "t" / "packing" / "uci_energy.json"
+    edited = {**first, "chunks": {**first["chunks"], "Random": [[0, 1, 2], [3]]}}
+    file.write_text(json.dumps(edited))
+    again = cpu_study(["Random", "BayesOpt"], 4, members_per_job={"default": 2}, resources={"default": {"threads": 2}})
+    assert packing.resolve(again, "uci_energy", save=True) == edited
+    file.write_text(json.dumps(first))
     # six seeds: the first four keep their chunks, the new two form a chunk of their own
     grown = cpu_study(["Random", "BayesOpt"], 6, members_per_job={"default": 2})
     assert packing.resolve(grown, "uci_energy", save=True)["chunks"]["Random"] == [[0, 1], [2, 3], [4, 5]]
