@@ -22,7 +22,7 @@ import math
 import sys
 from pathlib import Path
 
-from . import jobs, study
+from . import jobs, paths, study
 
 FORMAT = 1
 AUTO = "auto"
@@ -75,8 +75,7 @@ def cut(seeds: list[int], per_job: int) -> list[list[int]]:
 
 def finished(config: dict, dataset: str, algorithm: str, seed: int) -> bool:
     """Whether a run has finished: its metrics.json and history.csv exist."""
-    run = Path(study.run_dir(study.runs_dir(config, dataset, algorithm), seed))
-    return (run / "metrics.json").exists() and (run / "history.csv").exists()
+    return paths.finished(paths.run_dir(study.runs_dir(config, dataset, algorithm), seed))
 
 
 def extend(config: dict, dataset: str, old: dict | None, is_finished=None) -> dict:
@@ -146,8 +145,7 @@ def repack(file, everything: bool = False, is_finished=None) -> dict:
         raise PackingError(f"no packing {file}")
     if is_finished is None:
         runs = Path(file).resolve().parent.parent / "runs" / content["dataset"]
-        is_finished = lambda a, s: all((runs / a / f"seed{s}" / n).exists()  # noqa: E731
-                                       for n in ("metrics.json", "history.csv"))
+        is_finished = lambda a, s: paths.finished(paths.run_dir(runs / a, s))  # noqa: E731
     content = {**content, "chunks": {a: [c for c in chunks if not everything and all(is_finished(a, s) for s in c)]
                                      for a, chunks in content["chunks"].items()}}
     write(file, content)

@@ -15,6 +15,14 @@ def data_dir() -> str:
     return f"{RESULTS}/data"
 
 
+RUN_FILES = ("metrics.json", "history.csv")   # what a finished run has written
+
+
 def run_dir(runs: str | Path, seed: int) -> str:
     """A run's directory inside its algorithm's runs directory."""
     return f"{runs}/seed{seed}"
+
+
+def finished(run: str | Path) -> bool:
+    """Whether the run in directory ``run`` has finished: every one of :data:`RUN_FILES` exists."""
+    return all((Path(run) / name).exists() for name in RUN_FILES)

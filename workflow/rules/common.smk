@@ -22,6 +22,7 @@ from onepass import (
     figures,
     heatmaps,
     jobs,
+    paths,
     planned,
     study,
 )
@@ -220,7 +221,7 @@ def lost_runs():
     for dataset, algorithm, chunk in PLANNED.jobs():
         if not os.path.exists(chunk_record(dataset, algorithm, chunk)):
             continue
-        for name in ("metrics.json", "history.csv"):
+        for name in paths.RUN_FILES:
             lost.extend(
                 p
                 for p in run_outputs(dataset, algorithm, chunk, name)
