@@ -176,18 +176,15 @@ def edf(runs: pd.DataFrame, runs_dir) -> plt.Figure:
     return fig
 
 
-SEARCH_NOTE = {
-    "step": "black-box searches ({searches}): the test metric of the best-by-validation evaluation so far, "
-            "against the search's cumulative weight steps",
-    "time_s": "black-box searches ({searches}): the test metric of the best-by-validation evaluation so far, "
-              "against cumulative search time",
-}
+SEARCH_NOTE = ("black-box searches ({searches}): the test metric of the best-by-validation evaluation so far, "
+               "against cumulative search time")
 
 
-def _progress(runs: pd.DataFrame, runs_dir, x: str) -> plt.Figure:
-    """Median and best test metric across runs against step or wall time. A search's runs are its
-    repetitions and their histories best-so-far curves against cumulative budget; when one curve reaches
-    more than curves.LOG_SPAN times further than another, the x axis is logarithmic."""
+def _progress(runs: pd.DataFrame, runs_dir) -> plt.Figure:
+    """Median and best test metric across runs against wall time. A search's runs are its repetitions and
+    their histories best-so-far curves against cumulative search time; when one curve reaches more than
+    curves.LOG_SPAN times further than another, the x axis is logarithmic."""
+    x = "time_s"
     hist = load_histories(runs, runs_dir)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), sharex=True, sharey=True)
     curves = {}
@@ -212,10 +209,7 @@ def _progress(runs: pd.DataFrame, runs_dir, x: str) -> plt.Figure:
             ax.plot(grid, y, label=catalog.label(algorithm), drawstyle="steps-post",
                     lw=1.8 if catalog.is_search(algorithm) else 1.5, **style(algorithm))
     searches = _searches(curves)
-    xlabel = {"step": "weight step", "time_s": "training time (s)"}[x]
-    if searches:
-        xlabel = {"step": "weight step (searches: cumulative)",
-                  "time_s": "training time (s; searches: cumulative search time)"}[x]
+    xlabel = "training time (s; searches: cumulative search time)" if searches else "training time (s)"
     drawn = bool(curves)
     log_y = drawn and _positive(hist["test_metric"])
     for ax, what in zip(axes, ("median", "best")):
@@ -227,15 +221,13 @@ def _progress(runs: pd.DataFrame, runs_dir, x: str) -> plt.Figure:
             log_axis(ax, "y")
         if log_x:
             log_axis(ax, "x")
-        elif x == "step":
-            steps_axis(ax.xaxis)
     axes[1].yaxis.set_tick_params(labelleft=True)
     if drawn:
         axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         _no_data(axes[0])
     if searches:
-        note = SEARCH_NOTE[x].format(searches=", ".join(catalog.label(a) for a in searches))
+        note = SEARCH_NOTE.format(searches=", ".join(catalog.label(a) for a in searches))
         fig.text(0.01, 0.01, note, fontsize=8, color="#444444", ha="left", va="bottom")
         fig.tight_layout(rect=(0, 0.05, 1, 1))
     else:
@@ -308,8 +300,9 @@ def test_vs_time(runs: pd.DataFrame, runs_dir) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(9, 4.5))
     curves = {}
     sources = {a.derived["from"] for a in catalog.derived_algorithms().values()}
+    present = counted(runs)
     for algorithm in _algorithms(runs):
-        seeds = [] if algorithm in sources else counted(runs)[counted(runs)["algorithm"] == algorithm]["seed"]
+        seeds = [] if algorithm in sources else present[present["algorithm"] == algorithm]["seed"]
         m = running_minima({int(s): run_dir(runs_dir, algorithm, int(s)) for s in seeds}, catalog.is_search(algorithm))
         if not m.empty and (m["time_s"].to_numpy(dtype=float) > 0).any():
             curves[algorithm] = m
@@ -343,7 +336,7 @@ def test_vs_time(runs: pd.DataFrame, runs_dir) -> plt.Figure:
 def test_vs_time_by_validation(runs, runs_dir):
     """Median and best test metric against wall time (for a search, the best-so-far-by-validation test metric
     against cumulative search time): this project's honest view of the time comparison."""
-    return _progress(runs, runs_dir, "time_s")
+    return _progress(runs, runs_dir)
 
 
 def _panels(n_rows: int, n_cols: int, width: float = 3.6, height: float = 2.2, **kwargs):
