@@ -8,6 +8,8 @@ counted them. ``python tests/test_imports.py`` prints the layers and any circle.
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -191,6 +193,16 @@ def test_modules_of_a_circle_share_a_layer_above_what_they_import(tmp_path):
                                    "d.py": "from . import b\n"})
     assert layers(imports(pkg)) == {"pkg": 1, "pkg.c": 1, "pkg.a": 2, "pkg.b": 2, "pkg.d": 3}
 
+
+
+def test_planning_imports_no_torch():
+    """What the Snakefile imports to plan a study (workflow/rules/common.smk, figures.smk) leaves torch
+    unimported (README "Planning": torch alone would add about 185 MB to every plan)."""
+    code = ("import sys; from onepass import (appendix, budget, catalog, devices, figures, heatmaps, jobs, paths, "
+            "planned, study, paper_figures, paper_studies); from onepass.config_text import typed; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
 
 if __name__ == "__main__":
     graph = imports(PACKAGE)
